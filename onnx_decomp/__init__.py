@@ -1,0 +1,1 @@
+"""onnx-decomp: decompose trained MatMul/Gemm weights into independent sub-operators."""

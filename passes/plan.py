@@ -1,0 +1,124 @@
+"""Block plans: which outputs of one weight form which independent branch, and what each branch reads.
+
+Orientation: a plan speaks of the weight as the linear map ``y = W x`` with ``W`` of shape
+``[n_out, n_in]``. *Rows* are output features, *columns* are input features. ONNX stores the same weight
+as ``B[K, N] = W.T`` for MatMul and Gemm(transB=0), and as ``B[N, K] = W`` for Gemm(transB=1).
+
+A plan is a mask: the rewritten operator computes, for every branch, its rows from its columns only, so
+any weight entry outside ``(branch.rows x branch.cols)`` of its row's branch is treated as zero. Rows in
+``constant_rows`` read nothing: their output is the bias (or zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+def _index_array(values) -> np.ndarray:
+    array = np.unique(np.asarray(values, dtype=np.int64))
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One independent sub-operator: output ``rows`` computed from input ``cols`` (sorted, unique)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "rows", _index_array(self.rows))
+        object.__setattr__(self, "cols", _index_array(self.cols))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per input vector."""
+        return len(self.rows) * len(self.cols)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """A partition of one weight's outputs into branches, plus rows that read no input.
+
+    Invariant: every output row is in exactly one branch or in ``constant_rows``; no branch is empty.
+    Branches may read overlapping columns (general block-sparse structure).
+    """
+
+    n_out: int
+    n_in: int
+    branches: tuple[Branch, ...]
+    constant_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self):
+        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "constant_rows", _index_array(self.constant_rows))
+        rows = np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
+        if len(rows) != self.n_out or not np.array_equal(np.sort(rows), np.arange(self.n_out)):
+            raise ValueError("plan rows must cover every output exactly once")
+        for branch in self.branches:
+            if len(branch.rows) == 0 or len(branch.cols) == 0:
+                raise ValueError("plan branches must read and write at least one index")
+            if branch.cols[0] < 0 or branch.cols[-1] >= self.n_in:
+                raise ValueError(f"plan columns must lie in [0, {self.n_in})")
+
+    @property
+    def unused_cols(self) -> np.ndarray:
+        """Input features no branch reads."""
+        used = np.zeros(self.n_in, dtype=bool)
+        for branch in self.branches:
+            used[branch.cols] = True
+        return np.flatnonzero(~used)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per input vector of the decomposed operator."""
+        return sum(branch.macs for branch in self.branches)
+
+    @property
+    def dense_macs(self) -> int:
+        return self.n_out * self.n_in
+
+    @property
+    def flop_reduction(self) -> float:
+        """Dense work divided by decomposed work (infinite when nothing is read)."""
+        return self.dense_macs / self.macs if self.macs else float("inf")
+
+    def output_order(self) -> np.ndarray:
+        """Output rows in the order the rewrite concatenates them: branches, then constant rows."""
+        return np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
+
+    def mask(self) -> np.ndarray:
+        """The ``[n_out, n_in]`` Boolean support the plan keeps."""
+        keep = np.zeros((self.n_out, self.n_in), dtype=bool)
+        for branch in self.branches:
+            keep[np.ix_(branch.rows, branch.cols)] = True
+        return keep
+
+
+def plan_from_support(support: np.ndarray) -> BlockPlan:
+    """Connected components of the bipartite row/column graph of ``support`` (shape ``[n_out, n_in]``).
+
+    Each component with at least one entry is a branch; rows without entries are constant rows and
+    columns without entries are unused. Branches are ordered by their first row.
+    """
+    support = np.asarray(support, dtype=bool)
+    if support.ndim != 2:
+        raise ValueError(f"support must be 2-D, got shape {support.shape}")
+    n_out, n_in = support.shape
+    rows, cols = np.nonzero(support)
+    graph = coo_matrix(
+        (np.ones(len(rows), dtype=np.int8), (rows, n_out + cols)), shape=(n_out + n_in,) * 2
+    )
+    _, labels = connected_components(graph, directed=False)
+    row_labels, col_labels = labels[:n_out], labels[n_out:]
+    live_rows = support.any(axis=1)
+    branches = [
+        Branch(np.flatnonzero((row_labels == label) & live_rows), np.flatnonzero(col_labels == label))
+        for label in dict.fromkeys(row_labels[live_rows])
+    ]
+    return BlockPlan(n_out, n_in, tuple(branches), np.flatnonzero(~live_rows))
