@@ -1,0 +1,108 @@
+"""Command line: ``onnx-decomp inspect IN`` and ``onnx-decomp decompose IN OUT``.
+
+Exit codes: 0 success; 1 the rewritten model failed validation; 2 bad input or usage;
+3 ``--require-change`` and nothing was rewritten. On any failure nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from onnx_decomp.decompose import DEFAULT_MIN_FLOP_REDUCTION, decompose, inspect
+from onnx_decomp.errors import DecompError
+from onnx_decomp.model_io import save_model
+from onnx_decomp.runtime import PROVIDERS
+
+EXIT_NO_CHANGE = 3
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``name:1,128`` (also ``name:1x128`` or ``name:[1,128]``) -> ``("name", (1, 128))``."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.strip("[]").replace("x", ",").split(",") if d)
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) < 0:
+        raise argparse.ArgumentTypeError(f"expected NAME:D1,D2,... got {text!r}")
+    return name, shape
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
+    common.add_argument("--input-shape", type=_input_shape, action="append", default=[],
+                        metavar="NAME:D1,D2", help="concrete shape for an input with symbolic dims "
+                        "(repeatable; default: symbolic dims are 1)")
+    common.add_argument("--min-flop-reduction", type=float, default=DEFAULT_MIN_FLOP_REDUCTION,
+                        metavar="X", help="rewrite a node only if its blocks do X times fewer "
+                        "multiply-accumulates than the dense weight (default %(default)s)")
+    common.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+
+    commands.add_parser("inspect", parents=[common], help="list MatMul/Gemm weights and their blocks")
+    run = commands.add_parser("decompose", parents=[common],
+                              help="rewrite block-structured MatMul/Gemm into branches and validate")
+    run.add_argument("output", type=Path, help="where to write the rewritten model")
+    run.add_argument("--check", type=int, default=3, metavar="N",
+                     help="compare outputs on N random input sets in ONNX Runtime (default 3; 0 skips)")
+    run.add_argument("--provider", choices=PROVIDERS, default="auto",
+                     help="ONNX Runtime provider for validation (auto: CUDA if a session gets it)")
+    run.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default %(default)g)")
+    run.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default %(default)g)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    run.add_argument("--require-change", action="store_true",
+                     help=f"exit {EXIT_NO_CHANGE} without writing when nothing is rewritten")
+    run.add_argument("--save-as-external-data", action="store_true",
+                     help="write weights to OUTPUT.data (automatic above 2 GiB)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    shapes = dict(args.input_shape)
+    if args.command == "inspect":
+        report = inspect(args.input, input_shapes=shapes, min_flop_reduction=args.min_flop_reduction)
+    else:
+        if args.output.resolve() == args.input.resolve():
+            raise DecompError(f"{args.output}: output path equals the input; choose another")
+        if not args.output.parent.is_dir():
+            raise DecompError(f"{args.output.parent}: output folder does not exist")
+        try:
+            model, report = decompose(args.input, check=args.check, provider=args.provider,
+                                      input_shapes=shapes, rtol=args.rtol, atol=args.atol, seed=args.seed,
+                                      min_flop_reduction=args.min_flop_reduction)
+        except DecompError as error:
+            if getattr(error, "report", None) is not None:
+                print(error.report.format())
+            raise
+        if args.require_change and not report.planned:
+            print(report.format())
+            print("onnx-decomp: nothing to rewrite (--require-change); nothing written", file=sys.stderr)
+            return EXIT_NO_CHANGE
+        save_model(model, args.output, external_data=args.save_as_external_data or None)
+    print(report.format())
+    if args.json:
+        report.write_json(args.json)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except DecompError as error:
+        print(f"onnx-decomp: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
