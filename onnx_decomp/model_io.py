@@ -61,7 +61,7 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     else:
         path = Path(model)
         if not path.is_file():
-            raise InvalidModelError(f"{path}: no such file")
+            raise InvalidModelError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf raises DecodeError and friends for non-ONNX bytes

@@ -106,11 +106,11 @@ def random_inputs(specs: Sequence[InputSpec], rng: np.random.Generator) -> dict[
     feeds = {}
     for spec in specs:
         if np.issubdtype(spec.dtype, np.floating):
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            feeds[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype=spec.dtype)
         elif np.issubdtype(spec.dtype, np.integer):
-            feeds[spec.name] = rng.integers(0, 2, spec.shape).astype(spec.dtype)
+            feeds[spec.name] = np.asarray(rng.integers(0, 2, spec.shape), dtype=spec.dtype)
         elif spec.dtype == np.bool_:
-            feeds[spec.name] = rng.random(spec.shape) < 0.5
+            feeds[spec.name] = np.asarray(rng.random(spec.shape) < 0.5)
         else:
             raise UnsupportedConstructError(f"input {spec.name!r}: cannot generate {spec.dtype} data")
     return feeds

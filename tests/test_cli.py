@@ -1,0 +1,143 @@
+"""The command line as a user runs it: exit codes, one-line errors, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnx_decomp.cli", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def blocked(tmp_path, rng):
+    w, _ = hidden_blocks(rng, [(8, 8), (8, 8), (8, 8), (8, 8)])
+    model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")],
+                       [value("x", ["batch", 32])], [value("y", ["batch", 32])], [tensor("B", w.T.copy())])
+    path = tmp_path / "blocked.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = cli("decompose", blocked, out, "--check", 2, "--json", report, "--input-shape", "x:3,32")
+    assert result.returncode == 0, result.stderr
+    assert "validation on cpu, 2 input sets" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["nodes"][0]["blocks"] == 4 and data["validation"]["ok"] is True
+    assert data["before"]["matmul_flops"] == 2 * 3 * 32 * 32 and data["after"]["matmul_flops"] == 2 * 3 * 256
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    model, original = onnx.load(out), onnx.load(blocked)
+    assert op_types(model).count("MatMul") == 4
+    np.testing.assert_allclose(run(model, {"x": x})[0], run(original, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_inspect_prints_table(blocked):
+    result = cli("inspect", blocked)
+    assert result.returncode == 0
+    assert "fc" in result.stdout and "rewrite" in result.stdout and "MatMul FLOPs" in result.stdout
+
+
+def _bad_inputs(tmp_path, blocked):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\xffnot a model at all" * 10)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(blocked.read_bytes()[: len(blocked.read_bytes()) // 2])
+    return {"missing": (tmp_path / "nope.onnx", "no such file"),
+            "folder": (tmp_path, "is a folder"),
+            "garbage": (garbage, "not an ONNX model"),
+            "truncated": (truncated, "ONNX model")}
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "garbage", "truncated"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, blocked, case):
+    path, message = _bad_inputs(tmp_path, blocked)[case]
+    before = path.read_bytes() if path.is_file() else None
+    out = tmp_path / "out.onnx"
+    result = cli("decompose", path, out)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_output_equal_to_input_is_refused(blocked):
+    before = blocked.read_bytes()
+    result = cli("decompose", blocked, blocked)
+    assert result.returncode == 2 and "output path equals the input" in result.stderr
+    assert blocked.read_bytes() == before
+
+
+def test_unreadable_external_data(tmp_path, blocked):
+    model = onnx.load(blocked)
+    ext = tmp_path / "ext.onnx"
+    onnx.save_model(model, ext, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    result = cli("decompose", ext, tmp_path / "out.onnx")
+    assert result.returncode == 2 and "truncated" in result.stderr
+    data.unlink()
+    result = cli("decompose", ext, tmp_path / "out.onnx")
+    assert result.returncode == 2 and "not found" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_require_change_on_dense_model(tmp_path, rng):
+    dense = tmp_path / "dense.onnx"
+    onnx.save(make_model([helper.make_node("MatMul", ["x", "B"], ["y"])], [value("x", ["N", 4])],
+                         [value("y", ["N", 4])], [tensor("B", rng.standard_normal((4, 4)).astype(np.float32))]),
+              dense)
+    out = tmp_path / "out.onnx"
+    result = cli("decompose", dense, out, "--require-change")
+    assert result.returncode == 3 and "nothing to rewrite" in result.stderr and not out.exists()
+    result = cli("decompose", dense, out)
+    assert result.returncode == 0 and "no MatMul/Gemm weight is block-structured" in result.stdout
+    assert out.exists()
+
+
+def test_validation_mismatch_exits_1_and_writes_nothing(tmp_path, rng):
+    """A model with a random op gives different outputs per session: validation must catch it."""
+    w, _ = hidden_blocks(rng, [(4, 4), (4, 4)])
+    nodes = [helper.make_node("MatMul", ["x", "B"], ["h"]),
+             helper.make_node("RandomNormalLike", ["h"], ["noise"]),
+             helper.make_node("Add", ["h", "noise"], ["y"])]
+    path = tmp_path / "noisy.onnx"
+    onnx.save(make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], [tensor("B", w.T.copy())]),
+              path)
+    out = tmp_path / "out.onnx"
+    result = cli("decompose", path, out, "--json", tmp_path / "r.json")
+    assert result.returncode == 1
+    assert "differs from the original" in result.stderr and "NO" in result.stdout
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_bad_input_shape_flag(blocked, tmp_path):
+    result = cli("decompose", blocked, tmp_path / "o.onnx", "--input-shape", "nosuch:1,2")
+    assert result.returncode == 2 and "names no input" in result.stderr
+    result = cli("decompose", blocked, tmp_path / "o.onnx", "--input-shape", "x:1,2,3")
+    assert result.returncode == 2 and "rank 3 given" in result.stderr
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(blocked, tmp_path):
+    """This CI has the CPU build of onnxruntime: --provider cuda must say so, not fall back silently."""
+    import onnxruntime as ort
+
+    result = cli("decompose", blocked, tmp_path / "o.onnx", "--provider", "cuda")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert result.returncode == 0 and "validation on cuda" in result.stdout
+    else:
+        assert result.returncode == 2 and "no CUDA provider" in result.stderr
+        assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,49 @@
+"""Loading and saving: external data both ways, atomic writes, the input never touched."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_decomp
+from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+
+
+@pytest.fixture
+def external_model(tmp_path, rng):
+    w, _ = hidden_blocks(rng, [(40, 40), (40, 40)])
+    model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"])], [value("x", ["N", 80])],
+                       [value("y", ["N", 80])], [tensor("B", w.T.copy())])
+    path = tmp_path / "in" / "model.onnx"
+    path.parent.mkdir()
+    copy = onnx.ModelProto.FromString(model.SerializeToString())  # save_model strips what it moves out
+    onnx.save_model(copy, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return path, model
+
+
+def test_external_data_in_and_out(tmp_path, external_model, rng):
+    path, original = external_model
+    snapshot = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    model, report = onnx_decomp.decompose(path)
+    out = tmp_path / "out.onnx"
+    onnx_decomp.save_model(model, out, external_data=True)
+
+    assert (tmp_path / "out.onnx.data").stat().st_size > 0
+    assert out.stat().st_size < (tmp_path / "out.onnx.data").stat().st_size
+    reloaded = onnx_decomp.load_model(out)
+    assert op_types(reloaded).count("MatMul") == 2
+    x = rng.standard_normal((2, 80)).astype(np.float32)
+    np.testing.assert_allclose(run(reloaded, {"x": x})[0], run(original, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == snapshot
+
+
+def test_single_file_by_default_and_api_model_untouched(tmp_path, external_model):
+    path, _ = external_model
+    model, _ = onnx_decomp.decompose(path, check=1)
+    size = model.ByteSize()
+    onnx_decomp.save_model(model, tmp_path / "one.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "one.onnx"]
+    onnx_decomp.save_model(model, tmp_path / "two.onnx", external_data=True)
+    assert model.ByteSize() == size  # saving as external data did not strip the caller's model
