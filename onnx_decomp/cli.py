@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from onnx_decomp.decompose import DEFAULT_MIN_FLOP_REDUCTION, decompose, inspect
+from onnx_decomp.decompose import (DEFAULT_ATOL, DEFAULT_MIN_FLOP_REDUCTION, DEFAULT_RTOL, GATES, decompose,
+                                   inspect)
 from onnx_decomp.errors import DecompError
 from onnx_decomp.model_io import save_model
 from onnx_decomp.runtime import PROVIDERS
+from onnx_decomp.timing import DEFAULT_MIN_SPEEDUP
 
 EXIT_NO_CHANGE = 3
 
@@ -42,9 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--input-shape", type=_input_shape, action="append", default=[],
                         metavar="NAME:D1,D2", help="concrete shape for an input with symbolic dims "
                         "(repeatable; default: symbolic dims are 1)")
+    common.add_argument("--gate", choices=GATES, default="time",
+                        help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
+                        "(default); flops: by multiply-accumulate count alone (deterministic)")
     common.add_argument("--min-flop-reduction", type=float, default=DEFAULT_MIN_FLOP_REDUCTION,
-                        metavar="X", help="rewrite a node only if its blocks do X times fewer "
-                        "multiply-accumulates than the dense weight (default %(default)s)")
+                        metavar="X", help="candidates need X times fewer multiply-accumulates than the "
+                        "dense weight (default %(default)s)")
+    common.add_argument("--min-speedup", type=float, default=DEFAULT_MIN_SPEEDUP, metavar="X",
+                        help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
+    common.add_argument("--provider", choices=PROVIDERS, default="auto",
+                        help="ONNX Runtime provider for timing and validation (auto: CUDA if a session "
+                        "really gets it, else CPU)")
     common.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
 
     commands.add_parser("inspect", parents=[common], help="list MatMul/Gemm weights and their blocks")
@@ -53,10 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("output", type=Path, help="where to write the rewritten model")
     run.add_argument("--check", type=int, default=3, metavar="N",
                      help="compare outputs on N random input sets in ONNX Runtime (default 3; 0 skips)")
-    run.add_argument("--provider", choices=PROVIDERS, default="auto",
-                     help="ONNX Runtime provider for validation (auto: CUDA if a session gets it)")
-    run.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default %(default)g)")
-    run.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default %(default)g)")
+    run.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance (default %(default)g)")
+    run.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance (default %(default)g)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument("--require-change", action="store_true",
                      help=f"exit {EXIT_NO_CHANGE} without writing when nothing is rewritten")
@@ -66,18 +74,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    shapes = dict(args.input_shape)
+    options = dict(input_shapes=dict(args.input_shape), gate=args.gate, provider=args.provider,
+                   min_flop_reduction=args.min_flop_reduction, min_speedup=args.min_speedup)
     if args.command == "inspect":
-        report = inspect(args.input, input_shapes=shapes, min_flop_reduction=args.min_flop_reduction)
+        report = inspect(args.input, **options)
     else:
         if args.output.resolve() == args.input.resolve():
             raise DecompError(f"{args.output}: output path equals the input; choose another")
         if not args.output.parent.is_dir():
             raise DecompError(f"{args.output.parent}: output folder does not exist")
         try:
-            model, report = decompose(args.input, check=args.check, provider=args.provider,
-                                      input_shapes=shapes, rtol=args.rtol, atol=args.atol, seed=args.seed,
-                                      min_flop_reduction=args.min_flop_reduction)
+            model, report = decompose(args.input, check=args.check, rtol=args.rtol, atol=args.atol,
+                                      seed=args.seed, **options)
         except DecompError as error:
             if getattr(error, "report", None) is not None:
                 print(error.report.format())

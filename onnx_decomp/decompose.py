@@ -1,14 +1,16 @@
 """The exact ("lossless") driver: load, normalise, plan from the nonzero pattern, rewrite, check, validate.
 
-Cost gate: a node is rewritten when its plan does at least ``min_flop_reduction`` times fewer
-multiply-accumulates than the dense weight (default 2: design.md section 6 measures a runtime Gather at
-about 40% of a branch's time, so a smaller reduction rarely pays).
+Cost gate, two steps: a node is a candidate when its plan does at least ``min_flop_reduction`` times
+fewer multiply-accumulates than the dense weight (default 2: below that the extra nodes and permutations
+cost more than they save, tools/bench_decompose.py); with ``gate="time"`` (default) a candidate is
+rewritten only when ONNX Runtime measures it at least ``min_speedup`` times faster at the model's input
+shapes (``timing``). ``gate="flops"`` stops after the first step: deterministic, but blind to runtime costs.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -16,10 +18,11 @@ import onnx_graphsurgeon as gs
 from tqdm.auto import tqdm
 
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
-from onnx_decomp.model_io import ModelLike, check_model, load_model
-from onnx_decomp.model_stats import model_stats
+from onnx_decomp.model_io import ModelLike, check_model, is_large, load_model
+from onnx_decomp.model_stats import concrete_shapes, model_stats
 from onnx_decomp.report import KEEP, REWRITE, SKIP, NodeReport, Report
-from onnx_decomp.runtime import input_specs, validate
+from onnx_decomp.runtime import InputSpec, input_specs, validate
+from onnx_decomp.timing import DEFAULT_MIN_SPEEDUP, measure_speedup
 from passes.block_rewrite import MIN_OPSET, BlockRewrite
 from passes.infra import PassError, PassManager
 from passes.linear_ops import LinearOp, find_linear_ops
@@ -29,25 +32,53 @@ from passes.plan import BlockPlan, plan_from_support
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_FLOP_REDUCTION = 2.0
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-4  # float32 reassociation over K=4096 stays below 1e-4 abs
+GATES = ("time", "flops")
 InputShapes = Optional[Mapping[str, Sequence[int]]]
+Timer = Callable[[LinearOp, BlockPlan], Optional[float]]
 
 
 def _normalized_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The model as a graph with inferred shapes (the rewrite needs ranks), Constant weights folded and
+    unique node names."""
+    if not is_large(model):
+        model = onnx.shape_inference.infer_shapes(model)
     graph = gs.import_onnx(model)
     PassManager([FoldConstantNodes(), UniqueNodeNames()])(graph)
     return graph
 
 
-def _node_report(op: LinearOp, plan: BlockPlan, action: str, reason: str = "") -> NodeReport:
+def _node_report(op: LinearOp, plan: BlockPlan, action: str, reason: str = "",
+                 speedup: Optional[float] = None) -> NodeReport:
     return NodeReport(
         op.node.name, op.node.op, op.graph.name, action, reason, op.weight.name, list(op.shape),
         density=float(np.count_nonzero(op.weight.values)) / op.weight.values.size,
         blocks=len(plan.branches), constant_outputs=len(plan.constant_rows),
         unused_inputs=len(plan.unused_cols), flop_reduction=round(plan.flop_reduction, 3),
+        speedup=None if speedup is None else round(speedup, 3),
     )
 
 
-def plan_exact(graph: gs.Graph, min_flop_reduction: float) -> tuple[dict[str, BlockPlan], list[NodeReport]]:
+def _decide(op: LinearOp, plan: BlockPlan, min_flop_reduction: float, timer: Optional[Timer],
+            min_speedup: float) -> NodeReport:
+    """The cost gate of the module docstring, for one node."""
+    if plan.flop_reduction < min_flop_reduction:
+        dense = len(plan.branches) == 1 and plan.flop_reduction == 1.0
+        return _node_report(op, plan, KEEP, "dense: one block" if dense else
+                            f"{plan.flop_reduction:.2f}x fewer MACs < {min_flop_reduction:g}x")
+    if timer is None:
+        return _node_report(op, plan, REWRITE)
+    speedup = timer(op, plan)
+    if speedup is None:
+        return _node_report(op, plan, KEEP, "not timed: input shape unknown (use --input-shape)")
+    if speedup < min_speedup:
+        return _node_report(op, plan, KEEP, f"measured {speedup:.2f}x < {min_speedup:g}x", speedup)
+    return _node_report(op, plan, REWRITE, speedup=speedup)
+
+
+def plan_exact(graph: gs.Graph, min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION,
+               timer: Optional[Timer] = None, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+               ) -> tuple[dict[str, BlockPlan], list[NodeReport]]:
     """Plans from each weight's nonzero pattern, kept where they pass the cost gate; a report per node."""
     ops, skipped = find_linear_ops(graph)
     reports = [NodeReport(s.node_name, s.op_type, s.graph_name, SKIP, s.reason) for s in skipped]
@@ -60,15 +91,28 @@ def plan_exact(graph: gs.Graph, min_flop_reduction: float) -> tuple[dict[str, Bl
             continue
         key = f"{op.weight.name}/{op.transposed}"
         plan = by_weight.get(key) or by_weight.setdefault(key, plan_from_support(op.matrix() != 0))
-        if plan.flop_reduction >= min_flop_reduction:
+        reports.append(_decide(op, plan, min_flop_reduction, timer, min_speedup))
+        if reports[-1].action == REWRITE:
             plans[op.node.name] = plan
-            reports.append(_node_report(op, plan, REWRITE))
-        else:
-            dense = len(plan.branches) == 1 and plan.flop_reduction == 1.0
-            reason = "dense: one block" if dense else (
-                f"{plan.flop_reduction:.2f}x fewer MACs < {min_flop_reduction:g}x")
-            reports.append(_node_report(op, plan, KEEP, reason))
     return plans, reports
+
+
+def _timer(gate: str, original: onnx.ModelProto, graph: gs.Graph, specs: Sequence[InputSpec],
+           provider: str) -> Optional[Timer]:
+    """For ``gate="time"``: measures a node at its input shape under ``specs`` (None if unresolved)."""
+    if gate not in GATES:
+        raise UnsupportedConstructError(f"gate must be one of {GATES}, got {gate!r}")
+    if gate == "flops":
+        return None
+    shapes = concrete_shapes(original, specs)
+
+    def timer(op: LinearOp, plan: BlockPlan) -> Optional[float]:
+        x_shape = shapes.get(op.node.inputs[0].name)
+        if not x_shape or None in x_shape:
+            return None
+        return measure_speedup(op, plan, x_shape, graph, provider)
+
+    return timer
 
 
 def _label(model: ModelLike) -> str:
@@ -84,39 +128,46 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def inspect(model: ModelLike, *, input_shapes: InputShapes = None,
-            min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION) -> Report:
-    """Report every MatMul/Gemm with a constant weight and the blocks its nonzero pattern splits into."""
+def _planned(model: ModelLike, input_shapes: InputShapes, gate: str, min_flop_reduction: float,
+             min_speedup: float, provider: str):
+    """Load, normalise and plan: the part ``inspect`` and ``decompose`` share."""
     original = load_model(model)
+    graph = _normalized_graph(original)
     notes: list[str] = []
-    _, reports = plan_exact(_normalized_graph(original), min_flop_reduction)
-    before = model_stats(original, input_specs(original, input_shapes, notes))
-    return Report(_label(model), reports, before, notes=notes)
+    specs = input_specs(original, input_shapes, notes)
+    timer = _timer(gate, original, graph, specs, provider)
+    plans, reports = plan_exact(graph, min_flop_reduction, timer, min_speedup)
+    report = Report(_label(model), reports, model_stats(original, specs), notes=notes)
+    return original, graph, plans, report
+
+
+def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: str = "time",
+            min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+            provider: str = "auto") -> Report:
+    """Report every MatMul/Gemm with a constant weight, its blocks and whether the gate would rewrite it."""
+    return _planned(model, input_shapes, gate, min_flop_reduction, min_speedup, provider)[3]
 
 
 def decompose(model: ModelLike, *, check: int = 3, provider: str = "auto", input_shapes: InputShapes = None,
-              rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
-              min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION) -> tuple[onnx.ModelProto, Report]:
-    """Rewrite every exactly block-structured MatMul/Gemm into branches and prove it in ONNX Runtime.
+              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0, gate: str = "time",
+              min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION,
+              min_speedup: float = DEFAULT_MIN_SPEEDUP) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite every exactly block-structured MatMul/Gemm that passes the gate; prove it in ONNX Runtime.
 
     ``check`` random input sets are compared (``|new - old| <= atol + rtol * |old|`` per element);
     a mismatch raises ValidationError carrying the report. ``check=0`` skips validation (noted).
     """
-    original = load_model(model)
-    graph = _normalized_graph(original)
-    plans, reports = plan_exact(graph, min_flop_reduction)
+    original, graph, plans, report = _planned(model, input_shapes, gate, min_flop_reduction, min_speedup,
+                                              provider)
     try:
         PassManager([BlockRewrite(plans)])(graph)
     except PassError as error:
         raise UnsupportedConstructError(str(error)) from None
     rewritten = _export(graph, original)
     check_model(rewritten)
-    notes: list[str] = []
-    specs = input_specs(original, input_shapes, notes)
-    report = Report(_label(model), reports, model_stats(original, specs), model_stats(rewritten, specs),
-                    notes=notes)
+    report.after = model_stats(rewritten, input_specs(original, input_shapes))
     if not plans:
-        notes.append("no MatMul/Gemm weight is block-structured enough to rewrite; model is equivalent")
+        report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if check > 0:
         report.validation = validate(original, rewritten, check, provider, input_shapes, rtol, atol, seed)
         if not report.validation.ok:
@@ -124,5 +175,5 @@ def decompose(model: ModelLike, *, check: int = 3, provider: str = "auto", input
             error.report = report
             raise error
     else:
-        notes.append("validation skipped (--check 0): the rewrite is unproven")
+        report.notes.append("validation skipped (--check 0): the rewrite is unproven")
     return rewritten, report

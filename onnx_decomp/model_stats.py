@@ -55,6 +55,15 @@ def _shapes(graph: onnx.GraphProto) -> dict[str, list]:
     return shapes
 
 
+def concrete_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> dict[str, list]:
+    """Every tensor's inferred shape (None for a dim inference could not resolve) at ``specs`` shapes,
+    over the graph and its subgraphs."""
+    shapes: dict[str, list] = {}
+    for graph in iter_graphs(_shape_skeleton(model, specs).graph):
+        shapes.update(_shapes(graph))
+    return shapes
+
+
 def _flops(node: onnx.NodeProto, shapes: dict[str, list]) -> int:
     a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
     if not a or not out or None in a or None in out:
@@ -66,12 +75,9 @@ def _flops(node: onnx.NodeProto, shapes: dict[str, list]) -> int:
 
 def model_stats(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> ModelStats:
     """Nodes and parameters of every (sub)graph; FLOPs of the MatMul/Gemm nodes at ``specs`` shapes."""
-    skeleton = _shape_skeleton(model, specs)
-    outer = _shapes(skeleton.graph)
-    flops = 0
-    for graph in iter_graphs(skeleton.graph):
-        shapes = {**outer, **_shapes(graph)}
-        flops += sum(_flops(n, shapes) for n in graph.node if n.op_type in ("MatMul", "Gemm"))
-    nodes = sum(len(g.node) for g in iter_graphs(model.graph))
+    shapes = concrete_shapes(model, specs)
+    graphs = list(iter_graphs(model.graph))
+    flops = sum(_flops(n, shapes) for g in graphs for n in g.node if n.op_type in ("MatMul", "Gemm"))
+    nodes = sum(len(g.node) for g in graphs)
     params = sum(int(np.prod(t.dims)) for t in iter_tensors(model.graph))
     return ModelStats(nodes, params, flops)

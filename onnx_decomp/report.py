@@ -30,6 +30,7 @@ class NodeReport:
     constant_outputs: Optional[int] = None
     unused_inputs: Optional[int] = None
     flop_reduction: Optional[float] = None
+    speedup: Optional[float] = None  # measured dense/rewritten time of the node alone (gate "time")
 
 
 @dataclass
@@ -59,11 +60,12 @@ class Report:
         def fmt(value, spec=""):
             return "-" if value is None else format(value, spec)
 
-        rows = [("node", "op", "weight", "shape", "density", "blocks", "const", "unused", "MACs/", "action")]
+        rows = [("node", "op", "weight", "shape", "density", "blocks", "const", "unused", "MACs/", "speedup",
+                 "action")]
         for n in self.nodes:
             rows.append((n.node, n.op_type, n.weight or "-", "x".join(map(str, n.shape)) if n.shape else "-",
                          fmt(n.density, ".3f"), fmt(n.blocks), fmt(n.constant_outputs),
-                         fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"),
+                         fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.speedup, ".2f"),
                          n.action + (f" ({n.reason})" if n.reason else "")))
         lines = [_table(rows) if self.nodes else "no MatMul/Gemm with a constant weight"]
         stats = [("", "before") + (("after",) if self.after else ())]

@@ -2,12 +2,14 @@
 
 Rewrite rule, for ``y = op(x, W)`` with plan branches ``(rows_k, cols_k)`` and constant rows ``R0``::
 
-    x_k = select(x, cols_k)                       # Slice when cols_k is a contiguous range, else Gather
+    x_k = select(x, cols_k)                       # Slice when cols_k is a contiguous range, else permute
     y_k = MatMul(x_k, W[rows_k, cols_k].T)         # Gemm(x_k, B_k, C_k) with the node's alpha/beta/transB
     c   = Expand(beta * C[..., R0] or 0, shape(x)[:-1] + [|R0|])
-    y   = Gather(Concat(y_1, ..., y_n, c, axis=-1), inverse_order, axis=-1)
+    y   = permute(Concat(y_1, ..., y_n, c, axis=-1), inverse_order)
 
-The final Gather is omitted when the concatenation is already in output order, the Concat when there is one
+``permute`` is Transpose -> Gather(axis=0) -> Transpose when the rank is known, else Gather(axis=-1).
+When branches read disjoint inputs, the input is permuted once and each branch Slices its range.
+The final permute is omitted when the concatenation is already in output order, the Concat when there is one
 piece, the selection when a branch reads every input. Branch weights are shared between nodes that use the
 same initializer with the same plan. Weight entries outside the plan are dropped: the plan is the mask.
 """
@@ -38,6 +40,8 @@ class _Builder:
 
     def __init__(self, op: LinearOp, shared: dict):
         self.op, self.shared, self.prefix = op, shared, op.node.name
+        shape = op.node.inputs[0].shape
+        self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
         self.nodes: list[gs.Node] = []
 
     def constant(self, suffix: str, values: np.ndarray) -> gs.Constant:
@@ -51,14 +55,25 @@ class _Builder:
         return output
 
     def select(self, x, cols: np.ndarray, n_in: int, suffix: str):
-        """The input columns ``cols`` of ``x`` along the last axis."""
-        if len(cols) == n_in:
+        """The input columns ``cols`` of ``x``, in that order, along the last axis."""
+        if np.array_equal(cols, np.arange(n_in)):
             return x
-        if cols[-1] - cols[0] + 1 == len(cols):
+        if np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols))):
             bounds = [self.constant(f"{suffix}_{k}", _index([v])) for k, v in
                       (("start", cols[0]), ("end", cols[-1] + 1), ("axis", -1))]
             return self.emit("Slice", suffix, [x, *bounds])
-        return self.emit("Gather", suffix, [x, self.constant(f"{suffix}_idx", cols)], {"axis": -1})
+        return self.permute(x, cols, suffix)
+
+    def permute(self, x, order: np.ndarray, suffix: str, output=None):
+        """``x[..., order]``. With a known rank r >= 2, as Transpose -> Gather(axis=0) -> Transpose:
+        ONNX Runtime gathers whole rows far faster than strided last-axis elements (design.md 6)."""
+        index = self.constant(f"{suffix}_idx", _index(order))
+        rank = self.rank
+        if rank < 2:
+            return self.emit("Gather", suffix, [x, index], {"axis": -1}, output)
+        front = self.emit("Transpose", f"{suffix}_front", [x], {"perm": [rank - 1, *range(rank - 1)]})
+        rows = self.emit("Gather", suffix, [front, index], {"axis": 0})
+        return self.emit("Transpose", f"{suffix}_back", [rows], {"perm": [*range(1, rank), 0]}, output)
 
     def branch_weight(self, rows: np.ndarray, cols: np.ndarray, k: int) -> gs.Constant:
         """``W[rows, cols]`` in the node's own layout, shared with other users of the same weight."""
@@ -121,9 +136,13 @@ class BlockRewrite(Pass):
         op, (x, y) = b.op, (b.op.node.inputs[0], b.op.node.outputs[0])
         gemm = op.node.op == "Gemm"
         attrs = {k: v for k, v in op.node.attrs.items() if k in ("alpha", "beta", "transB")}
-        pieces = []
-        for k, branch in enumerate(plan.branches):
-            x_k = b.select(x, branch.cols, plan.n_in, f"x{k}")
+        pieces, reads = [], [branch.cols for branch in plan.branches]
+        if BlockRewrite._disjoint(reads):  # permute the input once; each branch then reads a range
+            x = b.select(x, np.concatenate(reads), plan.n_in, "x_perm")
+            ends = np.cumsum([len(cols) for cols in reads])
+            reads = [np.arange(end - len(cols), end) for cols, end in zip(reads, ends)]
+        for k, (branch, cols) in enumerate(zip(plan.branches, reads)):
+            x_k = b.select(x, cols, plan.n_in, f"x{k}")
             inputs = [x_k, b.branch_weight(branch.rows, branch.cols, k)]
             if gemm and op.bias is not None:
                 inputs.append(b.constant(f"C{k}", b.bias_part(branch.rows)))
@@ -135,8 +154,16 @@ class BlockRewrite(Pass):
         if np.array_equal(order, np.arange(plan.n_out)):
             b.nodes[-1].outputs = [y]  # the last node made `joined`: let it write the output
         else:
-            b.emit("Gather", "unpermute", [joined, b.constant("order", _index(np.argsort(order)))],
-                   {"axis": -1}, y)
+            b.permute(joined, np.argsort(order), "unpermute", output=y)
+
+    @staticmethod
+    def _disjoint(reads: list[np.ndarray]) -> bool:
+        """True when branches read disjoint inputs and at least one read is not a contiguous range."""
+        if len(reads) < 2:
+            return False
+        flat = np.concatenate(reads)
+        scattered = any(cols[-1] - cols[0] + 1 != len(cols) for cols in reads)
+        return scattered and len(np.unique(flat)) == len(flat)
 
     @staticmethod
     def _constant_rows(b: _Builder, plan: BlockPlan, x) -> gs.Variable:

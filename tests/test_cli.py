@@ -31,7 +31,7 @@ def blocked(tmp_path, rng):
 
 def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
-    result = cli("decompose", blocked, out, "--check", 2, "--json", report, "--input-shape", "x:3,32")
+    result = cli("decompose", blocked, out, "--gate", "flops", "--check", 2, "--json", report, "--input-shape", "x:3,32")
     assert result.returncode == 0, result.stderr
     assert "validation on cpu, 2 input sets" in result.stdout
     data = json.loads(report.read_text())
@@ -45,7 +45,7 @@ def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
 
 
 def test_inspect_prints_table(blocked):
-    result = cli("inspect", blocked)
+    result = cli("inspect", blocked, "--gate", "flops")
     assert result.returncode == 0
     assert "fc" in result.stdout and "rewrite" in result.stdout and "MatMul FLOPs" in result.stdout
 
@@ -104,7 +104,7 @@ def test_require_change_on_dense_model(tmp_path, rng):
     result = cli("decompose", dense, out, "--require-change")
     assert result.returncode == 3 and "nothing to rewrite" in result.stderr and not out.exists()
     result = cli("decompose", dense, out)
-    assert result.returncode == 0 and "no MatMul/Gemm weight is block-structured" in result.stdout
+    assert result.returncode == 0 and "no MatMul/Gemm weight passed the gate" in result.stdout
     assert out.exists()
 
 
@@ -118,7 +118,7 @@ def test_validation_mismatch_exits_1_and_writes_nothing(tmp_path, rng):
     onnx.save(make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], [tensor("B", w.T.copy())]),
               path)
     out = tmp_path / "out.onnx"
-    result = cli("decompose", path, out, "--json", tmp_path / "r.json")
+    result = cli("decompose", path, out, "--gate", "flops", "--json", tmp_path / "r.json")
     assert result.returncode == 1
     assert "differs from the original" in result.stderr and "NO" in result.stdout
     assert not out.exists() and not (tmp_path / "r.json").exists()

@@ -35,7 +35,7 @@ def test_hidden_block_diagonal_matmul_is_recovered_exactly(seed):
     model = matmul_model(w, batch_shape=("batch", "seq"))
     x = rng.standard_normal((3, 5, w.shape[1])).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
 
     assert count(out, "MatMul") == blocks
     assert report.nodes[0].blocks == blocks
@@ -45,7 +45,7 @@ def test_hidden_block_diagonal_matmul_is_recovered_exactly(seed):
 
 def test_dynamic_dims_stay_dynamic(rng):
     w, _ = hidden_blocks(rng, [(4, 3), (5, 6)])
-    out, _ = onnx_decomp.decompose(matmul_model(w, batch_shape=("batch", "seq")))
+    out, _ = onnx_decomp.decompose(matmul_model(w, batch_shape=("batch", "seq")), gate="flops")
     dims = out.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims[:2]] == ["batch", "seq"]
     for batch in (1, 7):
@@ -68,7 +68,7 @@ def test_gemm_variants(rng, trans_b, alpha, beta, bias_shape):
     model = make_model([node], [value("a", [m, n_in])], [value("y", [m, n_out])], inits)
     a = rng.standard_normal((m, n_in)).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
 
     assert count(out, "Gemm") == blocks and report.planned
     np.testing.assert_allclose(run(out, {"a": a})[0], run(model, {"a": a})[0], rtol=RTOL, atol=ATOL)
@@ -81,7 +81,7 @@ def test_weight_from_constant_node(rng):
     model = make_model(nodes, [value("x", ["N", 6])], [value("y", ["N", 6])])
     x = rng.standard_normal((2, 6)).astype(np.float32)
 
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
 
     assert "Constant" not in op_types(out) and count(out, "MatMul") == blocks
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
@@ -98,7 +98,7 @@ def test_weight_inside_if_branch_from_outer_scope(rng):
                        [tensor("B", w.T.copy())])
     x = rng.standard_normal((3, 6)).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
 
     branch = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
     assert [n.op_type for n in branch.node].count("MatMul") == blocks
@@ -115,7 +115,7 @@ def test_shared_initializer_is_rewritten_at_each_use_without_copies(rng):
     model = make_model(nodes, [value("x", ["N", 10])], [value("y", ["N", 10])], [tensor("B", w.T.copy())])
     x = rng.standard_normal((4, 10)).astype(np.float32)
 
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
 
     assert count(out, "MatMul") == 2 * blocks
     branch_weights = [t for t in out.graph.initializer if t.dims and len(t.dims) == 2]
@@ -128,7 +128,7 @@ def test_opsets(rng, opset):
     w, blocks = hidden_blocks(rng, [(3, 2), (2, 3)], empty_rows=1)
     model = matmul_model(w, opset=opset)
     x = rng.standard_normal((2, w.shape[1])).astype(np.float32)
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0)
+    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
     assert out.opset_import[0].version == opset and count(out, "MatMul") == blocks
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
 
@@ -136,7 +136,7 @@ def test_opsets(rng, opset):
 def test_dense_model_reports_no_structure_and_stays_equivalent(rng):
     model = matmul_model(rng.standard_normal((8, 8)).astype(np.float32))
     x = rng.standard_normal((2, 8)).astype(np.float32)
-    out, report = onnx_decomp.decompose(model)
+    out, report = onnx_decomp.decompose(model, gate="flops")
     assert not report.planned and report.nodes[0].action == "keep"
     assert report.nodes[0].reason == "dense: one block"
     assert op_types(out) == ["MatMul"]
@@ -145,7 +145,7 @@ def test_dense_model_reports_no_structure_and_stays_equivalent(rng):
 
 def test_cost_gate_keeps_nodes_below_threshold(rng):
     w, _ = hidden_blocks(rng, [(6, 6), (2, 2)])  # 40 of 64 MACs: 1.6x fewer
-    _, report = onnx_decomp.decompose(matmul_model(w), min_flop_reduction=2.0)
+    _, report = onnx_decomp.decompose(matmul_model(w), min_flop_reduction=2.0, gate="flops")
     assert report.nodes[0].action == "keep" and "1.60x" in report.nodes[0].reason
 
 
@@ -155,7 +155,29 @@ def test_unsupported_weights_are_listed_with_reasons(rng):
     model = make_model(nodes, [value("a", [3, 2]), value("x", [2, 3], TensorProto.INT32)],
                        [value("y", [2, 4]), value("z", [2, 3], TensorProto.INT32)],
                        [tensor("B", np.eye(3, 4, dtype=np.float32)), tensor("I", np.eye(3, dtype=np.int32))])
-    _, report = onnx_decomp.decompose(model)
+    _, report = onnx_decomp.decompose(model, gate="flops")
     reasons = {n.node: (n.action, n.reason) for n in report.nodes}
     assert reasons["Gemm"] == ("skip", "Gemm with transA=1")
     assert reasons["MatMul"][0] == "skip" and "int32 weight" in reasons["MatMul"][1]
+
+
+def test_timing_gate_keeps_a_slower_rewrite_dense(rng):
+    """16x16 in two scattered blocks at batch 1: the extra nodes cost more than 2x fewer MACs save."""
+    w, _ = hidden_blocks(rng, [(8, 8), (8, 8)])
+    model = matmul_model(w)
+    out, report = onnx_decomp.decompose(model, input_shapes={"x": [1, 16]})
+    node = report.nodes[0]
+    assert node.action == "keep" and node.reason.startswith("measured") and node.speedup < 1.1
+    assert op_types(out) == ["MatMul"]
+
+
+def test_timing_gate_rewrites_a_faster_node(rng):
+    """1024x1024 in 8 contiguous blocks at batch 64: measured about 3x faster (tools/bench_decompose.py)."""
+    w = (np.kron(np.eye(8), np.ones((128, 128))) * rng.standard_normal((1024, 1024))).astype(np.float32)
+    model = matmul_model(w)
+    x = rng.standard_normal((64, 1024)).astype(np.float32)
+    out, report = onnx_decomp.decompose(model, input_shapes={"x": [64, 1024]})
+    node = report.nodes[0]
+    assert node.action == "rewrite" and node.speedup >= 1.1
+    assert count(out, "MatMul") == 8
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

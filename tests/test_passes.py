@@ -35,17 +35,24 @@ def test_plan_invariants_are_enforced():
         BlockPlan(1, 2, (Branch([0], [2]),))
 
 
-def _graph(w, rng):
-    model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")],
-                       [value("x", ["N", w.shape[1]])], [value("y", ["N", w.shape[0]])], [tensor("B", w.T.copy())])
+def _graph(w, rng, known_rank=True):
+    """MatMul "fc" on x; without ``known_rank`` it reads an Identity output that carries no shape."""
+    source = "x" if known_rank else "h"
+    nodes = [helper.make_node("Identity", ["x"], ["h"])] if not known_rank else []
+    nodes.append(helper.make_node("MatMul", [source, "B"], ["y"], name="fc"))
+    model = make_model(nodes, [value("x", ["N", w.shape[1]])], [value("y", ["N", w.shape[0]])],
+                       [tensor("B", w.T.copy())])
     return model, gs.import_onnx(model)
 
 
-def test_explicit_overlapping_plan_is_the_mask(rng):
-    """General block-sparse plan: branches read overlapping inputs; entries outside the plan are dropped."""
+@pytest.mark.parametrize("known_rank,permute_ops", [(True, ["Transpose", "Gather", "Transpose"]),
+                                                     (False, ["Gather"])])
+def test_explicit_overlapping_plan_is_the_mask(rng, known_rank, permute_ops):
+    """General block-sparse plan: branches read overlapping inputs; entries outside the plan are dropped.
+    Permutations take the row-gather form when the rank is known, a last-axis Gather otherwise."""
     w = rng.standard_normal((4, 5)).astype(np.float32)
     plan = BlockPlan(4, 5, (Branch([0, 2], [0, 1, 2]), Branch([1], [2, 3, 4])), constant_rows=[3])
-    model, graph = _graph(w, rng)
+    model, graph = _graph(w, rng, known_rank)
 
     result = PassManager([UniqueNodeNames(), BlockRewrite({"fc": plan})])(graph)
 
@@ -53,6 +60,7 @@ def test_explicit_overlapping_plan_is_the_mask(rng):
     out = gs.export_onnx(result.graph)
     out.ir_version = model.ir_version
     assert op_types(out).count("MatMul") == 2 and "Expand" in op_types(out)
+    assert op_types(out)[-len(permute_ops):] == permute_ops  # the unpermute restoring output order
     x = rng.standard_normal((3, 5)).astype(np.float32)
     expected = x @ (w * plan.mask()).T
     np.testing.assert_allclose(run(out, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)

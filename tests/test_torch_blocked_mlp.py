@@ -34,7 +34,7 @@ def test_exported_blocked_mlp_decomposes_into_its_blocks(tmp_path, dynamo):
                       dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamo else None)
     original = onnx.load(path)
 
-    rewritten, report = onnx_decomp.decompose(path)
+    rewritten, report = onnx_decomp.decompose(path, gate="flops")
 
     rewritten_nodes = [n for n in report.nodes if n.action == "rewrite"]
     assert [n.blocks for n in rewritten_nodes] == [4]
