@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from onnx_decomp.decompose import (DEFAULT_ATOL, DEFAULT_MIN_FLOP_REDUCTION, DEFAULT_RTOL, GATES, decompose,
                                    inspect)
+from onnx_decomp.analyze import EDGE_MODES, FDR_SCOPES, analyze
 from onnx_decomp.errors import DecompError
 from onnx_decomp.model_io import save_model
 from onnx_decomp.runtime import PROVIDERS
@@ -39,8 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
+    model.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+
+    common = argparse.ArgumentParser(add_help=False, parents=[model])
     common.add_argument("--input-shape", type=_input_shape, action="append", default=[],
                         metavar="NAME:D1,D2", help="concrete shape for an input with symbolic dims "
                         "(repeatable; default: symbolic dims are 1)")
@@ -55,9 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--provider", choices=PROVIDERS, default="auto",
                         help="ONNX Runtime provider for timing and validation (auto: CUDA if a session "
                         "really gets it, else CPU)")
-    common.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
 
     commands.add_parser("inspect", parents=[common], help="list MatMul/Gemm weights and their blocks")
+    study = commands.add_parser("analyze", parents=[model],
+                                help="test every weight entry against its initialization (null) distribution")
+    study.add_argument("--report", type=Path, metavar="DIR",
+                       help="write DIR/report.json and DIR/figures/*.png (histograms, permuted supports)")
+    study.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
+                       help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
+                       "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
+    study.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg level q (default 0.05)")
+    study.add_argument("--fdr-scope", choices=FDR_SCOPES, default="tensor",
+                       help="control the FDR per tensor (default) or over the whole model")
+    study.add_argument("--init-reference", type=Path, metavar="PATH",
+                       help="ONNX model with the initial tensors: test each update W - W0")
+    study.add_argument("--edges", choices=EDGE_MODES, default="entries",
+                       help="grouped: also decide the multi-channel edges of layer chains (Fisher)")
+    study.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     run = commands.add_parser("decompose", parents=[common],
                               help="rewrite block-structured MatMul/Gemm into branches and validate")
     run.add_argument("output", type=Path, help="where to write the rewritten model")
@@ -73,7 +92,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _analyze(args: argparse.Namespace):
+    """Run the analysis; a report folder this call created is removed again if the analysis fails."""
+    created = args.report is not None and not args.report.exists()
+    if args.report is not None:
+        args.report.mkdir(parents=True, exist_ok=True)
+    try:
+        report = analyze(args.input, nulls=args.null, fdr=args.fdr, fdr_scope=args.fdr_scope,
+                         init_reference=args.init_reference, edges=args.edges, report_dir=args.report,
+                         figures=not args.no_figures)
+    except DecompError:
+        if created:
+            shutil.rmtree(args.report, ignore_errors=True)
+        raise
+    if args.report is not None:
+        report.write_json(args.report / "report.json")
+    return report
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "analyze":
+        report = _analyze(args)
+        print(report.format())
+        if args.json:
+            report.write_json(args.json)
+        return 0
     options = dict(input_shapes=dict(args.input_shape), gate=args.gate, provider=args.provider,
                    min_flop_reduction=args.min_flop_reduction, min_speedup=args.min_speedup)
     if args.command == "inspect":

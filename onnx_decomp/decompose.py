@@ -38,7 +38,7 @@ InputShapes = Optional[Mapping[str, Sequence[int]]]
 Timer = Callable[[LinearOp, BlockPlan], Optional[float]]
 
 
-def _normalized_graph(model: onnx.ModelProto) -> gs.Graph:
+def normalized_graph(model: onnx.ModelProto) -> gs.Graph:
     """The model as a graph with inferred shapes (the rewrite needs ranks), Constant weights folded and
     unique node names."""
     if not is_large(model):
@@ -132,7 +132,7 @@ def _planned(model: ModelLike, input_shapes: InputShapes, gate: str, min_flop_re
              min_speedup: float, provider: str):
     """Load, normalise and plan: the part ``inspect`` and ``decompose`` share."""
     original = load_model(model)
-    graph = _normalized_graph(original)
+    graph = normalized_graph(original)
     notes: list[str] = []
     specs = input_specs(original, input_shapes, notes)
     timer = _timer(gate, original, graph, specs, provider)

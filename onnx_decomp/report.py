@@ -67,22 +67,22 @@ class Report:
                          fmt(n.density, ".3f"), fmt(n.blocks), fmt(n.constant_outputs),
                          fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.speedup, ".2f"),
                          n.action + (f" ({n.reason})" if n.reason else "")))
-        lines = [_table(rows) if self.nodes else "no MatMul/Gemm with a constant weight"]
+        lines = [table(rows) if self.nodes else "no MatMul/Gemm with a constant weight"]
         stats = [("", "before") + (("after",) if self.after else ())]
         for label, key in (("nodes", "nodes"), ("params", "params"), ("MatMul FLOPs", "matmul_flops")):
             stats.append((label, f"{getattr(self.before, key):,}") +
                          ((f"{getattr(self.after, key):,}",) if self.after else ()))
-        lines += ["", _table(stats)]
+        lines += ["", table(stats)]
         if self.validation is not None:
             v = self.validation
             lines += ["", f"validation on {v.device}, {v.runs} input sets, rtol={v.rtol:g} atol={v.atol:g}:",
-                      _table([("output", "max abs diff", "max rel diff", "ok")] +
+                      table([("output", "max abs diff", "max rel diff", "ok")] +
                              [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", "yes" if d.ok else "NO")
                               for d in v.outputs])]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
-def _table(rows: list[tuple]) -> str:
+def table(rows: list[tuple]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

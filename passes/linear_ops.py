@@ -94,3 +94,35 @@ def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
             elif isinstance(result, Skipped):
                 skipped.append(result)
     return found, skipped
+
+
+ELEMENTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Tanh", "Sigmoid", "HardSigmoid",
+               "Softplus", "Softsign", "Erf", "Identity", "Dropout"}
+BROADCAST_CONSTANT = {"Add", "Sub", "Mul", "Div"}
+
+
+def _per_feature(node: gs.Node) -> bool:
+    """True for a node that maps each feature on its own: a unary activation, or arithmetic with a constant."""
+    if node.op in ELEMENTWISE:
+        return True
+    return node.op in BROADCAST_CONSTANT and sum(isinstance(t, gs.Constant) for t in node.inputs) == 1
+
+
+def find_chains(ops: list[LinearOp]) -> list[tuple[LinearOp, LinearOp]]:
+    """Pairs ``(first, second)`` where ``first``'s output reaches ``second``'s input only through
+    per-feature nodes, each with a single consumer, and the hidden sizes agree."""
+    by_node = {id(op.node): op for op in ops}
+    chains = []
+    for op in ops:
+        tensor = op.node.outputs[0]
+        while len(tensor.outputs) == 1:
+            consumer = tensor.outputs[0]
+            second = by_node.get(id(consumer))
+            if second is not None:
+                if consumer.inputs[0] is tensor and second.shape[1] == op.shape[0]:
+                    chains.append((op, second))
+                break
+            if not _per_feature(consumer) or len(consumer.outputs) != 1:
+                break
+            tensor = consumer.outputs[0]
+    return chains

@@ -1,0 +1,68 @@
+"""PNG figures a person can open: weights against their null, and the confirmed support in block order.
+
+Needs matplotlib (extra ``figures``); imported here only, with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import numpy as np
+
+from onnx_decomp.errors import DecompError
+from passes.plan import BlockPlan
+
+PathLike = Union[str, os.PathLike]
+MAX_PIXELS = 1024  # the support image is max-pooled down to this many rows/columns
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise DecompError("figures need matplotlib: pip install 'onnx-decomp[figures]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weight_histogram(w: np.ndarray, null, title: str, path: PathLike) -> None:
+    """Density histogram of the weight entries with the null density drawn over it."""
+    plt = _pyplot()
+    values = np.asarray(w, dtype=np.float64).ravel()
+    span = float(np.abs(values).max(initial=1e-12))
+    grid = np.linspace(-span, span, 801)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.hist(values, bins=120, range=(-span, span), density=True, color="#4c72b0", alpha=0.75,
+              label="trained weights")
+    axes.plot(grid, null.pdf(grid), color="#dd8452", linewidth=2, label="null (initialization)")
+    axes.set(title=title, xlabel="weight value", ylabel="density")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path: PathLike) -> None:
+    """The support ``[n_out, n_in]`` with rows in branch order and columns in first-reading-branch order,
+    so independent blocks show on the diagonal (max-pooled to at most MAX_PIXELS per side)."""
+    plt = _pyplot()
+    cols = list(dict.fromkeys(np.concatenate([b.cols for b in plan.branches] + [plan.unused_cols]).tolist()))
+    image = np.asarray(support, dtype=bool)[plan.output_order()][:, cols]
+    for axis in (0, 1):
+        factor = -(-image.shape[axis] // MAX_PIXELS)
+        if factor > 1:
+            pad = [(0, 0), (0, 0)]
+            pad[axis] = (0, (-image.shape[axis]) % factor)
+            image = np.pad(image, pad)
+            shape = list(image.shape)
+            shape[axis:axis + 1] = [shape[axis] // factor, factor]
+            image = image.reshape(shape).any(axis=axis + 1)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.imshow(image, cmap="Greys", interpolation="nearest", aspect="auto")
+    axes.set(title=title, xlabel="inputs (permuted)", ylabel="outputs (permuted)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,216 @@
+"""Null models: the distribution a weight entry would have if training had never confirmed it.
+
+Orientation: a weight is ``W[n_out, n_in]``; ``fan_in = n_in``, ``fan_out = n_out`` (MatMul ``B[K, N]`` and
+Gemm ``transB=0`` hold ``W.T``; Gemm ``transB=1`` holds ``W``).
+
+Spec strings name a null and its parameters, ``name`` or ``name(key=value, ...)``:
+
+| spec | null distribution of an entry |
+|---|---|
+| ``torch-linear`` | U(-b, b), b = 1/sqrt(fan_in) (PyTorch nn.Linear default) |
+| ``kaiming-uniform(a=...)`` | U(-b, b), b = sqrt(6 / ((1 + a^2) fan_in)); a defaults to sqrt(5) (= torch-linear) |
+| ``kaiming-normal`` | N(0, 2 / fan_in) |
+| ``xavier-uniform`` | U(-b, b), b = sqrt(6 / (fan_in + fan_out)) |
+| ``xavier-normal`` | N(0, 2 / (fan_in + fan_out)) |
+| ``normal(sigma=...)`` | N(0, sigma^2) |
+| ``trunc-normal(sigma=..., bound=...)`` | N(0, sigma^2) cut at +-bound; bound defaults to 2 sigma (TensorFlow, JAX); PyTorch's ``trunc_normal_`` cuts at +-2 absolute: ``bound=2`` |
+| ``reference`` | the initial tensor W0 is known: the update d = W - W0 is tested; exactly unchanged entries (abs(d) <= 1e-7 max abs(W0)) have p = 1, the rest N(0, s^2) with s = 1.4826 MAD(d), or p = 0 if MAD(d) = 0 (most entries untouched: any change is learning) |
+| ``empirical`` | N(0, s^2), s = 1.4826 MAD(W): fitted to the central bulk of the trained tensor itself |
+
+The test is one-sided: ``p = P0(|w0| >= |w|)``; a weight decayed below its initial scale is not confirmed.
+
+Metadata contract (written by the PyTorch exporter, read here): ONNX ``metadata_props`` key
+``onnx_decomp.null/<initializer name>`` holds a spec string; key ``onnx_decomp.init_reference`` holds the
+path, relative to the model file, of an ONNX model with the initial tensors under the same initializer names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import special
+
+from onnx_decomp.errors import UnsupportedConstructError
+
+NULL_KEY_PREFIX = "onnx_decomp.null/"
+REFERENCE_KEY = "onnx_decomp.init_reference"
+FALLBACK_SPEC = "torch-linear"
+MAD_SCALE = 1.4826
+UNCHANGED = 1e-7
+
+
+def _normal_sf_abs(x: np.ndarray, sigma: float) -> np.ndarray:
+    """P(|N(0, sigma^2)| >= x) = erfc(x / (sigma sqrt 2))."""
+    return special.erfc(np.abs(x) / (sigma * math.sqrt(2.0)))
+
+
+@dataclass(frozen=True)
+class Uniform:
+    bound: float
+
+    def sf_abs(self, w: np.ndarray) -> np.ndarray:
+        return np.clip(1.0 - np.abs(w) / self.bound, 0.0, 1.0)
+
+    def pdf(self, w: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(w) <= self.bound, 0.5 / self.bound, 0.0)
+
+
+@dataclass(frozen=True)
+class Normal:
+    sigma: float
+
+    def sf_abs(self, w: np.ndarray) -> np.ndarray:
+        if self.sigma == 0:
+            return (np.abs(w) == 0).astype(np.float64)
+        return _normal_sf_abs(w, self.sigma)
+
+    def pdf(self, w: np.ndarray) -> np.ndarray:
+        return np.exp(-0.5 * (np.asarray(w) / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
+
+
+@dataclass(frozen=True)
+class TruncNormal:
+    sigma: float
+    bound: float
+
+    def sf_abs(self, w: np.ndarray) -> np.ndarray:
+        tail = _normal_sf_abs(np.float64(self.bound), self.sigma)
+        inside = (_normal_sf_abs(w, self.sigma) - tail) / (1.0 - tail)
+        return np.clip(np.where(np.abs(w) < self.bound, inside, 0.0), 0.0, 1.0)
+
+    def pdf(self, w: np.ndarray) -> np.ndarray:
+        mass = 1.0 - _normal_sf_abs(np.float64(self.bound), self.sigma)
+        return np.where(np.abs(w) <= self.bound, Normal(self.sigma).pdf(w) / mass, 0.0)
+
+
+@dataclass(frozen=True)
+class Update:
+    """The ``reference`` null on W: tests ``d = W - W0`` (see the module table)."""
+
+    initial: np.ndarray
+
+    def _scale(self, d: np.ndarray) -> float:
+        return MAD_SCALE * float(np.median(np.abs(d - np.median(d))))
+
+    def sf_abs(self, w: np.ndarray) -> np.ndarray:
+        d = np.asarray(w, dtype=np.float64) - self.initial
+        unchanged = np.abs(d) <= UNCHANGED * max(float(np.abs(self.initial).max(initial=0.0)), 1e-30)
+        return np.where(unchanged, 1.0, Normal(self._scale(d)).sf_abs(d))
+
+    def pdf(self, w: np.ndarray) -> np.ndarray:
+        """Density of the trained weight if only the update noise moved it (for figures)."""
+        return Normal(max(self._scale(np.asarray(w) - self.initial), 1e-30)).pdf(np.asarray(w) - self.initial)
+
+
+def empirical_sigma(w: np.ndarray) -> float:
+    """Robust scale of the central bulk: 1.4826 * median absolute deviation."""
+    return MAD_SCALE * float(np.median(np.abs(w - np.median(w))))
+
+
+_SPEC = re.compile(r"^\s*([a-z][a-z-]*)\s*(?:\((.*)\))?\s*$")
+_PARAMS = {"torch-linear": (), "kaiming-uniform": ("a",), "kaiming-normal": (), "xavier-uniform": (),
+           "xavier-normal": (), "normal": ("sigma",), "trunc-normal": ("sigma", "bound"),
+           "reference": (), "empirical": ()}
+_REQUIRED = {"normal": ("sigma",), "trunc-normal": ("sigma",)}
+
+
+@dataclass(frozen=True)
+class NullSpec:
+    """A parsed spec string; ``build`` makes the distribution for one weight."""
+
+    name: str
+    params: tuple[tuple[str, float], ...] = ()
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={v:g}" for k, v in self.params)
+        return f"{self.name}({inner})" if inner else self.name
+
+    def build(self, w: np.ndarray, initial: Optional[np.ndarray] = None):
+        """The null for ``w`` (shape ``[n_out, n_in]``); ``initial`` is required for ``reference``."""
+        fan_out, fan_in = w.shape
+        p = dict(self.params)
+        if self.name in ("torch-linear", "kaiming-uniform"):
+            a = p.get("a", math.sqrt(5.0))
+            return Uniform(math.sqrt(6.0 / ((1.0 + a * a) * fan_in)))
+        if self.name == "kaiming-normal":
+            return Normal(math.sqrt(2.0 / fan_in))
+        if self.name == "xavier-uniform":
+            return Uniform(math.sqrt(6.0 / (fan_in + fan_out)))
+        if self.name == "xavier-normal":
+            return Normal(math.sqrt(2.0 / (fan_in + fan_out)))
+        if self.name == "normal":
+            return Normal(p["sigma"])
+        if self.name == "trunc-normal":
+            return TruncNormal(p["sigma"], p.get("bound", 2.0 * p["sigma"]))
+        if self.name == "empirical":
+            return Normal(empirical_sigma(w))
+        if initial is None:
+            raise UnsupportedConstructError("null 'reference' needs the initial tensor (--init-reference)")
+        if initial.shape != w.shape:
+            raise UnsupportedConstructError(f"reference tensor has shape {initial.shape}, weight {w.shape}")
+        return Update(np.asarray(initial, dtype=np.float64))
+
+
+def parse_null_spec(text: str) -> NullSpec:
+    """``"kaiming-uniform(a=2.236)"`` -> NullSpec; unknown names or parameters raise a one-line error."""
+    match = _SPEC.match(text)
+    if not match or match.group(1) not in _PARAMS:
+        raise UnsupportedConstructError(f"unknown null model {text!r}; known: {', '.join(_PARAMS)}")
+    name, inner = match.group(1), match.group(2)
+    params = []
+    for item in filter(None, (part.strip() for part in (inner or "").split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if not sep or key not in _PARAMS[name] or not math.isfinite(number):
+            raise UnsupportedConstructError(f"null {name!r}: bad parameter {item!r} (takes {_PARAMS[name]})")
+        params.append((key, number))
+    missing = set(_REQUIRED.get(name, ())) - {k for k, _ in params}
+    if missing:
+        raise UnsupportedConstructError(f"null {name!r} needs {', '.join(sorted(missing))}=...")
+    if any(v <= 0 for k, v in params if k in ("sigma", "bound")):
+        raise UnsupportedConstructError(f"null {name!r}: sigma and bound must be positive")
+    return NullSpec(name, tuple(params))
+
+
+@dataclass(frozen=True)
+class NullChoice:
+    spec: NullSpec
+    source: str  # "metadata", "user" or "guess"
+
+
+def nulls_from_metadata(metadata: Mapping[str, str]) -> dict[str, NullSpec]:
+    """Initializer name -> spec, from ``onnx_decomp.null/<name>`` metadata keys."""
+    return {key[len(NULL_KEY_PREFIX):]: parse_null_spec(value)
+            for key, value in metadata.items() if key.startswith(NULL_KEY_PREFIX)}
+
+
+def parse_user_nulls(texts: Sequence[str]) -> list[tuple[str, NullSpec]]:
+    """``["xavier-uniform", "fc*=normal(sigma=0.02)"]`` -> ordered (glob, spec) rules; a bare spec is ``*``.
+    The glob ends at the first ``=`` before any parenthesis."""
+    rules = []
+    for text in texts:
+        if "=" in text.split("(", 1)[0]:
+            pattern, spec = text.split("=", 1)
+        else:
+            pattern, spec = "*", text
+        rules.append((pattern.strip() or "*", parse_null_spec(spec)))
+    return rules
+
+
+def choose_null(name: str, metadata: Mapping[str, NullSpec], rules: Sequence[tuple[str, NullSpec]]) -> NullChoice:
+    """Metadata written by our exporter > the first user rule whose glob matches ``name`` > torch-linear."""
+    if name in metadata:
+        return NullChoice(metadata[name], "metadata")
+    for pattern, spec in rules:
+        if fnmatchcase(name, pattern):
+            return NullChoice(spec, "user")
+    return NullChoice(parse_null_spec(FALLBACK_SPEC), "guess")
