@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from onnx_decomp.atomic import staged_output, write_text
 from onnx_decomp.criterion import bh_threshold, grouped_edge_p_values, storey_pi0
-from onnx_decomp.decompose import normalized_graph
 from onnx_decomp.errors import InvalidModelError, UnsupportedConstructError
-from onnx_decomp.model_io import ModelLike, iter_tensors, load_model
+from onnx_decomp.model_io import ModelLike, iter_tensors, load_model, model_label
+from onnx_decomp.normalized import normalized_graph
 from onnx_decomp.null_models import (REFERENCE_KEY, NullChoice, NullSpec, choose_null, nulls_from_metadata,
                                      parse_user_nulls)
 from onnx_decomp.report import table
@@ -186,8 +186,7 @@ def analyze(model: ModelLike, *, nulls: Sequence[str] = (), fdr: float = 0.05, f
     by_weight: dict[str, list[LinearOp]] = {}
     for op in ops:
         by_weight.setdefault(op.weight.name, []).append(op)
-    report = AnalysisReport(str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>",
-                            fdr, fdr_scope, [])
+    report = AnalysisReport(model_label(model), fdr, fdr_scope, [])
 
     choices = {name: choose_null(name, recorded, rules) for name in by_weight}
     reference_path = init_reference

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from onnx_decomp.decompose import (DEFAULT_ATOL, DEFAULT_MIN_FLOP_REDUCTION, DEFAULT_RTOL, GATES, decompose,
-                                   inspect)
+import numpy as np
+
+from onnx_decomp.decompose import (DEFAULT_LOSSY_TOLERANCE, DEFAULT_MIN_FLOP_REDUCTION, GATES, SUPPORTS,
+                                   decompose, inspect)
 from onnx_decomp.analyze import EDGE_MODES, FDR_SCOPES, analyze
 from onnx_decomp.errors import DecompError
 from onnx_decomp.model_io import save_model
-from onnx_decomp.runtime import PROVIDERS
+from onnx_decomp.runtime import PROVIDERS, Tolerance
 from onnx_decomp.timing import DEFAULT_MIN_SPEEDUP
 
 EXIT_NO_CHANGE = 3
@@ -62,34 +64,57 @@ def _parser() -> argparse.ArgumentParser:
                         "really gets it, else CPU)")
 
     commands.add_parser("inspect", parents=[common], help="list MatMul/Gemm weights and their blocks")
-    study = commands.add_parser("analyze", parents=[model],
+    stats = argparse.ArgumentParser(add_help=False)
+    stats.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
+                       help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
+                       "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
+    stats.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg level q (default 0.05)")
+    stats.add_argument("--fdr-scope", choices=FDR_SCOPES, default="tensor",
+                       help="control the FDR per tensor (default) or over the whole model")
+    stats.add_argument("--init-reference", type=Path, metavar="PATH",
+                       help="ONNX model with the initial tensors: test each update W - W0")
+
+    study = commands.add_parser("analyze", parents=[model, stats],
                                 help="test every weight entry against its initialization (null) distribution")
     study.add_argument("--report", type=Path, metavar="DIR",
                        help="write DIR/report.json and DIR/figures/*.png (histograms, permuted supports)")
-    study.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
-                       help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
-                       "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
-    study.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg level q (default 0.05)")
-    study.add_argument("--fdr-scope", choices=FDR_SCOPES, default="tensor",
-                       help="control the FDR per tensor (default) or over the whole model")
-    study.add_argument("--init-reference", type=Path, metavar="PATH",
-                       help="ONNX model with the initial tensors: test each update W - W0")
     study.add_argument("--edges", choices=EDGE_MODES, default="entries",
                        help="grouped: also decide the multi-channel edges of layer chains (Fisher)")
     study.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    run = commands.add_parser("decompose", parents=[common],
+    run = commands.add_parser("decompose", parents=[common, stats],
                               help="rewrite block-structured MatMul/Gemm into branches and validate")
     run.add_argument("output", type=Path, help="where to write the rewritten model")
     run.add_argument("--check", type=int, default=3, metavar="N",
                      help="compare outputs on N random input sets in ONNX Runtime (default 3; 0 skips)")
-    run.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance (default %(default)g)")
-    run.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance (default %(default)g)")
+    run.add_argument("--rtol", type=float, default=Tolerance.rtol,
+                     help="exact support: relative tolerance per element (default %(default)g)")
+    run.add_argument("--atol", type=float, default=Tolerance.atol,
+                     help="exact support: absolute tolerance per element (default %(default)g)")
+    run.add_argument("--support", choices=SUPPORTS, default="exact",
+                     help="exact: the nonzero pattern (lossless, default); confirmed: the entries the "
+                     "statistical analysis confirms, dropping the rest (lossy; see --null, --fdr)")
+    run.add_argument("--tolerance", type=float, metavar="X",
+                     help="compare outputs by relative L2 error <= X instead of per element (default "
+                     f"{DEFAULT_LOSSY_TOLERANCE} with --support confirmed)")
+    run.add_argument("--inputs", type=Path, metavar="NPZ",
+                     help="validate on these input arrays (keyed by input name) instead of random ones")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument("--require-change", action="store_true",
                      help=f"exit {EXIT_NO_CHANGE} without writing when nothing is rewritten")
     run.add_argument("--save-as-external-data", action="store_true",
                      help="write weights to OUTPUT.data (automatic above 2 GiB)")
     return parser
+
+
+def _load_inputs(path: Optional[Path]):
+    """Arrays keyed by input name from an .npz file, or None."""
+    if path is None:
+        return None
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise DecompError(f"{path}: cannot read input arrays ({error})") from None
 
 
 def _analyze(args: argparse.Namespace):
@@ -127,8 +152,11 @@ def _run(args: argparse.Namespace) -> int:
         if not args.output.parent.is_dir():
             raise DecompError(f"{args.output.parent}: output folder does not exist")
         try:
-            model, report = decompose(args.input, check=args.check, rtol=args.rtol, atol=args.atol,
-                                      seed=args.seed, **options)
+            model, report = decompose(args.input, check=args.check, seed=args.seed,
+                                      tolerance=Tolerance(args.rtol, args.atol, args.tolerance),
+                                      inputs=_load_inputs(args.inputs), support=args.support,
+                                      analysis=dict(nulls=args.null, fdr=args.fdr, fdr_scope=args.fdr_scope,
+                                                    init_reference=args.init_reference), **options)
         except DecompError as error:
             if getattr(error, "report", None) is not None:
                 print(error.report.format())
@@ -151,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _run(args)
     except DecompError as error:
-        print(f"onnx-decomp: error: {error}", file=sys.stderr)
+        print(f"onnx-decomp: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
 
 

@@ -18,34 +18,26 @@ import onnx_graphsurgeon as gs
 from tqdm.auto import tqdm
 
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
-from onnx_decomp.model_io import ModelLike, check_model, is_large, load_model
+from onnx_decomp.analyze import analyze
+from onnx_decomp.model_io import ModelLike, check_model, load_model, model_label
+from onnx_decomp.normalized import normalized_graph
 from onnx_decomp.model_stats import concrete_shapes, model_stats
 from onnx_decomp.report import KEEP, REWRITE, SKIP, NodeReport, Report
-from onnx_decomp.runtime import InputSpec, input_specs, validate
+from onnx_decomp.runtime import InputSpec, Tolerance, input_specs, validate
 from onnx_decomp.timing import DEFAULT_MIN_SPEEDUP, measure_speedup
 from passes.block_rewrite import MIN_OPSET, BlockRewrite
 from passes.infra import PassError, PassManager
 from passes.linear_ops import LinearOp, find_linear_ops
-from passes.normalize import FoldConstantNodes, UniqueNodeNames
 from passes.plan import BlockPlan, plan_from_support
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_FLOP_REDUCTION = 2.0
-DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-4  # float32 reassociation over K=4096 stays below 1e-4 abs
+DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
 GATES = ("time", "flops")
+SUPPORTS = ("exact", "confirmed")
 InputShapes = Optional[Mapping[str, Sequence[int]]]
 Timer = Callable[[LinearOp, BlockPlan], Optional[float]]
-
-
-def normalized_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The model as a graph with inferred shapes (the rewrite needs ranks), Constant weights folded and
-    unique node names."""
-    if not is_large(model):
-        model = onnx.shape_inference.infer_shapes(model)
-    graph = gs.import_onnx(model)
-    PassManager([FoldConstantNodes(), UniqueNodeNames()])(graph)
-    return graph
 
 
 def _node_report(op: LinearOp, plan: BlockPlan, action: str, reason: str = "",
@@ -76,10 +68,12 @@ def _decide(op: LinearOp, plan: BlockPlan, min_flop_reduction: float, timer: Opt
     return _node_report(op, plan, REWRITE, speedup=speedup)
 
 
-def plan_exact(graph: gs.Graph, min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION,
+def plan_nodes(graph: gs.Graph, min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION,
                timer: Optional[Timer] = None, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+               masks: Optional[Mapping[str, np.ndarray]] = None,
                ) -> tuple[dict[str, BlockPlan], list[NodeReport]]:
-    """Plans from each weight's nonzero pattern, kept where they pass the cost gate; a report per node."""
+    """Plans from each weight's support (``masks[weight]``, else its nonzero pattern), kept where they pass
+    the cost gate; a report per node."""
     ops, skipped = find_linear_ops(graph)
     reports = [NodeReport(s.node_name, s.op_type, s.graph_name, SKIP, s.reason) for s in skipped]
     plans: dict[str, BlockPlan] = {}
@@ -90,7 +84,10 @@ def plan_exact(graph: gs.Graph, min_flop_reduction: float = DEFAULT_MIN_FLOP_RED
                                       f"opset {graph.opset} < {MIN_OPSET}", op.weight.name, list(op.shape)))
             continue
         key = f"{op.weight.name}/{op.transposed}"
-        plan = by_weight.get(key) or by_weight.setdefault(key, plan_from_support(op.matrix() != 0))
+        if key not in by_weight:
+            support = masks[op.weight.name] if masks is not None else op.matrix() != 0
+            by_weight[key] = plan_from_support(support)
+        plan = by_weight[key]
         reports.append(_decide(op, plan, min_flop_reduction, timer, min_speedup))
         if reports[-1].action == REWRITE:
             plans[op.node.name] = plan
@@ -115,10 +112,6 @@ def _timer(gate: str, original: onnx.ModelProto, graph: gs.Graph, specs: Sequenc
     return timer
 
 
-def _label(model: ModelLike) -> str:
-    return "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
-
-
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The graph as a ModelProto carrying the original's model-level fields."""
     model = gs.export_onnx(graph)
@@ -129,15 +122,15 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _planned(model: ModelLike, input_shapes: InputShapes, gate: str, min_flop_reduction: float,
-             min_speedup: float, provider: str):
+             min_speedup: float, provider: str, masks: Optional[Mapping[str, np.ndarray]] = None):
     """Load, normalise and plan: the part ``inspect`` and ``decompose`` share."""
     original = load_model(model)
     graph = normalized_graph(original)
     notes: list[str] = []
     specs = input_specs(original, input_shapes, notes)
     timer = _timer(gate, original, graph, specs, provider)
-    plans, reports = plan_exact(graph, min_flop_reduction, timer, min_speedup)
-    report = Report(_label(model), reports, model_stats(original, specs), notes=notes)
+    plans, reports = plan_nodes(graph, min_flop_reduction, timer, min_speedup, masks)
+    report = Report(model_label(model), reports, model_stats(original, specs), notes=notes)
     return original, graph, plans, report
 
 
@@ -149,16 +142,27 @@ def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: str = "
 
 
 def decompose(model: ModelLike, *, check: int = 3, provider: str = "auto", input_shapes: InputShapes = None,
-              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0, gate: str = "time",
-              min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION,
-              min_speedup: float = DEFAULT_MIN_SPEEDUP) -> tuple[onnx.ModelProto, Report]:
-    """Rewrite every exactly block-structured MatMul/Gemm that passes the gate; prove it in ONNX Runtime.
+              tolerance: Optional[Tolerance] = None, seed: int = 0,
+              inputs: Optional[Mapping[str, np.ndarray]] = None, gate: str = "time",
+              min_flop_reduction: float = DEFAULT_MIN_FLOP_REDUCTION, min_speedup: float = DEFAULT_MIN_SPEEDUP,
+              support: str = "exact", analysis: Optional[Mapping] = None) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite every MatMul/Gemm whose support splits into blocks that pass the gate; prove it in ONNX Runtime.
 
-    ``check`` random input sets are compared (``|new - old| <= atol + rtol * |old|`` per element);
-    a mismatch raises ValidationError carrying the report. ``check=0`` skips validation (noted).
+    ``support="exact"`` plans from the nonzero pattern (lossless); ``"confirmed"`` from the entries the
+    statistical analysis confirms (``analyze`` with the ``analysis`` keyword arguments): entries outside
+    are dropped, a lossy step compared by relative L2 (``DEFAULT_LOSSY_TOLERANCE`` unless ``tolerance``
+    says otherwise). Validation runs on ``inputs`` if given, else on ``check`` random input sets; a
+    mismatch raises ValidationError carrying the report. ``check=0`` without inputs skips it (noted).
     """
+    if support not in SUPPORTS:
+        raise UnsupportedConstructError(f"support must be one of {SUPPORTS}, got {support!r}")
+    masks = None
+    if support == "confirmed":
+        masks = analyze(model, keep_masks=True, figures=False, **dict(analysis or {})).masks
+        if tolerance is None or tolerance.rel_l2 is None:
+            tolerance = Tolerance(rel_l2=DEFAULT_LOSSY_TOLERANCE)
     original, graph, plans, report = _planned(model, input_shapes, gate, min_flop_reduction, min_speedup,
-                                              provider)
+                                              provider, masks)
     try:
         PassManager([BlockRewrite(plans)])(graph)
     except PassError as error:
@@ -168,8 +172,11 @@ def decompose(model: ModelLike, *, check: int = 3, provider: str = "auto", input
     report.after = model_stats(rewritten, input_specs(original, input_shapes))
     if not plans:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
-    if check > 0:
-        report.validation = validate(original, rewritten, check, provider, input_shapes, rtol, atol, seed)
+    if support == "confirmed":
+        report.notes.append("lossy: weights the analysis did not confirm were dropped; see validation")
+    if check > 0 or inputs is not None:
+        report.validation = validate(original, rewritten, check, provider, input_shapes,
+                                     tolerance or Tolerance(), seed, inputs)
         if not report.validation.ok:
             error = ValidationError("rewritten model differs from the original in ONNX Runtime (see table)")
             error.report = report

@@ -21,6 +21,11 @@ PROTOBUF_LIMIT = 2**31 - 1
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 
+def model_label(model: ModelLike) -> str:
+    """How reports name a model: its path, or ``<ModelProto>``."""
+    return "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
+
+
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph (If/Loop/Scan bodies) at any depth."""
     yield graph

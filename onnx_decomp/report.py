@@ -75,10 +75,10 @@ class Report:
         lines += ["", table(stats)]
         if self.validation is not None:
             v = self.validation
-            lines += ["", f"validation on {v.device}, {v.runs} input sets, rtol={v.rtol:g} atol={v.atol:g}:",
-                      table([("output", "max abs diff", "max rel diff", "ok")] +
-                             [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", "yes" if d.ok else "NO")
-                              for d in v.outputs])]
+            lines += ["", f"validation on {v.device}, {v.runs} input set(s), {v.tolerance.describe()}:",
+                      table([("output", "max abs diff", "max rel diff", "rel L2", "ok")] +
+                            [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.rel_l2:.3g}",
+                              "yes" if d.ok else "NO") for d in v.outputs])]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 

@@ -33,7 +33,7 @@ def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = cli("decompose", blocked, out, "--gate", "flops", "--check", 2, "--json", report, "--input-shape", "x:3,32")
     assert result.returncode == 0, result.stderr
-    assert "validation on cpu, 2 input sets" in result.stdout
+    assert "validation on cpu, 2 input set(s)" in result.stdout
     data = json.loads(report.read_text())
     assert data["nodes"][0]["blocks"] == 4 and data["validation"]["ok"] is True
     assert data["before"]["matmul_flops"] == 2 * 3 * 32 * 32 and data["after"]["matmul_flops"] == 2 * 3 * 256
@@ -141,3 +141,53 @@ def test_cuda_request_without_cuda_is_a_clear_error(blocked, tmp_path):
     else:
         assert result.returncode == 2 and "no CUDA provider" in result.stderr
         assert not (tmp_path / "o.onnx").exists()
+
+
+def _planted_blocks_with_init_noise(tmp_path, rng):
+    """64x64 weight: 4 hidden blocks far outside the torch-linear bound b = 1/8, plus init-like noise
+    (|w| <= 0.05 b) everywhere else."""
+    bound = 1 / 8
+    w, _ = hidden_blocks(rng, [(16, 16)] * 4)
+    w = np.where(w != 0, np.sign(w) * bound * (1.5 + rng.random(w.shape)), rng.uniform(-0.05, 0.05, w.shape) * bound)
+    path = tmp_path / "noisy_blocks.onnx"
+    onnx.save(make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")], [value("x", ["N", 64])],
+                         [value("y", ["N", 64])], [tensor("B", w.T.astype(np.float32))]), path)
+    return path
+
+
+def test_confirmed_support_is_lossy_and_bounded_by_tolerance(tmp_path, rng):
+    path = _planted_blocks_with_init_noise(tmp_path, rng)
+    out = tmp_path / "out.onnx"
+    exact = cli("decompose", path, out, "--gate", "flops", "--require-change")
+    assert exact.returncode == 3  # the noise makes the nonzero pattern dense
+
+    result = cli("decompose", path, out, "--gate", "flops", "--support", "confirmed", "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["nodes"][0]["blocks"] == 4 and report["validation"]["tolerance"]["rel_l2"] == 0.05
+    assert 0 < report["validation"]["outputs"][0]["rel_l2"] < 0.05
+    assert op_types(onnx.load(out)).count("MatMul") == 4
+
+    strict = cli("decompose", path, tmp_path / "strict.onnx", "--gate", "flops", "--support", "confirmed",
+                 "--tolerance", "1e-6")
+    assert strict.returncode == 1 and not (tmp_path / "strict.onnx").exists()
+
+
+def test_validation_on_given_inputs(tmp_path, blocked, rng):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, x=rng.standard_normal((7, 32)).astype(np.float32))
+    result = cli("decompose", blocked, tmp_path / "o.onnx", "--gate", "flops", "--inputs", inputs)
+    assert result.returncode == 0 and "validation on cpu, 1 input set(s)" in result.stdout
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    result = cli("decompose", blocked, tmp_path / "o2.onnx", "--inputs", tmp_path / "bad.npz")
+    assert result.returncode == 2 and "cannot read input arrays" in result.stderr
+
+
+def test_inputs_that_do_not_fit_the_model(tmp_path, blocked, rng):
+    for name, array, message in (("y", np.zeros((2, 32), np.float32), "the model takes ['x']"),
+                                 ("x", np.zeros((2, 5), np.float32), "ONNX Runtime failed on the inputs")):
+        inputs = tmp_path / f"{name}.npz"
+        np.savez(inputs, **{name: array})
+        result = cli("decompose", blocked, tmp_path / "o.onnx", "--gate", "flops", "--inputs", inputs)
+        assert result.returncode == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()

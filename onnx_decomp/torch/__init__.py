@@ -1,0 +1,23 @@
+"""The PyTorch side: record the initialization, export with it, train under a block mask.
+
+    from onnx_decomp.torch import record_init, export, apply_block_mask, finetune_under_mask
+
+    init = record_init(model, overrides={"encoder.*.weight": "normal(sigma=0.02)"})
+    ...train...
+    export(model, (x,), "model.onnx", init, reference_path="init.onnx")
+    mask = apply_block_mask(model, {"fc2.weight": plan})       # plan: passes.plan.BlockPlan
+    finetune_under_mask(model, torch.nn.functional.cross_entropy, loader, mask=mask)
+
+The only part of the package that imports torch (install the ``torch`` extra).
+"""
+
+from __future__ import annotations
+
+from onnx_decomp.torch.binding import Binding, bind_initializers
+from onnx_decomp.torch.block_mask import BlockMask, apply_block_mask
+from onnx_decomp.torch.export import Exported, export
+from onnx_decomp.torch.finetune import finetune_under_mask
+from onnx_decomp.torch.init_record import InitRecord, record_init
+
+__all__ = ["record_init", "InitRecord", "export", "Exported", "apply_block_mask", "BlockMask",
+           "finetune_under_mask", "bind_initializers", "Binding"]

@@ -1,0 +1,114 @@
+"""Hold a model's weights to a block structure while it trains.
+
+Rules:
+- ``plans`` maps a key to a ``passes.plan.BlockPlan`` or a Boolean mask ``[n_out, n_in]`` (True = keep).
+  A key naming a parameter takes the mask in that parameter's layout (``nn.Linear.weight`` is
+  ``[n_out, n_in]``). Any other key is an initializer of ``onnx_model`` (the model exported from these
+  very weights): it is bound to its parameters by value (``binding``), and the mask, given as
+  ``[n_out, n_in]`` of the MatMul/Gemm that reads the initializer, is transposed where the parameter holds
+  ``W.T``.
+- Masked entries are set to zero at once. A gradient hook multiplies every gradient of the parameter by
+  the mask, so masked entries get exactly zero gradient; with an optimizer created after the mask (SGD
+  with momentum and L2 decay, Adam, AdamW, RMSprop: zero gradient, zero value and zero state give a zero
+  update) they stay exactly zero. ``BlockMask.enforce()`` re-zeroes them, for an optimizer that carries
+  state from dense training; ``finetune_under_mask`` calls it after every step.
+- Biases are never touched: an output row the plan leaves empty (a constant row) keeps its bias.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from onnx_decomp.model_io import load_model
+from onnx_decomp.torch.binding import bind_initializers, float_initializers
+from passes.linear_ops import find_linear_ops
+from passes.plan import BlockPlan
+
+logger = logging.getLogger(__name__)
+
+MaskLike = Union[BlockPlan, np.ndarray, torch.Tensor]
+
+
+@dataclass
+class BlockMask:
+    """The masks in force: parameter name -> Boolean tensor in the parameter's layout."""
+
+    masks: dict[str, torch.Tensor]
+    parameters: dict[str, torch.nn.Parameter]
+    _handles: list = field(default_factory=list, repr=False)
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Set every masked entry to exactly zero again."""
+        for name, mask in self.masks.items():
+            self.parameters[name].masked_fill_(~mask, 0.0)
+
+    def remove(self) -> None:
+        """Drop the gradient hooks (the weights keep their current values)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _as_bool(mask: MaskLike) -> np.ndarray:
+    if isinstance(mask, BlockPlan):
+        return mask.mask()
+    if torch.is_tensor(mask):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask, dtype=bool)
+
+
+def _weight_holds_w(model: onnx.ModelProto) -> dict[str, bool]:
+    """Initializer name -> True when the MatMul/Gemm reading it holds W ``[n_out, n_in]``, False for W.T."""
+    ops, _ = find_linear_ops(gs.import_onnx(model))
+    return {op.weight.name: op.transposed for op in ops}
+
+
+def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
+             onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]]) -> dict[str, np.ndarray]:
+    """Parameter name -> mask in the parameter's layout."""
+    parameters = dict(model.named_parameters())
+    targets = {name: _as_bool(mask) for name, mask in plans.items() if name in parameters}
+    foreign = {name: _as_bool(mask) for name, mask in plans.items() if name not in parameters}
+    if foreign:
+        if onnx_model is None:
+            raise ValueError(f"{sorted(foreign)[:3]} are no parameter names; pass onnx_model= to resolve them")
+        proto = load_model(onnx_model)
+        holds_w = _weight_holds_w(proto)
+        values = {name: p.detach().cpu().numpy() for name, p in parameters.items()}
+        bindings = bind_initializers(float_initializers(proto), values)
+        for name, mask in foreign.items():
+            if name not in bindings or name not in holds_w:
+                raise ValueError(f"{name!r} is neither a parameter nor a MatMul/Gemm weight bound to one")
+            for binding in bindings[name]:
+                param_is_w = holds_w[name] != binding.transposed
+                targets[binding.parameter] = mask if param_is_w else mask.T
+    for name, mask in targets.items():
+        if mask.shape != tuple(parameters[name].shape):
+            raise ValueError(f"mask for {name} has shape {mask.shape}, parameter {tuple(parameters[name].shape)}")
+    return targets
+
+
+def apply_block_mask(model: torch.nn.Module, plans: Mapping[str, MaskLike],
+                     onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]] = None) -> BlockMask:
+    """Zero the entries outside ``plans`` and keep their gradients zero (module rules)."""
+    parameters = dict(model.named_parameters())
+    masks = {}
+    result = BlockMask(masks, {})
+    for name, mask in _targets(model, plans, onnx_model).items():
+        parameter = parameters[name]
+        keep = torch.as_tensor(mask, device=parameter.device)
+        masks[name] = keep
+        result.parameters[name] = parameter
+        result._handles.append(parameter.register_hook(lambda grad, keep=keep: grad * keep))
+        logger.debug("masked %s: keeps %d of %d entries", name, int(keep.sum()), keep.numel())
+    result.enforce()
+    return result

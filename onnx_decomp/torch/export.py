@@ -1,0 +1,150 @@
+"""Export a PyTorch model to ONNX with its initialization recorded for the statistical criterion.
+
+Rules:
+- Either exporter: ``dynamo=True`` (``torch.export``, the default) or ``dynamo=False`` (TorchScript). The
+  model is exported in eval mode (its mode is restored after). Input names default to the names of
+  ``forward``'s arguments.
+- ``dynamic_batch``: dimension 0 of every tensor input is the symbolic ``batch`` (the example batch must be
+  at least 2, or ``torch.export`` specializes it).
+- Initializers are bound to parameters by ``binding.bind_initializers`` (by name, then by exact value or
+  transposed value). For every bound initializer whose parameter has a recipe in ``init``, metadata key
+  ``onnx_decomp.null/<initializer>`` holds the spec string.
+- ``reference_path``: the initial tensors of all bound initializers, in the initializer's own layout (a
+  transposed copy where the initializer is transposed), are written as an ONNX model with the same
+  initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder.
+- One file unless ``external_data`` (weights in ``<name>.data`` beside the model). Every file is written
+  atomically (staged, then renamed), the reference before the model that points to it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from onnx_decomp.model_io import save_model
+from onnx_decomp.null_models import NULL_KEY_PREFIX, REFERENCE_KEY
+from onnx_decomp.torch.binding import Binding, bind_initializers, float_initializers
+from onnx_decomp.torch.init_record import InitRecord
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What ``export`` wrote: the model path, the initializer -> parameter bindings, the reference path."""
+
+    path: Path
+    bindings: Mapping[str, tuple[Binding, ...]]
+    reference_path: Optional[Path] = None
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _default_input_names(model: torch.nn.Module, count: int) -> list[str]:
+    names = [p.name for p in inspect.signature(model.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[:count] if len(names) >= count else [f"input_{i}" for i in range(count)]
+
+
+def _torch_export(model: torch.nn.Module, args: tuple, target: Path, dynamo: bool, dynamic_batch: bool,
+                  input_names: Sequence[str], output_names: Optional[Sequence[str]],
+                  opset_version: Optional[int]) -> None:
+    options: dict[str, Any] = dict(input_names=list(input_names), output_names=output_names,
+                                   opset_version=opset_version, dynamo=dynamo)
+    if dynamo:
+        options.update(external_data=True, verbose=False)
+        if dynamic_batch:
+            options["dynamic_shapes"] = tuple({0: torch.export.Dim("batch")} if torch.is_tensor(a) else None
+                                              for a in args)
+    elif dynamic_batch:
+        tensors = [name for name, a in zip(input_names, args) if torch.is_tensor(a)]
+        options["dynamic_axes"] = {name: {0: "batch"} for name in [*tensors, *(output_names or [])]}
+    torch.onnx.export(model, args, str(target), **options)
+
+
+def _reference_model(model: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A node-free model whose initializers (also its outputs) are ``tensors``."""
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in tensors.items()]
+    outputs = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers]
+    graph = helper.make_graph([], "init_reference", [], outputs, initializers)
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                             producer_name="onnx_decomp.torch")
+
+
+def _initial_tensors(bindings: Mapping[str, tuple[Binding, ...]], init: InitRecord) -> dict[str, np.ndarray]:
+    tensors = {}
+    for name, (first, *_) in bindings.items():
+        value = init.tensors.get(first.parameter)
+        if value is not None:
+            tensors[name] = value.T if first.transposed else value
+    return tensors
+
+
+def _null_specs(bindings: Mapping[str, tuple[Binding, ...]], init: InitRecord) -> dict[str, str]:
+    specs = {}
+    for name, group in bindings.items():
+        found = list(dict.fromkeys(init.specs[b.parameter] for b in group if b.parameter in init.specs))
+        if len(found) > 1:
+            logger.warning("initializer %s holds parameters with different recipes %s; writing %s",
+                           name, found, found[0])
+        if found:
+            specs[name] = found[0]
+    return specs
+
+
+def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
+    kept = [p for p in model.metadata_props if not p.key.startswith(NULL_KEY_PREFIX) and p.key != REFERENCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Optional[InitRecord] = None, *,
+           dynamo: bool = True, external_data: bool = False, dynamic_batch: bool = True,
+           reference_path: Optional[PathLike] = None, input_names: Optional[Sequence[str]] = None,
+           output_names: Optional[Sequence[str]] = None, opset_version: Optional[int] = None) -> Exported:
+    """Export ``model`` to ``path`` and record ``init`` in its metadata (module rules)."""
+    if reference_path is not None and init is None:
+        raise ValueError("reference_path needs the InitRecord (init=record_init(model) before training)")
+    path = Path(path)
+    args = _as_tuple(example_inputs)
+    names = list(input_names) if input_names is not None else _default_input_names(model, len(args))
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnx-decomp-export-") as folder:
+            staged = Path(folder) / path.name
+            _torch_export(model, args, staged, dynamo, dynamic_batch, names, output_names, opset_version)
+            proto = onnx.load(str(staged))  # reads the .data file dynamo writes beside it
+    finally:
+        model.train(was_training)
+    parameters = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
+    bindings = bind_initializers(float_initializers(proto), parameters)
+    logger.info("%s: %d initializers bound to %d parameters", path, len(bindings),
+                sum(len(group) for group in bindings.values()))
+    metadata = {}
+    if init is not None:
+        metadata.update({NULL_KEY_PREFIX + name: spec for name, spec in _null_specs(bindings, init).items()})
+    if reference_path is not None:
+        reference_path = Path(reference_path)
+        save_model(_reference_model(proto, _initial_tensors(bindings, init)), reference_path,
+                   external_data=external_data)
+        metadata[REFERENCE_KEY] = Path(os.path.relpath(reference_path, path.parent)).as_posix()
+    _set_metadata(proto, metadata)
+    save_model(proto, path, external_data=external_data)
+    return Exported(path, bindings, reference_path)

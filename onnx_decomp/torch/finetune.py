@@ -1,0 +1,47 @@
+"""A small generic training loop that keeps block masks in force.
+
+Every batch from ``loader`` is a sequence ``(*inputs, target)``: the loss is ``loss_fn(model(*inputs),
+target)``. The optimizer defaults to a fresh Adam (``lr``). Masked entries get zero gradient from the hooks
+``apply_block_mask`` installed; when ``mask`` is given it is also re-enforced after every optimizer step.
+The model trains in train mode and is left in the mode it came in.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Optional
+
+import torch
+from tqdm import tqdm
+
+from onnx_decomp.torch.block_mask import BlockMask
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_under_mask(model: torch.nn.Module, loss_fn: Callable, loader: Iterable, epochs: int = 5,
+                        optimizer: Optional[torch.optim.Optimizer] = None, lr: float = 1e-3,
+                        mask: Optional[BlockMask] = None) -> list[float]:
+    """Train ``epochs`` passes over ``loader``; returns the mean training loss of each epoch."""
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    was_training = model.training
+    model.train()
+    history = []
+    try:
+        with tqdm(range(epochs), desc="fine-tune under mask", unit="epoch", disable=None) as bar:
+            for epoch in bar:
+                total, count = 0.0, 0
+                for *inputs, target in loader:
+                    optimizer.zero_grad()
+                    loss = loss_fn(model(*inputs), target)
+                    loss.backward()
+                    optimizer.step()
+                    if mask is not None:
+                        mask.enforce()
+                    total, count = total + float(loss.detach()), count + 1
+                history.append(total / max(count, 1))
+                bar.set_postfix(loss=f"{history[-1]:.4g}")
+                logger.debug("epoch %d: mean loss %.6g", epoch + 1, history[-1])
+    finally:
+        model.train(was_training)
+    return history
