@@ -1,4 +1,4 @@
-"""The bundled quickstart model (models/digits_blocked.py): a real trained MLP decomposes exactly."""
+"""The bundled quickstart model (models/digits.py): a real trained MLP decomposes exactly."""
 
 from __future__ import annotations
 
