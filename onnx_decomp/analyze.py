@@ -102,6 +102,7 @@ class AnalysisReport:
 
 
 ANALYSIS_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["model", "fdr", "fdr_scope", "tensors", "chains", "notes"],
     "properties": {
