@@ -1,4 +1,4 @@
-"""Cut a chain of two linear layers into k sub-networks that stay independent end to end.
+"""Cut a chain of two linear layers into k balanced sub-networks that stay independent end to end.
 
 Chain: ``x -> W1 [h, d] -> per-feature op -> W2 [d_out, h]`` (orientation ``[n_out, n_in]``).
 
@@ -9,13 +9,17 @@ Rules:
 2. Spectral co-clustering (Dhillon 2001) of ``A = |M|``: ``An = D_r^-1/2 A D_c^-1/2`` with row and column
    sums ``D_r``, ``D_c``; the top k singular vector pairs, scaled back by ``D_r^-1/2`` and ``D_c^-1/2``, embed
    rows and columns in one space (for an exactly block-diagonal ``A`` every row and column of a block lands
-   on the same point); k-means (k-means++ seeding, best of ``n_init`` seeded runs) labels them jointly.
-3. Hidden unit ``u`` joins the block ``b`` that keeps most of its path mass:
-   ``argmax_b (sum_{i in rows_b} |W2[i, u]|) * (sum_{j in cols_b} |W1[u, j]|)``.
-4. Plans are the connected components of the block masks (``passes.plan.plan_from_support``): W1 keeps
-   ``[hidden of b] x [inputs of b]``, W2 keeps ``[outputs of b] x [hidden of b]``. A block without inputs
-   leaves its hidden units as constant rows (their bias); one without hidden units leaves its outputs
-   constant.
+   on one point; Dhillon's log2(k) vectors can merge such points, k cannot); k-means (k-means++ seeding,
+   the best of ``n_init`` seeded runs) places k centers.
+3. Hidden unit ``u`` prefers the block ``b`` whose composite it carries most, signed:
+   ``sum_{i in rows_b, j in cols_b} W2[i, u] W1[u, j] M[i, j]`` (its paths' share of the learned
+   dependency; paths of init noise have random sign and score about zero, whatever their magnitude).
+4. Balance: outputs, inputs and hidden units are each assigned greedily, most preferred (item, block)
+   pairs first (nearest center; largest share), every block taking ``n // k`` or ``n // k + 1`` items.
+   So every block has outputs, inputs and hidden units (``k <= min(d_out, d, h)``) and the k sub-networks
+   cost alike; planted balanced groups come out unchanged.
+5. Plans: W1 keeps ``[hidden of b] x [inputs of b]``, W2 keeps ``[outputs of b] x [hidden of b]``, as
+   ``passes.plan.plan_from_support`` of these masks (k branches each).
 """
 
 from __future__ import annotations
@@ -31,38 +35,58 @@ logger = logging.getLogger(__name__)
 TINY = 1e-30
 
 
+def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return ((points[:, None, :] - centers[None]) ** 2).sum(-1)
+
+
 def _kmeans_once(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
+    """Centers and inertia of one Lloyd run from k-means++ seeds."""
     centers = points[[rng.integers(len(points))]]
-    while len(centers) < k:  # k-means++: the next center with probability proportional to squared distance
-        distance = ((points[:, None, :] - centers[None]) ** 2).sum(-1).min(1)
+    while len(centers) < k:  # the next seed with probability proportional to the squared distance
+        distance = _squared_distances(points, centers).min(1)
         total = distance.sum()
         pick = rng.choice(len(points), p=distance / total) if total > 0 else rng.integers(len(points))
         centers = np.vstack([centers, points[pick]])
-    labels = np.zeros(len(points), dtype=np.int64)
-    for step in range(iterations):
-        distance = ((points[:, None, :] - centers[None]) ** 2).sum(-1)
-        new_labels = distance.argmin(1)
-        if step > 0 and np.array_equal(new_labels, labels):
+    labels = None
+    for _ in range(iterations):
+        new_labels = _squared_distances(points, centers).argmin(1)
+        if labels is not None and np.array_equal(new_labels, labels):
             break
         labels = new_labels
         for cluster in range(k):
             members = points[labels == cluster]
             if len(members):
                 centers[cluster] = members.mean(0)
-    inertia = float(((points - centers[labels]) ** 2).sum())
-    return labels, inertia
+    return centers, float(_squared_distances(points, centers).min(1).sum())
 
 
 def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iterations: int = 300) -> np.ndarray:
-    """Cluster labels of ``points`` ``[n, dim]``: Lloyd's iterations from k-means++ seeds, best inertia of
-    ``n_init`` runs drawn from ``seed``."""
+    """Centers ``[k, dim]`` of ``points [n, dim]``: the lowest-inertia of ``n_init`` k-means++ seeded
+    Lloyd runs drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    runs = [_kmeans_once(np.asarray(points, dtype=np.float64), k, rng, iterations) for _ in range(n_init)]
-    return min(runs, key=lambda run: run[1])[0]
+    points = np.asarray(points, dtype=np.float64)
+    return min((_kmeans_once(points, k, rng, iterations) for _ in range(n_init)), key=lambda run: run[1])[0]
+
+
+def balanced_assignment(preference: np.ndarray) -> np.ndarray:
+    """Group of every item from ``preference [n, k]`` (higher is better): greedily, best pairs first,
+    every group taking ``n // k`` or ``n // k + 1`` items (rule 4)."""
+    n, k = preference.shape
+    base, extra = divmod(n, k)
+    labels = np.full(n, -1, dtype=np.int64)
+    counts = np.zeros(k, dtype=np.int64)
+    grown = 0  # groups that took base + 1 items
+    for flat in np.argsort(-preference, axis=None, kind="stable"):
+        item, group = divmod(int(flat), k)
+        if labels[item] < 0 and (counts[group] < base or (counts[group] == base and grown < extra)):
+            grown += int(counts[group] == base)
+            labels[item] = group
+            counts[group] += 1
+    return labels
 
 
 def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rule 2)."""
+    """Balanced row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
     a = np.abs(np.asarray(matrix, dtype=np.float64))
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
@@ -70,16 +94,19 @@ def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 
     col_scale = 1.0 / np.sqrt(np.maximum(a.sum(0), TINY))
     u, _, vt = np.linalg.svd(row_scale[:, None] * a * col_scale[None, :], full_matrices=False)
     embedding = np.vstack([row_scale[:, None] * u[:, :k], col_scale[:, None] * vt[:k].T])
-    labels = kmeans(embedding, k, seed=seed, n_init=n_init)
-    return labels[:a.shape[0]], labels[a.shape[0]:]
+    closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=n_init))
+    return balanced_assignment(closeness[:a.shape[0]]), balanced_assignment(closeness[a.shape[0]:])
 
 
 def assign_hidden(w1: np.ndarray, w2: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray,
                   k: int) -> np.ndarray:
-    """Block of every hidden unit: the one keeping most of its path mass (rule 3)."""
-    out_mass = np.stack([np.abs(w2[row_labels == b]).sum(0) for b in range(k)], axis=1)  # [h, k]
-    in_mass = np.stack([np.abs(w1[:, col_labels == b]).sum(1) for b in range(k)], axis=1)  # [h, k]
-    return (out_mass * in_mass).argmax(1)
+    """Balanced block of every hidden unit by its signed share of each block's composite (rules 3, 4)."""
+    share = np.empty((w1.shape[0], k))
+    for b in range(k):
+        rows, cols = row_labels == b, col_labels == b
+        block = w2[rows] @ w1[:, cols]  # this block of M
+        share[:, b] = ((w2[rows].T @ block) * w1[:, cols]).sum(1)
+    return balanced_assignment(share)
 
 
 def coclustered_plan(w1: np.ndarray, w2: np.ndarray, k: int, seed: int = 0) -> tuple[BlockPlan, BlockPlan]:
@@ -87,10 +114,11 @@ def coclustered_plan(w1: np.ndarray, w2: np.ndarray, k: int, seed: int = 0) -> t
     w1, w2 = np.asarray(w1, dtype=np.float64), np.asarray(w2, dtype=np.float64)
     if w1.ndim != 2 or w2.ndim != 2 or w2.shape[1] != w1.shape[0]:
         raise ValueError(f"need W1 [h, d] and W2 [d_out, h], got {w1.shape} and {w2.shape}")
+    if k > w1.shape[0]:
+        raise ValueError(f"k={k} exceeds the {w1.shape[0]} hidden units")
     row_labels, col_labels = spectral_cocluster(w2 @ w1, k, seed=seed)
     hidden_labels = assign_hidden(w1, w2, row_labels, col_labels, k)
     plan1 = plan_from_support(hidden_labels[:, None] == col_labels[None, :])
     plan2 = plan_from_support(row_labels[:, None] == hidden_labels[None, :])
-    logger.debug("co-clustered chain %s -> %s into %d/%d blocks (hidden sizes %s)", w1.shape, w2.shape,
-                 len(plan1.branches), len(plan2.branches), np.bincount(hidden_labels, minlength=k).tolist())
+    logger.debug("co-clustered chain %s -> %s into %d blocks", w1.shape, w2.shape, k)
     return plan1, plan2

@@ -1,4 +1,4 @@
-"""The bundled quickstart model (models/digits.py): a real trained MLP decomposes exactly."""
+"""The bundled quickstart model (models/digits_blocked.py): a real trained MLP decomposes exactly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ MODEL = Path(__file__).parents[1] / "models" / "digits_blocked"
 
 
 def test_digits_model_middle_layer_splits_into_its_8_blocks_with_accuracy_unchanged():
-    data = np.load(MODEL / "test.npz")
+    inputs, labels = np.load(MODEL / "calib.npz")["input"], np.load(MODEL / "labels.npz")["logits"]
     original = onnx.load(MODEL / "model.onnx")
 
     rewritten, report = onnx_decomp.decompose(MODEL / "model.onnx", gate="flops")
@@ -22,8 +22,8 @@ def test_digits_model_middle_layer_splits_into_its_8_blocks_with_accuracy_unchan
     assert [(n.shape, n.blocks, n.density) for n in report.nodes if n.action == "rewrite"] == [
         ([1024, 1024], 8, 0.125)]
     assert op_types(rewritten).count("Gemm") == 2 + 8
-    before, after = run(original, {"input": data["input"]})[0], run(rewritten, {"input": data["input"]})[0]
+    before, after = run(original, {"input": inputs})[0], run(rewritten, {"input": inputs})[0]
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5)
-    accuracy = (after.argmax(1) == data["label"]).mean()
-    assert accuracy == (before.argmax(1) == data["label"]).mean() and accuracy > 0.97
+    accuracy = (after.argmax(1) == labels).mean()
+    assert accuracy == (before.argmax(1) == labels).mean() and accuracy > 0.97
     assert report.after.matmul_flops < report.before.matmul_flops / 4

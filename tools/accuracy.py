@@ -1,26 +1,29 @@
-"""Top-1 accuracy of ONNX models on a labelled .npz (``input`` and ``label`` arrays), in ONNX Runtime.
+"""Top-1 accuracy of ONNX models on a bundled model folder's ``calib.npz`` and ``labels.npz``, in ONNX Runtime.
 
-    python tools/accuracy.py models/digits_mlp/test.npz models/digits_mlp/model.onnx out.onnx ...
+    python tools/accuracy.py models/digits_mlp models/digits_mlp/model.onnx out.onnx ...
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 
-def accuracy(model_path: str, inputs: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(model_path: str, feeds: dict, labels: dict) -> float:
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    logits = session.run(None, {session.get_inputs()[0].name: inputs})[0]
-    return float((logits.argmax(-1) == labels).mean())
+    (name, expected), = labels.items()
+    logits = session.run([name], {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+    return float((logits.argmax(-1) == expected).mean())
 
 
 def main() -> None:
-    data = np.load(sys.argv[1])
+    folder = Path(sys.argv[1])
+    feeds, labels = dict(np.load(folder / "calib.npz")), dict(np.load(folder / "labels.npz"))
     for path in sys.argv[2:]:
-        print(f"{accuracy(path, data['input'], data['label']):.4f}  {path}")
+        print(f"{accuracy(path, feeds, labels):.4f}  {path}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ Rule, in order:
    the initializers it copies from parameters this way; so does the legacy (TorchScript) exporter for
    the weights it keeps as they are (Gemm ``transB=1``).
 2. By value: every parameter not bound by name binds to the first initializer (in graph order) whose value
-   equals it exactly, else to the first that equals its transpose (a 2-D parameter only). Exporters copy values bit for bit,
-   so exact equality is the test. This finds the weights both exporters transpose for MatMul (the input is
-   3-D, or attention projections) and rename (``val_12`` for dynamo, ``onnx::MatMul_381`` for legacy):
-   Gemm(transB=1) holds ``[out, in]`` like ``nn.Linear.weight``, MatMul holds ``[in, out]``.
+   equals it exactly, else to the first that equals its transpose (a 2-D parameter only). Exporters copy
+   values bit for bit, so exact equality is the test. This finds the weights both exporters transpose for
+   MatMul (3-D inputs, attention projections) and rename (``val_12`` for dynamo, ``onnx::MatMul_381`` for
+   legacy): Gemm(transB=1) holds ``[out, in]`` like ``nn.Linear.weight``, MatMul holds ``[in, out]``.
 
 One initializer may stand for several parameters: the dynamo exporter stores equal tensors once (layers
 cloned from one template, zero biases before training). A parameter folded into arithmetic by the exporter

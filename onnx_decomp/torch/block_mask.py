@@ -1,12 +1,12 @@
 """Hold a model's weights to a block structure while it trains.
 
 Rules:
-- ``plans`` maps a key to a ``passes.plan.BlockPlan`` or a Boolean mask ``[n_out, n_in]`` (True = keep).
-  A key naming a parameter takes the mask in that parameter's layout (``nn.Linear.weight`` is
-  ``[n_out, n_in]``). Any other key is an initializer of ``onnx_model`` (the model exported from these
-  very weights): it is bound to its parameters by value (``binding``), and the mask, given as
-  ``[n_out, n_in]`` of the MatMul/Gemm that reads the initializer, is transposed where the parameter holds
-  ``W.T``.
+- ``plans`` maps a key to a ``passes.plan.BlockPlan`` or a Boolean mask (True = keep).
+- With ``onnx_model`` (the model exported from these very weights), a key that names a MatMul/Gemm weight
+  initializer of it takes the mask as that operator's ``[n_out, n_in]``; the initializer is bound to its
+  parameters by value (``binding``) and the mask transposed onto a parameter that holds ``W.T`` (a
+  ``[in, out]`` matrix multiplied from the right). Any other key must name a parameter and takes the mask
+  in the parameter's own layout (``nn.Linear.weight`` is ``[n_out, n_in]``).
 - Masked entries are set to zero at once. A gradient hook multiplies every gradient of the parameter by
   the mask, so masked entries get exactly zero gradient; with an optimizer created after the mask (SGD
   with momentum and L2 decay, Adam, AdamW, RMSprop: zero gradient, zero value and zero state give a zero
@@ -74,23 +74,27 @@ def _weight_holds_w(model: onnx.ModelProto) -> dict[str, bool]:
 
 def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
              onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]]) -> dict[str, np.ndarray]:
-    """Parameter name -> mask in the parameter's layout."""
+    """Parameter name -> mask in the parameter's layout (module rules)."""
     parameters = dict(model.named_parameters())
-    targets = {name: _as_bool(mask) for name, mask in plans.items() if name in parameters}
-    foreign = {name: _as_bool(mask) for name, mask in plans.items() if name not in parameters}
-    if foreign:
-        if onnx_model is None:
-            raise ValueError(f"{sorted(foreign)[:3]} are no parameter names; pass onnx_model= to resolve them")
+    holds_w, bindings = {}, {}
+    if onnx_model is not None:
         proto = load_model(onnx_model)
         holds_w = _weight_holds_w(proto)
         values = {name: p.detach().cpu().numpy() for name, p in parameters.items()}
         bindings = bind_initializers(float_initializers(proto), values)
-        for name, mask in foreign.items():
-            if name not in bindings or name not in holds_w:
-                raise ValueError(f"{name!r} is neither a parameter nor a MatMul/Gemm weight bound to one")
+    targets = {}
+    for name, plan in plans.items():
+        mask = _as_bool(plan)
+        if name in holds_w and name in bindings:
             for binding in bindings[name]:
                 param_is_w = holds_w[name] != binding.transposed
                 targets[binding.parameter] = mask if param_is_w else mask.T
+        elif name in parameters:
+            targets[name] = mask
+        elif onnx_model is None:
+            raise ValueError(f"{name!r} is no parameter name; pass onnx_model= to resolve ONNX initializer names")
+        else:
+            raise ValueError(f"{name!r} is neither a parameter nor a MatMul/Gemm weight bound to one")
     for name, mask in targets.items():
         if mask.shape != tuple(parameters[name].shape):
             raise ValueError(f"mask for {name} has shape {mask.shape}, parameter {tuple(parameters[name].shape)}")

@@ -4,16 +4,19 @@ Rules:
 - Either exporter: ``dynamo=True`` (``torch.export``, the default) or ``dynamo=False`` (TorchScript). The
   model is exported in eval mode (its mode is restored after). Input names default to the names of
   ``forward``'s arguments.
-- ``dynamic_batch``: dimension 0 of every tensor input is the symbolic ``batch`` (the example batch must be
-  at least 2, or ``torch.export`` specializes it).
+- ``dynamic_batch``: dimension 0 of every tensor input is the symbolic ``batch``. ``torch.export`` may fix
+  it to an example batch of 1 (it does for attention); that export is refused: give 2 or more.
 - Initializers are bound to parameters by ``binding.bind_initializers`` (by name, then by exact value or
   transposed value). For every bound initializer whose parameter has a recipe in ``init``, metadata key
   ``onnx_decomp.null/<initializer>`` holds the spec string.
 - ``reference_path``: the initial tensors of all bound initializers, in the initializer's own layout (a
   transposed copy where the initializer is transposed), are written as an ONNX model with the same
   initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder.
+- The dynamo exporter's per-node ``pkg.torch.onnx.stack_trace`` entries are dropped: they hold local file
+  paths, so the same training would give different files on different machines.
 - One file unless ``external_data`` (weights in ``<name>.data`` beside the model). Every file is written
-  atomically (staged, then renamed), the reference before the model that points to it.
+  atomically (staged, then renamed), the reference before the model that points to it; missing folders
+  are made once the export has succeeded.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from onnx_decomp.model_io import save_model
+from onnx_decomp.model_io import iter_graphs, save_model
 from onnx_decomp.null_models import NULL_KEY_PREFIX, REFERENCE_KEY
 from onnx_decomp.torch.binding import Binding, bind_initializers, float_initializers
 from onnx_decomp.torch.init_record import InitRecord
@@ -39,6 +42,7 @@ from onnx_decomp.torch.init_record import InitRecord
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,14 @@ def _torch_export(model: torch.nn.Module, args: tuple, target: Path, dynamo: boo
     torch.onnx.export(model, args, str(target), **options)
 
 
+def _check_batch_dynamic(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    for graph_input in model.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        if graph_input.name in names and dims and not dims[0].dim_param:
+            raise ValueError(f"the exporter fixed the batch dimension of {graph_input.name!r} to "
+                             f"{dims[0].dim_value}; export with an example batch of 2 or more")
+
+
 def _reference_model(model: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """A node-free model whose initializers (also its outputs) are ``tensors``."""
     initializers = [numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in tensors.items()]
@@ -106,6 +118,15 @@ def _null_specs(bindings: Mapping[str, tuple[Binding, ...]], init: InitRecord) -
     return specs
 
 
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+
+
 def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
     kept = [p for p in model.metadata_props if not p.key.startswith(NULL_KEY_PREFIX) and p.key != REFERENCE_KEY]
     del model.metadata_props[:]
@@ -133,6 +154,8 @@ def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Op
             proto = onnx.load(str(staged))  # reads the .data file dynamo writes beside it
     finally:
         model.train(was_training)
+    if dynamic_batch:
+        _check_batch_dynamic(proto, [n for n, a in zip(names, args) if torch.is_tensor(a)])
     parameters = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
     bindings = bind_initializers(float_initializers(proto), parameters)
     logger.info("%s: %d initializers bound to %d parameters", path, len(bindings),
@@ -142,9 +165,12 @@ def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Op
         metadata.update({NULL_KEY_PREFIX + name: spec for name, spec in _null_specs(bindings, init).items()})
     if reference_path is not None:
         reference_path = Path(reference_path)
+        reference_path.parent.mkdir(parents=True, exist_ok=True)
         save_model(_reference_model(proto, _initial_tensors(bindings, init)), reference_path,
                    external_data=external_data)
         metadata[REFERENCE_KEY] = Path(os.path.relpath(reference_path, path.parent)).as_posix()
+    _drop_stack_traces(proto)
     _set_metadata(proto, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_model(proto, path, external_data=external_data)
     return Exported(path, bindings, reference_path)

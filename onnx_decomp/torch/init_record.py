@@ -13,8 +13,8 @@ Default recipes (PyTorch's own initializers), by the module that owns the parame
 Other parameters (biases, norms, convolutions) get no recipe unless the user names one. ``overrides`` maps a
 parameter name, or an ``fnmatch`` glob over names, to a spec string (``"xavier-uniform"``,
 ``"normal(sigma=0.02)"``, ``"reference"``); overrides replace defaults and apply in order (a later one wins
-where several match); an override that matches no parameter is an error. A uniform recipe the initial tensor exceeds is logged as a warning
-(the model was probably initialized some other way).
+where several match); an override that matches no parameter is an error. A uniform recipe that the initial
+tensor exceeds is logged as a warning (the model was probably initialized some other way).
 """
 
 from __future__ import annotations

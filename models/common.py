@@ -1,0 +1,93 @@
+"""Plumbing the bundled training scripts share: determinism, batches, a plain training loop, the files.
+
+Every script writes ``models/<name>/``: ``model.onnx`` (trained, dense, exported with
+``onnx_decomp.torch.export`` and its initialization recorded), ``init.onnx`` (the initial tensors),
+``calib.npz`` (held-out inputs keyed by ONNX input name) and ``labels.npz`` (what those inputs should give,
+keyed by ONNX output name: class indices for classifiers, target values for regressions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from onnx_decomp.torch import InitRecord, export
+from passes.plan import plan_from_support
+
+HERE = Path(__file__).parent
+
+
+def digits_split(seed: int):
+    """scikit-learn's digits, pixels / 16, 75/25 stratified split: x_train, x_test, y_train, y_test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    return train_test_split((digits.data / 16.0).astype(np.float32), digits.target, test_size=0.25,
+                            random_state=seed, stratify=digits.target)
+
+
+def deterministic(seed: int, threads: int = 2) -> None:
+    """Seed torch's global generator (model init, batch order) and fix the CPU thread count."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+class Batches:
+    """Minibatches ``(x, y)`` in a new random order on every pass (torch's global generator)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, size: int):
+        self.x, self.y, self.size = torch.from_numpy(x), torch.from_numpy(y), size
+
+    def __iter__(self):
+        for index in torch.randperm(len(self.x)).split(self.size):
+            yield self.x[index], self.y[index]
+
+
+def train(model: torch.nn.Module, loss_fn, batches, epochs: int, lr: float = 1e-3) -> None:
+    """Plain Adam training, no mask."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+    model.eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    return model(torch.from_numpy(x)).numpy()
+
+
+def run_onnx(path: Path, feeds: dict) -> np.ndarray:
+    """The first output of the ONNX model at ``path`` in ONNX Runtime (CPU)."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def save_model(folder: Path, name: str, model: torch.nn.Module, init: InitRecord, example: np.ndarray,
+               input_name: str, output_name: str) -> Path:
+    """Export ``model`` to ``folder/name`` with ``init`` recorded and its tensors in ``folder/init.onnx``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    export(model, (torch.from_numpy(example),), folder / name, init, reference_path=folder / "init.onnx",
+           input_names=[input_name], output_names=[output_name])
+    return folder / name
+
+
+def save_data(folder: Path, input_name: str, calib: np.ndarray, output_name: str, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "calib.npz", **{input_name: calib})
+    np.savez_compressed(folder / "labels.npz", **{output_name: labels})
+
+
+def components(path: Path, initializer: str) -> int:
+    """Independent blocks of an exported weight's nonzero pattern (``plan_from_support(W != 0)``)."""
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    return len(plan_from_support(weights[initializer] != 0).branches)
