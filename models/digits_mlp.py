@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from common import (HERE, Batches, components, deterministic, digits_split, predict, run_onnx, save_data,
                     save_model, train)

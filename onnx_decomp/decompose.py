@@ -23,7 +23,7 @@ from onnx_decomp.model_io import ModelLike, check_model, load_model, model_label
 from onnx_decomp.normalized import normalized_graph
 from onnx_decomp.model_stats import concrete_shapes, model_stats
 from onnx_decomp.report import KEEP, REWRITE, SKIP, NodeReport, Report
-from onnx_decomp.runtime import InputSpec, Tolerance, input_specs, validate
+from onnx_decomp.runtime import Tolerance, input_specs, validate
 from onnx_decomp.timing import DEFAULT_MIN_SPEEDUP, measure_speedup
 from passes.block_rewrite import MIN_OPSET, BlockRewrite
 from passes.infra import PassError, PassManager
@@ -94,14 +94,12 @@ def plan_nodes(graph: gs.Graph, min_flop_reduction: float = DEFAULT_MIN_FLOP_RED
     return plans, reports
 
 
-def _timer(gate: str, original: onnx.ModelProto, graph: gs.Graph, specs: Sequence[InputSpec],
-           provider: str) -> Optional[Timer]:
-    """For ``gate="time"``: measures a node at its input shape under ``specs`` (None if unresolved)."""
+def _timer(gate: str, graph: gs.Graph, shapes: Mapping[str, list], provider: str) -> Optional[Timer]:
+    """For ``gate="time"``: measures a node at its input shape in ``shapes`` (None if unresolved)."""
     if gate not in GATES:
         raise UnsupportedConstructError(f"gate must be one of {GATES}, got {gate!r}")
     if gate == "flops":
         return None
-    shapes = concrete_shapes(original, specs)
 
     def timer(op: LinearOp, plan: BlockPlan) -> Optional[float]:
         x_shape = shapes.get(op.node.inputs[0].name)
@@ -128,9 +126,10 @@ def _planned(model: ModelLike, input_shapes: InputShapes, gate: str, min_flop_re
     graph = normalized_graph(original)
     notes: list[str] = []
     specs = input_specs(original, input_shapes, notes)
-    timer = _timer(gate, original, graph, specs, provider)
+    shapes = concrete_shapes(original, specs)
+    timer = _timer(gate, graph, shapes, provider)
     plans, reports = plan_nodes(graph, min_flop_reduction, timer, min_speedup, masks)
-    report = Report(model_label(model), reports, model_stats(original, specs), notes=notes)
+    report = Report(model_label(model), reports, model_stats(original, shapes), notes=notes)
     return original, graph, plans, report
 
 
@@ -169,7 +168,7 @@ def decompose(model: ModelLike, *, check: int = 3, provider: str = "auto", input
         raise UnsupportedConstructError(str(error)) from None
     rewritten = _export(graph, original)
     check_model(rewritten)
-    report.after = model_stats(rewritten, input_specs(original, input_shapes))
+    report.after = model_stats(rewritten, concrete_shapes(rewritten, input_specs(original, input_shapes)))
     if not plans:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if support == "confirmed":

@@ -73,9 +73,9 @@ def _flops(node: onnx.NodeProto, shapes: dict[str, list]) -> int:
     return 2 * int(np.prod(out)) * k
 
 
-def model_stats(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> ModelStats:
-    """Nodes and parameters of every (sub)graph; FLOPs of the MatMul/Gemm nodes at ``specs`` shapes."""
-    shapes = concrete_shapes(model, specs)
+def model_stats(model: onnx.ModelProto, shapes: dict[str, list]) -> ModelStats:
+    """Nodes and parameters of every (sub)graph; FLOPs of the MatMul/Gemm nodes at ``shapes``
+    (``concrete_shapes``)."""
     graphs = list(iter_graphs(model.graph))
     flops = sum(_flops(n, shapes) for g in graphs for n in g.node if n.op_type in ("MatMul", "Gemm"))
     nodes = sum(len(g.node) for g in graphs)

@@ -11,7 +11,6 @@ import jsonschema
 import matplotlib.image
 import numpy as np
 import onnx
-import pytest
 import torch
 from onnx import helper
 
