@@ -8,6 +8,7 @@ dense time / rewritten time. The rewrite is kept when the speedup is at least ``
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -21,21 +22,30 @@ from passes.linear_ops import LinearOp
 from passes.plan import BlockPlan
 
 DEFAULT_MIN_SPEEDUP = 1.1
-BUDGET_S, MAX_PAIRS = 0.3, 25
+BUDGET_S, MAX_PAIRS = 0.3, 50
+GROUP_S = 2e-3  # one sample runs a model enough times to last this long: microsecond nodes need groups
+
+
+def _timed(session, feed: dict, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        session.run(None, feed)
+    return time.perf_counter() - start
 
 
 def median_speedup(dense, candidate, feed: dict, budget_s: float = BUDGET_S, max_pairs: int = MAX_PAIRS,
                    min_pairs: int = 5) -> float:
-    """Median over interleaved runs of dense time / candidate time (sessions warmed up first)."""
-    dense.run(None, feed)
-    candidate.run(None, feed)
+    """Median over interleaved samples of dense time / candidate time. Sessions are warmed up first; a
+    sample times a group of runs of each model lasting about GROUP_S; which model goes first alternates."""
+    _timed(candidate, feed, 1)
+    repeat = max(1, math.ceil(GROUP_S / max(_timed(dense, feed, 1), 1e-9)))
     ratios, start = [], time.perf_counter()
     while len(ratios) < min_pairs or (len(ratios) < max_pairs and time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        dense.run(None, feed)
-        t1 = time.perf_counter()
-        candidate.run(None, feed)
-        ratios.append((t1 - t0) / max(time.perf_counter() - t1, 1e-9))
+        if len(ratios) % 2:
+            candidate_time, dense_time = _timed(candidate, feed, repeat), _timed(dense, feed, repeat)
+        else:
+            dense_time, candidate_time = _timed(dense, feed, repeat), _timed(candidate, feed, repeat)
+        ratios.append(dense_time / max(candidate_time, 1e-12))
     return float(np.median(ratios))
 
 
