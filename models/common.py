@@ -1,9 +1,10 @@
-"""Plumbing the bundled training scripts share: determinism, batches, a plain training loop, the files.
+"""Plumbing the bundled training scripts share: determinism, batches, prediction, the files they write.
 
 Every script writes ``models/<name>/``: ``model.onnx`` (trained, dense, exported with
 ``onnx_decomp.torch.export`` and its initialization recorded), ``init.onnx`` (the initial tensors),
 ``calib.npz`` (held-out inputs keyed by ONNX input name) and ``labels.npz`` (what those inputs should give,
-keyed by ONNX output name: class indices for classifiers, target values for regressions).
+keyed by ONNX output name: class indices for classifiers, target values for regressions). Training uses
+``onnx_decomp.torch.finetune_under_mask``, with no mask for dense training.
 """
 
 from __future__ import annotations
@@ -16,19 +17,9 @@ import onnxruntime as ort
 import torch
 
 from onnx_decomp.torch import InitRecord, export
-from passes.plan import plan_from_support
+from onnx_decomp_passes import plan_from_support
 
 HERE = Path(__file__).parent
-
-
-def digits_split(seed: int):
-    """scikit-learn's digits, pixels / 16, 75/25 stratified split: x_train, x_test, y_train, y_test."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    return train_test_split((digits.data / 16.0).astype(np.float32), digits.target, test_size=0.25,
-                            random_state=seed, stratify=digits.target)
 
 
 def deterministic(seed: int, threads: int = 2) -> None:
@@ -47,18 +38,6 @@ class Batches:
     def __iter__(self):
         for index in torch.randperm(len(self.x)).split(self.size):
             yield self.x[index], self.y[index]
-
-
-def train(model: torch.nn.Module, loss_fn, batches, epochs: int, lr: float = 1e-3) -> None:
-    """Plain Adam training, no mask."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for x, y in batches:
-            optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-    model.eval()
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
     python models/digits_blocked.py      # writes models/digits_blocked/ (see models/common.py)
 
-64 -> 1024 -> 1024 -> 10, ReLU, on scikit-learn's digits (the split of ``common.digits_split``). The middle
+64 -> 1024 -> 1024 -> 10, ReLU, on scikit-learn's digits (the split of ``digits.digits_split``). The middle
 1024x1024 weight is held from initialization to an 8-block plan whose rows and columns are randomly
 permuted (``onnx_decomp.torch.apply_block_mask``, trained with ``finetune_under_mask``: Adam, 20 epochs),
 so `onnx-decomp decompose` has exactly 8 hidden blocks to find. Seeded, two CPU threads, under a minute.
@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common import HERE, Batches, deterministic, digits_split, predict, save_data
 from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask
-from passes.plan import BlockPlan, Branch
+from onnx_decomp_models.common import HERE, Batches, deterministic, predict, save_data
+from onnx_decomp_models.digits import digits_mlp, digits_split
+from onnx_decomp_passes import BlockPlan, Branch
 
 OUT = HERE / "digits_blocked"
 SEED, WIDTH, BLOCKS, EPOCHS = 0, 1024, 8, 20
@@ -30,8 +31,7 @@ def hidden_block_plan(width: int, blocks: int, rng: np.random.Generator) -> Bloc
 def main() -> None:
     deterministic(SEED)
     x_train, x_test, y_train, y_test = digits_split(SEED)
-    model = torch.nn.Sequential(torch.nn.Linear(64, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, WIDTH),
-                                torch.nn.ReLU(), torch.nn.Linear(WIDTH, 10))
+    model = digits_mlp(WIDTH)
     mask = apply_block_mask(model, {"2.weight": hidden_block_plan(WIDTH, BLOCKS, np.random.default_rng(SEED))})
     finetune_under_mask(model, torch.nn.functional.cross_entropy, Batches(x_train, y_train, 64), EPOCHS,
                         mask=mask)

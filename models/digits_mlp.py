@@ -6,8 +6,8 @@
 0), Adam lr 1e-3, batch 64, 30 epochs, PyTorch default init (recorded as ``torch-linear``).
 
 The chain middle layer (256x256) -> ReLU -> output layer (10x256) is cut into k=4 balanced blocks by
-co-clustering the composite ``W_out @ W_mid`` (``onnx_decomp.coclustering.coclustered_plan``); the block mask
-is applied, the model fine-tuned 20 epochs under it (``finetune_under_mask``) and exported as
+co-clustering the composite ``W_out @ W_mid`` (``onnx_decomp.planning.coclustering.coclustered_plan``); the
+block mask is applied, the model fine-tuned 20 epochs under it (``finetune_under_mask``) and exported as
 ``blocked.onnx``, whose middle and output weights are exactly zero outside the 4 blocks. Seeded, two CPU
 threads, a few seconds.
 """
@@ -17,10 +17,12 @@ from __future__ import annotations
 import copy
 
 import torch
-from common import (HERE, Batches, components, deterministic, digits_split, predict, run_onnx, save_data,
-                    save_model, train)
-from onnx_decomp.coclustering import coclustered_plan
+
+from onnx_decomp.planning.coclustering import coclustered_plan
 from onnx_decomp.torch import apply_block_mask, finetune_under_mask, record_init
+from onnx_decomp_models.common import (HERE, Batches, components, deterministic, predict, run_onnx, save_data,
+                                       save_model)
+from onnx_decomp_models.digits import digits_mlp, digits_split
 
 OUT = HERE / "digits_mlp"
 SEED, WIDTH, BLOCKS, EPOCHS, FINETUNE_EPOCHS = 0, 256, 4, 30, 20
@@ -30,12 +32,11 @@ MIDDLE, LAST = "2.weight", "4.weight"
 def main() -> None:
     deterministic(SEED)
     x_train, x_test, y_train, y_test = digits_split(SEED)
-    model = torch.nn.Sequential(torch.nn.Linear(64, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, WIDTH),
-                                torch.nn.ReLU(), torch.nn.Linear(WIDTH, 10))
+    model = digits_mlp(WIDTH)
     init = record_init(model)
     batches = Batches(x_train, y_train, 64)
     loss = torch.nn.functional.cross_entropy
-    train(model, loss, batches, EPOCHS)
+    finetune_under_mask(model, loss, batches, epochs=EPOCHS)  # no mask: dense training
 
     def accuracy(net) -> float:
         return float((predict(net, x_test).argmax(1) == y_test).mean())

@@ -22,31 +22,34 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from common import HERE, Batches, components, deterministic, predict, run_onnx, save_data, save_model, train
-from onnx_decomp.coclustering import coclustered_plan
+from onnx_decomp.planning.coclustering import coclustered_plan
 from onnx_decomp.torch import apply_block_mask, finetune_under_mask, record_init
+from onnx_decomp_models.common import (HERE, Batches, components, deterministic, predict, run_onnx, save_data,
+                                       save_model)
 
 OUT = HERE / "localized"
 SEED, GROUPS, D_IN, HIDDEN, D_OUT = 0, 8, 512, 1024, 64
 TRAIN, HELD_OUT, EPOCHS, FINETUNE_EPOCHS = 16000, 2000, 10, 5
 
 
-def make_task(rng: np.random.Generator):
-    """A sampler ``n -> (x, y)`` and the planted group of every input and output (module docstring)."""
-    group_in, group_out = D_IN // GROUPS, D_OUT // GROUPS
-    teachers = rng.normal(0.0, 2.0 / np.sqrt(group_in), (GROUPS, group_out, group_in))
-    in_order, out_order = rng.permutation(D_IN), rng.permutation(D_OUT)
+def make_task(rng: np.random.Generator, groups: int = GROUPS, group_in: int = D_IN // GROUPS,
+              group_out: int = D_OUT // GROUPS):
+    """A sampler ``n -> (x, y)`` (float32) and the planted group of every input and output: ``groups``
+    groups of ``group_in`` inputs and ``group_out`` outputs, as the module docstring describes."""
+    d_in, d_out = groups * group_in, groups * group_out
+    teachers = rng.normal(0.0, 2.0 / np.sqrt(group_in), (groups, group_out, group_in))
+    in_order, out_order = rng.permutation(d_in), rng.permutation(d_out)
 
     def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
-        groups, rows = rng.integers(GROUPS, size=n), np.arange(n)
-        x = np.zeros((n, GROUPS, group_in))
-        y = np.zeros((n, GROUPS, group_out))
-        x[rows, groups] = rng.normal(size=(n, group_in))
-        y[rows, groups] = np.tanh(np.einsum("noi,ni->no", teachers[groups], x[rows, groups]))
-        return (x.reshape(n, D_IN)[:, in_order].astype(np.float32),
-                y.reshape(n, D_OUT)[:, out_order].astype(np.float32))
+        chosen, rows = rng.integers(groups, size=n), np.arange(n)
+        x = np.zeros((n, groups, group_in))
+        y = np.zeros((n, groups, group_out))
+        x[rows, chosen] = rng.normal(size=(n, group_in))
+        y[rows, chosen] = np.tanh(np.einsum("noi,ni->no", teachers[chosen], x[rows, chosen]))
+        return (x.reshape(n, d_in)[:, in_order].astype(np.float32),
+                y.reshape(n, d_out)[:, out_order].astype(np.float32))
 
-    return sample, (np.arange(D_IN) // group_in)[in_order], (np.arange(D_OUT) // group_out)[out_order]
+    return sample, (np.arange(d_in) // group_in)[in_order], (np.arange(d_out) // group_out)[out_order]
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
     init = record_init(model)
     batches = Batches(x_train, y_train, 128)
     loss = torch.nn.functional.mse_loss
-    train(model, loss, batches, EPOCHS)
+    finetune_under_mask(model, loss, batches, epochs=EPOCHS)  # no mask: dense training
 
     def mse(net) -> float:
         return float(((predict(net, x_test) - y_test) ** 2).mean())

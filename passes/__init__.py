@@ -1,1 +1,21 @@
-"""Graph rewrites over onnx-graphsurgeon graphs, each driven by an explicit block plan."""
+"""The compiler back end: graph rewrites over onnx-graphsurgeon graphs, each driven by an explicit block plan.
+
+Installed as ``onnx_decomp_passes`` (the folder is ``passes/``). Knows nothing of statistics and never
+imports ``onnx_decomp``.
+"""
+
+from .block_rewrite import MIN_OPSET, BlockRewrite
+from .builder import Builder
+from .forms import DEFAULT_FORMS, Branches, Form
+from .infra import Pass, PassError, PassManager, PassResult
+from .normalize import FoldConstantNodes, UniqueNodeNames
+from .ops import Layout, LinearOp, Skipped, all_graphs, find_chains, find_linear_ops, one_node_graph
+from .plan import BlockPlan, Branch, plan_from_support
+
+__all__ = [
+    "Pass", "PassError", "PassManager", "PassResult",
+    "BlockPlan", "Branch", "plan_from_support",
+    "Layout", "LinearOp", "Skipped", "all_graphs", "find_linear_ops", "find_chains", "one_node_graph",
+    "Builder", "Form", "Branches", "DEFAULT_FORMS", "BlockRewrite", "MIN_OPSET",
+    "FoldConstantNodes", "UniqueNodeNames",
+]

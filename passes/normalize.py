@@ -6,8 +6,8 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from passes.infra import Pass, PassResult
-from passes.linear_ops import all_graphs
+from .infra import Pass, PassResult
+from .ops import all_graphs
 
 logger = logging.getLogger(__name__)
 

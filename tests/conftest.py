@@ -8,7 +8,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_decomp import GateConfig
+
 IR_VERSION = 10  # what onnxruntime >= 1.20 loads; onnx's own default may be newer
+ANY_BLOCKS = GateConfig("flops", min_flop_reduction=1.0)  # rewrite whatever splits, untimed
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import jsonschema
 import matplotlib.image
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import helper
 
 from conftest import make_model, tensor, value
-from onnx_decomp.analyze import ANALYSIS_SCHEMA, analyze
-from onnx_decomp.criterion import grouped_edge_p_values
+from onnx_decomp import analyze
+from onnx_decomp.cli import main
+from onnx_decomp.report.analysis import ANALYSIS_SCHEMA
+from onnx_decomp.stats.criterion import grouped_edge_p_values
 
 N_OUT, N_IN = 30, 7
 
@@ -39,13 +40,13 @@ def test_fan_in_follows_each_layout_by_value(rng):
     assert all(t.confirmed_density < 0.01 and t.pi0 > 0.9 for t in report.tensors)
 
 
-def test_report_json_validates_and_figures_are_pngs(tmp_path, rng):
+@pytest.mark.slow
+def test_report_json_validates_and_figures_are_pngs(tmp_path, rng, capfd):
     path = tmp_path / "m.onnx"
     onnx.save(three_layouts(rng, 0.4), path)
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "onnx_decomp.cli", "analyze", str(path), "--report", str(out),
-                             "--null", "g*=xavier-uniform", "--fdr", "0.01"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    code = main(["analyze", str(path), "--report", str(out), "--null", "g*=xavier-uniform", "--fdr", "0.01"])
+    assert code == 0, capfd.readouterr().err
     data = json.loads((out / "report.json").read_text())
     jsonschema.validate(data, ANALYSIS_SCHEMA)
     assert [t["null_source"] for t in data["tensors"]] == ["guess", "user", "user"]
@@ -57,15 +58,15 @@ def test_report_json_validates_and_figures_are_pngs(tmp_path, rng):
         assert matplotlib.image.imread(figure).shape[0] > 100
 
 
-def test_bad_null_is_exit_2_and_writes_nothing(tmp_path, rng):
+def test_bad_null_is_exit_2_and_writes_nothing(tmp_path, rng, capfd):
     path = tmp_path / "m.onnx"
     onnx.save(three_layouts(rng, 0.4), path)
-    result = subprocess.run([sys.executable, "-m", "onnx_decomp.cli", "analyze", str(path), "--report",
-                             str(tmp_path / "r"), "--null", "uniform"], capture_output=True, text=True)
-    assert result.returncode == 2 and "unknown null model 'uniform'" in result.stderr
+    code = main(["analyze", str(path), "--report", str(tmp_path / "r"), "--null", "uniform"])
+    assert code == 2 and "unknown null model 'uniform'" in capfd.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_reference_mode_frozen_rows_stay_unconfirmed(tmp_path):
     """Train a few steps from a recorded init with rows 0-9 of the first layer frozen."""
     torch.manual_seed(0)

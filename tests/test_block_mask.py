@@ -11,8 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask
-from passes.linear_ops import find_linear_ops
-from passes.plan import BlockPlan, Branch, plan_from_support
+from onnx_decomp_passes import BlockPlan, Branch, Layout, find_linear_ops, plan_from_support
 
 
 def mlp(seed=0):
@@ -93,6 +92,7 @@ def test_stale_optimizer_state_is_overruled_by_enforcement(rng):
     assert (model[2].weight.detach()[~keep] != 0).float().mean() > 0.5  # hooks gone: dense again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 def test_exported_weights_are_exactly_block_sparse(tmp_path, rng, dynamo):
     model = mlp()
@@ -135,6 +135,7 @@ class Sequence3d(torch.nn.Module):
         return self.second(torch.relu(self.first(x))).mean(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 def test_plans_keyed_by_onnx_initializer_follow_the_weight_layout(tmp_path, rng, dynamo):
     torch.manual_seed(0)
@@ -143,7 +144,7 @@ def test_plans_keyed_by_onnx_initializer_follow_the_weight_layout(tmp_path, rng,
     ops, _ = find_linear_ops(gs.import_onnx(onnx.load(str(exported.path))))
     by_parameter = {exported.bindings[op.weight.name][0].parameter: op for op in ops}
     first, second = by_parameter["first.weight"], by_parameter["second.p"]
-    assert first.weight.name != "first.weight" and not first.transposed  # MatMul: W.T, renamed
+    assert first.weight.name != "first.weight" and first.layout is Layout.IN_OUT  # MatMul: W.T, renamed
     plan_first, plan_second = shuffled_plan(rng, 24, 12, blocks=3), shuffled_plan(rng, 6, 24, blocks=2)
 
     mask = apply_block_mask(model, {first.weight.name: plan_first, second.weight.name: plan_second},
@@ -161,6 +162,7 @@ def test_plans_keyed_by_onnx_initializer_follow_the_weight_layout(tmp_path, rng,
         assert len(plan_from_support(op.matrix() != 0).branches) >= len(plan.branches)
 
 
+@pytest.mark.slow
 def test_unknown_keys_and_wrong_shapes_are_refused(tmp_path, rng):
     model = mlp()
     with pytest.raises(ValueError, match="onnx_model="):

@@ -1,10 +1,17 @@
-"""The command line as a user runs it: exit codes, one-line errors, nothing written on failure."""
+"""The command line as a user runs it: exit codes, one-line errors, nothing written on failure.
+
+Most tests call ``main(argv)`` in-process (output captured at the file-descriptor level, so ONNX Runtime's
+native log lines would show); the tests about exit codes and the single stderr line spawn real processes,
+one of them through the installed console script.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -12,11 +19,24 @@ import pytest
 from onnx import helper
 
 from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from onnx_decomp.cli import main
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "onnx_decomp.cli", *map(str, args)],
-                          capture_output=True, text=True)
+def spawn(*args, program=(sys.executable, "-m", "onnx_decomp.cli")):
+    """The CLI in a process of its own: returncode, stdout, stderr."""
+    return subprocess.run([*program, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def cli(capfd):
+    """The CLI in this process: returncode, stdout, stderr."""
+
+    def call(*args):
+        code = main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return call
 
 
 @pytest.fixture
@@ -29,7 +49,7 @@ def blocked(tmp_path, rng):
     return path
 
 
-def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
+def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng, cli):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = cli("decompose", blocked, out, "--gate", "flops", "--check", 2, "--json", report, "--input-shape", "x:3,32")
     assert result.returncode == 0, result.stderr
@@ -44,7 +64,7 @@ def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
 
 
-def test_inspect_prints_table(blocked):
+def test_inspect_prints_table(blocked, cli):
     result = cli("inspect", blocked, "--gate", "flops")
     assert result.returncode == 0
     assert "fc" in result.stdout and "rewrite" in result.stdout and "MatMul FLOPs" in result.stdout
@@ -61,12 +81,13 @@ def _bad_inputs(tmp_path, blocked):
             "truncated": (truncated, "ONNX model")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "folder", "garbage", "truncated"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, blocked, case):
     path, message = _bad_inputs(tmp_path, blocked)[case]
     before = path.read_bytes() if path.is_file() else None
     out = tmp_path / "out.onnx"
-    result = cli("decompose", path, out)
+    result = spawn("decompose", path, out)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -74,14 +95,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, blocked, c
         assert path.read_bytes() == before
 
 
-def test_output_equal_to_input_is_refused(blocked):
+def test_output_equal_to_input_is_refused(blocked, cli):
     before = blocked.read_bytes()
     result = cli("decompose", blocked, blocked)
     assert result.returncode == 2 and "output path equals the input" in result.stderr
     assert blocked.read_bytes() == before
 
 
-def test_unreadable_external_data(tmp_path, blocked):
+def test_unreadable_external_data(tmp_path, blocked, cli):
     model = onnx.load(blocked)
     ext = tmp_path / "ext.onnx"
     onnx.save_model(model, ext, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
@@ -95,19 +116,21 @@ def test_unreadable_external_data(tmp_path, blocked):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.slow
 def test_require_change_on_dense_model(tmp_path, rng):
     dense = tmp_path / "dense.onnx"
     onnx.save(make_model([helper.make_node("MatMul", ["x", "B"], ["y"])], [value("x", ["N", 4])],
                          [value("y", ["N", 4])], [tensor("B", rng.standard_normal((4, 4)).astype(np.float32))]),
               dense)
     out = tmp_path / "out.onnx"
-    result = cli("decompose", dense, out, "--require-change")
+    result = spawn("decompose", dense, out, "--require-change")
     assert result.returncode == 3 and "nothing to rewrite" in result.stderr and not out.exists()
-    result = cli("decompose", dense, out)
+    result = spawn("decompose", dense, out)
     assert result.returncode == 0 and "no MatMul/Gemm weight passed the gate" in result.stdout
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_validation_mismatch_exits_1_and_writes_nothing(tmp_path, rng):
     """A model with a random op gives different outputs per session: validation must catch it."""
     w, _ = hidden_blocks(rng, [(4, 4), (4, 4)])
@@ -118,20 +141,20 @@ def test_validation_mismatch_exits_1_and_writes_nothing(tmp_path, rng):
     onnx.save(make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], [tensor("B", w.T.copy())]),
               path)
     out = tmp_path / "out.onnx"
-    result = cli("decompose", path, out, "--gate", "flops", "--json", tmp_path / "r.json")
+    result = spawn("decompose", path, out, "--gate", "flops", "--json", tmp_path / "r.json")
     assert result.returncode == 1
     assert "differs from the original" in result.stderr and "NO" in result.stdout
     assert not out.exists() and not (tmp_path / "r.json").exists()
 
 
-def test_bad_input_shape_flag(blocked, tmp_path):
+def test_bad_input_shape_flag(blocked, tmp_path, cli):
     result = cli("decompose", blocked, tmp_path / "o.onnx", "--input-shape", "nosuch:1,2")
     assert result.returncode == 2 and "names no input" in result.stderr
     result = cli("decompose", blocked, tmp_path / "o.onnx", "--input-shape", "x:1,2,3")
     assert result.returncode == 2 and "rank 3 given" in result.stderr
 
 
-def test_cuda_request_without_cuda_is_a_clear_error(blocked, tmp_path):
+def test_cuda_request_without_cuda_is_a_clear_error(blocked, tmp_path, cli):
     """This CI has the CPU build of onnxruntime: --provider cuda must say so, not fall back silently."""
     import onnxruntime as ort
 
@@ -155,7 +178,7 @@ def _planted_blocks_with_init_noise(tmp_path, rng):
     return path
 
 
-def test_confirmed_support_is_lossy_and_bounded_by_tolerance(tmp_path, rng):
+def test_confirmed_support_is_lossy_and_bounded_by_tolerance(tmp_path, rng, cli):
     path = _planted_blocks_with_init_noise(tmp_path, rng)
     out = tmp_path / "out.onnx"
     exact = cli("decompose", path, out, "--gate", "flops", "--require-change")
@@ -173,7 +196,7 @@ def test_confirmed_support_is_lossy_and_bounded_by_tolerance(tmp_path, rng):
     assert strict.returncode == 1 and not (tmp_path / "strict.onnx").exists()
 
 
-def test_validation_on_given_inputs(tmp_path, blocked, rng):
+def test_validation_on_given_inputs(tmp_path, blocked, rng, cli):
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=rng.standard_normal((7, 32)).astype(np.float32))
     result = cli("decompose", blocked, tmp_path / "o.onnx", "--gate", "flops", "--inputs", inputs)
@@ -183,11 +206,20 @@ def test_validation_on_given_inputs(tmp_path, blocked, rng):
     assert result.returncode == 2 and "cannot read input arrays" in result.stderr
 
 
+@pytest.mark.slow
 def test_inputs_that_do_not_fit_the_model(tmp_path, blocked, rng):
     for name, array, message in (("y", np.zeros((2, 32), np.float32), "the model takes ['x']"),
                                  ("x", np.zeros((2, 5), np.float32), "ONNX Runtime failed on the inputs")):
         inputs = tmp_path / f"{name}.npz"
         np.savez(inputs, **{name: array})
-        result = cli("decompose", blocked, tmp_path / "o.onnx", "--gate", "flops", "--inputs", inputs)
+        result = spawn("decompose", blocked, tmp_path / "o.onnx", "--gate", "flops", "--inputs", inputs)
         assert result.returncode == 2 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.slow
+def test_console_script_runs_decompose(tmp_path, blocked):
+    program = Path(sys.executable).with_name("onnx-decomp")
+    result = spawn("decompose", blocked, tmp_path / "out.onnx", "--gate", "flops", program=(program,))
+    assert result.returncode == 0, result.stderr
+    assert "rewrite" in result.stdout and (tmp_path / "out.onnx").exists()

@@ -1,4 +1,4 @@
-"""Chain co-clustering (onnx_decomp.coclustering): planted groups come back exactly, blocks stay balanced,
+"""Chain co-clustering (onnx_decomp.planning.coclustering): planted groups come back exactly, blocks stay balanced,
 and on the paper's localized scenario a masked fine-tune wins back the dense loss."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import hidden_blocks
-from onnx_decomp.coclustering import balanced_assignment, coclustered_plan, spectral_cocluster
+from onnx_decomp.planning.coclustering import balanced_assignment, coclustered_plan, spectral_cocluster
 from onnx_decomp.torch import apply_block_mask, finetune_under_mask
+from onnx_decomp_models.common import Batches
+from onnx_decomp_models.localized import make_task
 
 
 def planted_chain(rng, groups=4, d=64, h=256, d_out=16, signal=0.4):
@@ -99,40 +101,14 @@ def test_bad_shapes_and_k_are_refused(rng):
         coclustered_plan(rng.random((3, 8)), rng.random((8, 3)), 4)
 
 
-def localized_task(seed, groups=8, group_in=16, group_out=4):
-    """The paper's scenario, small: every sample activates one input group; its output group is a fixed
-    random tanh map of it, every other output is 0. Inputs and outputs shuffled."""
-    rng = np.random.default_rng(seed)
-    teachers = rng.normal(0, 2 / np.sqrt(group_in), (groups, group_out, group_in))
-    p_in, p_out = rng.permutation(groups * group_in), rng.permutation(groups * group_out)
-
-    def sample(n):
-        g, rows = rng.integers(groups, size=n), np.arange(n)
-        x, y = np.zeros((n, groups, group_in)), np.zeros((n, groups, group_out))
-        x[rows, g] = rng.normal(size=(n, group_in))
-        y[rows, g] = np.tanh(np.einsum("noi,ni->no", teachers[g], x[rows, g]))
-        return (torch.from_numpy(x.reshape(n, -1)[:, p_in].astype(np.float32)),
-                torch.from_numpy(y.reshape(n, -1)[:, p_out].astype(np.float32)))
-
-    return sample, (np.arange(groups * group_in) // group_in)[p_in]
-
-
-class Batches:
-    def __init__(self, x, y, size=64):
-        self.x, self.y, self.size = x, y, size
-
-    def __iter__(self):
-        for index in torch.randperm(len(self.x)).split(self.size):
-            yield self.x[index], self.y[index]
-
-
+@pytest.mark.slow
 def test_localized_scenario_cut_recovers_groups_and_finetune_wins_back_the_loss():
     torch.manual_seed(0)
-    sample, input_groups = localized_task(seed=0)
-    (x, y), (x_test, y_test) = sample(4000), sample(1000)
+    sample, input_groups, _ = make_task(np.random.default_rng(0), groups=8, group_in=16, group_out=4)
+    (x, y), (x_test, y_test) = sample(4000), [torch.from_numpy(a) for a in sample(1000)]
     model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 32))
     loss = torch.nn.functional.mse_loss
-    finetune_under_mask(model, loss, Batches(x, y), epochs=15)  # no mask applied yet: dense training
+    finetune_under_mask(model, loss, Batches(x, y, 64), epochs=15)  # no mask applied yet: dense training
     with torch.no_grad():
         dense = float(loss(model(x_test), y_test))
 
@@ -140,7 +116,7 @@ def test_localized_scenario_cut_recovers_groups_and_finetune_wins_back_the_loss(
     mask = apply_block_mask(model, {"0.weight": plan1, "2.weight": plan2})
     with torch.no_grad():
         cut = float(loss(model(x_test), y_test))
-    finetune_under_mask(model, loss, Batches(x, y), epochs=5, mask=mask)
+    finetune_under_mask(model, loss, Batches(x, y, 64), epochs=5, mask=mask)
     with torch.no_grad():
         tuned = float(loss(model(x_test), y_test))
 

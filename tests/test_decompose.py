@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_decomp
-from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from conftest import ANY_BLOCKS, hidden_blocks, make_model, op_types, run, tensor, value
+from onnx_decomp import GateConfig
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -34,7 +35,7 @@ def test_hidden_block_diagonal_matmul_is_recovered_exactly(seed):
     model = matmul_model(w, batch_shape=("batch", "seq"))
     x = rng.standard_normal((3, 5, w.shape[1])).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, report = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
 
     assert count(out, "MatMul") == blocks
     assert report.nodes[0].blocks == blocks
@@ -67,7 +68,7 @@ def test_gemm_variants(rng, trans_b, alpha, beta, bias_shape):
     model = make_model([node], [value("a", [m, n_in])], [value("y", [m, n_out])], inits)
     a = rng.standard_normal((m, n_in)).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, report = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
 
     assert count(out, "Gemm") == blocks and report.planned
     np.testing.assert_allclose(run(out, {"a": a})[0], run(model, {"a": a})[0], rtol=RTOL, atol=ATOL)
@@ -80,7 +81,7 @@ def test_weight_from_constant_node(rng):
     model = make_model(nodes, [value("x", ["N", 6])], [value("y", ["N", 6])])
     x = rng.standard_normal((2, 6)).astype(np.float32)
 
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, _ = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
 
     assert "Constant" not in op_types(out) and count(out, "MatMul") == blocks
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
@@ -97,7 +98,7 @@ def test_weight_inside_if_branch_from_outer_scope(rng):
                        [tensor("B", w.T.copy())])
     x = rng.standard_normal((3, 6)).astype(np.float32)
 
-    out, report = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, report = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
 
     branch = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
     assert [n.op_type for n in branch.node].count("MatMul") == blocks
@@ -114,7 +115,7 @@ def test_shared_initializer_is_rewritten_at_each_use_without_copies(rng):
     model = make_model(nodes, [value("x", ["N", 10])], [value("y", ["N", 10])], [tensor("B", w.T.copy())])
     x = rng.standard_normal((4, 10)).astype(np.float32)
 
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, _ = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
 
     assert count(out, "MatMul") == 2 * blocks
     branch_weights = [t for t in out.graph.initializer if t.dims and len(t.dims) == 2]
@@ -127,7 +128,7 @@ def test_opsets(rng, opset):
     w, blocks = hidden_blocks(rng, [(3, 2), (2, 3)], empty_rows=1)
     model = matmul_model(w, opset=opset)
     x = rng.standard_normal((2, w.shape[1])).astype(np.float32)
-    out, _ = onnx_decomp.decompose(model, min_flop_reduction=1.0, gate="flops")
+    out, _ = onnx_decomp.decompose(model, gate=ANY_BLOCKS)
     assert out.opset_import[0].version == opset and count(out, "MatMul") == blocks
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
 
@@ -144,7 +145,7 @@ def test_dense_model_reports_no_structure_and_stays_equivalent(rng):
 
 def test_cost_gate_keeps_nodes_below_threshold(rng):
     w, _ = hidden_blocks(rng, [(6, 6), (2, 2)])  # 40 of 64 MACs: 1.6x fewer
-    _, report = onnx_decomp.decompose(matmul_model(w), min_flop_reduction=2.0, gate="flops")
+    _, report = onnx_decomp.decompose(matmul_model(w), gate=GateConfig("flops", min_flop_reduction=2.0))
     assert report.nodes[0].action == "keep" and "1.60x" in report.nodes[0].reason
 
 

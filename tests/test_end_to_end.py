@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import onnx_decomp
 from conftest import run
-from onnx_decomp.coclustering import coclustered_plan
+from onnx_decomp.planning.coclustering import coclustered_plan
 from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask, record_init
+from onnx_decomp_models.digits import digits_mlp, digits_split
+
+
+pytestmark = pytest.mark.slow  # every test here exports with torch or trains
 
 
 def test_digits_pipeline_ends_in_an_exact_decomposition(tmp_path):
     torch.manual_seed(0)
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split((digits.data / 16).astype(np.float32), digits.target,
-                                                        test_size=0.25, random_state=0, stratify=digits.target)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
-                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    x_train, x_test, y_train, y_test = digits_split(0)
+    model = digits_mlp(128)
     init = record_init(model)
     batches = [(torch.from_numpy(x_train[i:i + 64]), torch.from_numpy(y_train[i:i + 64]))
                for i in range(0, len(x_train), 64)]
@@ -38,7 +38,8 @@ def test_digits_pipeline_ends_in_an_exact_decomposition(tmp_path):
     finetune_under_mask(model, torch.nn.functional.cross_entropy, batches, epochs=10, mask=mask)
     export(model, example, tmp_path / "blocked.onnx", init, input_names=["input"])
 
-    rewritten, report = onnx_decomp.decompose(tmp_path / "blocked.onnx", gate="flops", min_flop_reduction=1.5)
+    rewritten, report = onnx_decomp.decompose(tmp_path / "blocked.onnx",
+                                              gate=onnx_decomp.GateConfig("flops", min_flop_reduction=1.5))
 
     assert {n.weight: n.blocks for n in report.nodes if n.action == "rewrite"} == {"2.weight": 4, "4.weight": 4}
     blocked_logits = run_model(tmp_path / "blocked.onnx", x_test)

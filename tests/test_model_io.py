@@ -41,7 +41,7 @@ def test_external_data_in_and_out(tmp_path, external_model, rng):
 
 def test_single_file_by_default_and_api_model_untouched(tmp_path, external_model):
     path, _ = external_model
-    model, _ = onnx_decomp.decompose(path, check=1, gate="flops")
+    model, _ = onnx_decomp.decompose(path, gate="flops", validation=onnx_decomp.ValidationConfig(check=1))
     size = model.ByteSize()
     onnx_decomp.save_model(model, tmp_path / "one.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "one.onnx"]

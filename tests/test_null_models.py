@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from onnx_decomp.criterion import benjamini_hochberg, storey_pi0
+from onnx_decomp.stats.criterion import benjamini_hochberg, storey_pi0
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.null_models import (NullSpec, Normal, TruncNormal, Uniform, choose_null, nulls_from_metadata,
+from onnx_decomp.stats.null_models import (NullSpec, Normal, TruncNormal, Uniform, choose_null, nulls_from_metadata,
                                      parse_null_spec, parse_user_nulls)
 
 SHAPE = (120, 150)  # n_out, n_in

@@ -8,10 +8,8 @@ import pytest
 from onnx import helper
 
 from conftest import make_model, op_types, run, tensor, value
-from passes.block_rewrite import BlockRewrite
-from passes.infra import PassError, PassManager
-from passes.normalize import UniqueNodeNames
-from passes.plan import BlockPlan, Branch, plan_from_support
+from onnx_decomp_passes import (BlockPlan, BlockRewrite, Branch, PassError, PassManager, UniqueNodeNames,
+                                plan_from_support)
 
 
 def test_plan_from_support_components_constant_rows_and_unused_cols():

@@ -11,6 +11,9 @@ import onnx_decomp
 from conftest import op_types, run
 
 
+pytestmark = pytest.mark.slow  # every test here exports with torch or trains
+
+
 def blocked_mlp(blocks: int, width: int, seed: int = 0) -> torch.nn.Module:
     """16 -> width -> width -> 4 MLP; the middle layer is block-diagonal under a hidden permutation."""
     torch.manual_seed(seed)

@@ -15,10 +15,13 @@ import torch
 from onnx import numpy_helper
 
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.model_io import load_model
-from onnx_decomp.null_models import NULL_KEY_PREFIX, REFERENCE_KEY, nulls_from_metadata
+from onnx_decomp.io.model_io import load_model
+from onnx_decomp.stats.null_models import NULL_KEY_PREFIX, REFERENCE_KEY, nulls_from_metadata
 from onnx_decomp.torch import export, record_init
-from passes.linear_ops import find_linear_ops
+from onnx_decomp_passes import find_linear_ops
+
+
+pytestmark = pytest.mark.slow  # every test here exports with torch or trains
 
 
 class TinyTransformer(torch.nn.Module):

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from onnx_decomp.criterion import bh_threshold, storey_pi0
-from onnx_decomp.null_models import parse_null_spec
-from passes.plan import plan_from_support
+from onnx_decomp.stats.criterion import bh_threshold, storey_pi0
+from onnx_decomp.stats.null_models import parse_null_spec
+from onnx_decomp_passes import plan_from_support
 
 
 def peak_rss_mib() -> float:

@@ -20,8 +20,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_decomp
-from onnx_decomp.runtime import input_specs, random_inputs
-from onnx_decomp.timing import median_speedup
+from onnx_decomp.config import GateConfig, SessionConfig, ValidationConfig
+from onnx_decomp.cost.timing import median_speedup
+from onnx_decomp.io.shapes import input_specs
+from onnx_decomp.runtime.sessions import make_session, random_inputs
 
 
 def block_model(d: int, k: int, hidden: bool, rng) -> onnx.ModelProto:
@@ -36,10 +38,11 @@ def block_model(d: int, k: int, hidden: bool, rng) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+CPU_2_THREADS = SessionConfig("cpu", threads=2)
+
+
+def session(model: onnx.ModelProto):
+    return make_session(model, CPU_2_THREADS)
 
 
 def bench_model(path: str, batch: int, reps: int) -> None:
@@ -70,7 +73,8 @@ def main() -> None:
         for k in args.blocks:
             for hidden in (True, False):
                 model = block_model(d, k, hidden, rng)
-                rewritten, report = onnx_decomp.decompose(model, check=1, gate="flops", min_flop_reduction=1.0)
+                rewritten, report = onnx_decomp.decompose(model, gate=GateConfig("flops", min_flop_reduction=1.0),
+                                                          validation=ValidationConfig(check=1))
                 ratio = median_speedup(session(model), session(rewritten), feed, budget_s=float("inf"),
                                        max_pairs=args.reps)
                 print(f"{d:>6} {k:>6} {'hidden' if hidden else 'contiguous':>10} "

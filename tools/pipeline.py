@@ -10,7 +10,6 @@ layer -> mask and fine-tune -> export -> decompose (exact) -> time dense vs deco
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-
-import onnx_decomp  # noqa: E402
-from common import Batches, deterministic, digits_split, train  # noqa: E402
-from onnx_decomp.coclustering import coclustered_plan  # noqa: E402
-from onnx_decomp.timing import median_speedup  # noqa: E402
-from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask, record_init  # noqa: E402
+import onnx_decomp
+from onnx_decomp.cost.timing import median_speedup
+from onnx_decomp.planning.coclustering import coclustered_plan
+from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask, record_init
+from onnx_decomp_models.common import Batches, deterministic
+from onnx_decomp_models.digits import digits_mlp, digits_split
 
 
 def main() -> None:
@@ -35,12 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     deterministic(0)
     x_train, x_test, y_train, y_test = digits_split(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, args.width), torch.nn.ReLU(),
-                                torch.nn.Linear(args.width, args.width), torch.nn.ReLU(),
-                                torch.nn.Linear(args.width, 10))
+    model = digits_mlp(args.width)
     init = record_init(model)
     loss, batches = torch.nn.functional.cross_entropy, Batches(x_train, y_train, 64)
-    train(model, loss, batches, epochs=20)
+    finetune_under_mask(model, loss, batches, epochs=20)  # no mask: dense training
     folder = Path(tempfile.mkdtemp(prefix="onnx-decomp-pipeline-"))
 
     def accuracy(path: Path) -> float:

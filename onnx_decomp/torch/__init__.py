@@ -5,7 +5,7 @@
     init = record_init(model, overrides={"encoder.*.weight": "normal(sigma=0.02)"})
     ...train...
     export(model, (x,), "model.onnx", init, reference_path="init.onnx")
-    mask = apply_block_mask(model, {"fc2.weight": plan})       # plan: passes.plan.BlockPlan
+    mask = apply_block_mask(model, {"fc2.weight": plan})       # plan: onnx_decomp_passes.BlockPlan
     finetune_under_mask(model, torch.nn.functional.cross_entropy, loader, mask=mask)
 
 The only part of the package that imports torch (install the ``torch`` extra).

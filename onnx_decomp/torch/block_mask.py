@@ -1,7 +1,7 @@
 """Hold a model's weights to a block structure while it trains.
 
 Rules:
-- ``plans`` maps a key to a ``passes.plan.BlockPlan`` or a Boolean mask (True = keep).
+- ``plans`` maps a key to a ``onnx_decomp_passes.BlockPlan`` or a Boolean mask (True = keep).
 - With ``onnx_model`` (the model exported from these very weights), a key that names a MatMul/Gemm weight
   initializer of it takes the mask as that operator's ``[n_out, n_in]``; the initializer is bound to its
   parameters by value (``binding``) and the mask transposed onto a parameter that holds ``W.T`` (a
@@ -24,13 +24,12 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import torch
 
-from onnx_decomp.model_io import load_model
+from onnx_decomp.io.graph import import_graph
+from onnx_decomp.io.model_io import load_model
 from onnx_decomp.torch.binding import bind_initializers, float_initializers
-from passes.linear_ops import find_linear_ops
-from passes.plan import BlockPlan
+from onnx_decomp_passes import BlockPlan, Layout, find_linear_ops
 
 logger = logging.getLogger(__name__)
 
@@ -66,29 +65,29 @@ def _as_bool(mask: MaskLike) -> np.ndarray:
     return np.asarray(mask, dtype=bool)
 
 
-def _weight_holds_w(model: onnx.ModelProto) -> dict[str, bool]:
-    """Initializer name -> True when the MatMul/Gemm reading it holds W ``[n_out, n_in]``, False for W.T."""
-    ops, _ = find_linear_ops(gs.import_onnx(model))
-    return {op.weight.name: op.transposed for op in ops}
+def _weight_layouts(model: onnx.ModelProto) -> dict[str, Layout]:
+    """Initializer name -> the layout in which the MatMul/Gemm reading it holds ``W [n_out, n_in]``."""
+    ops, _ = find_linear_ops(import_graph(model))
+    return {op.weight.name: op.layout for op in ops}
 
 
 def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
              onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]]) -> dict[str, np.ndarray]:
     """Parameter name -> mask in the parameter's layout (module rules)."""
     parameters = dict(model.named_parameters())
-    holds_w, bindings = {}, {}
+    layouts, bindings = {}, {}
     if onnx_model is not None:
         proto = load_model(onnx_model)
-        holds_w = _weight_holds_w(proto)
+        layouts = _weight_layouts(proto)
         values = {name: p.detach().cpu().numpy() for name, p in parameters.items()}
         bindings = bind_initializers(float_initializers(proto), values)
     targets = {}
     for name, plan in plans.items():
         mask = _as_bool(plan)
-        if name in holds_w and name in bindings:
-            for binding in bindings[name]:
-                param_is_w = holds_w[name] != binding.transposed
-                targets[binding.parameter] = mask if param_is_w else mask.T
+        if name in layouts and name in bindings:
+            for binding in bindings[name]:  # the parameter holds the initializer, or its transpose
+                layout = layouts[name].flipped() if binding.transposed else layouts[name]
+                targets[binding.parameter] = layout.from_matrix(mask)
         elif name in parameters:
             targets[name] = mask
         elif onnx_model is None:

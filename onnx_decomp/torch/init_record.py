@@ -27,7 +27,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from onnx_decomp.null_models import Uniform, parse_null_spec
+from onnx_decomp.stats.null_models import Uniform, parse_null_spec
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Union
 import numpy as np
 
 from onnx_decomp.errors import DecompError
-from passes.plan import BlockPlan
+from onnx_decomp_passes import BlockPlan
 
 PathLike = Union[str, os.PathLike]
 MAX_PIXELS = 1024  # the support image is max-pooled down to this many rows/columns

@@ -1,22 +1,26 @@
-"""What a run found and did: per-node decisions, before/after sizes, validation; as a table or JSON."""
+"""What a decompose or inspect run found and did, rendered from its decisions: a console table or JSON."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Union
 
-from onnx_decomp.atomic import write_text
-from onnx_decomp.model_stats import ModelStats
-from onnx_decomp.runtime import ValidationResult
+import numpy as np
 
-REWRITE, KEEP, SKIP = "rewrite", "keep", "skip"
+from onnx_decomp.cost.model_stats import ModelStats
+from onnx_decomp.decisions import Decision
+from onnx_decomp.io.atomic import write_text
+from onnx_decomp.report.table import table
+from onnx_decomp.runtime.validation import ValidationResult
+from onnx_decomp_passes import LinearOp
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeReport:
-    """One MatMul/Gemm with a constant operand. ``action``: rewrite, keep (no gain) or skip (unsupported)."""
+    """One row: a MatMul/Gemm with a constant operand. ``action``: rewrite, keep (no gain) or skip
+    (unsupported)."""
 
     node: str
     op_type: str
@@ -32,25 +36,47 @@ class NodeReport:
     flop_reduction: Optional[float] = None
     speedup: Optional[float] = None  # measured dense/rewritten time of the node alone (gate "time")
 
+    @classmethod
+    def of(cls, decision: Decision) -> "NodeReport":
+        subject, candidate = decision.subject, decision.candidate
+        row = cls(subject.node_name, subject.op_type, subject.graph_name, decision.action.value, decision.reason)
+        if isinstance(subject, LinearOp):
+            values = subject.weight.values
+            row = replace(row, weight=subject.weight.name, shape=list(subject.shape),
+                        density=float(np.count_nonzero(values)) / values.size)
+        if candidate is not None:
+            plan = candidate.plan
+            row = replace(row, blocks=len(plan.branches), constant_outputs=len(plan.constant_rows),
+                        unused_inputs=len(plan.unused_cols), flop_reduction=round(plan.flop_reduction, 3),
+                        speedup=None if candidate.speedup is None else round(candidate.speedup, 3))
+        return row
+
 
 @dataclass
 class Report:
     model: str
-    nodes: list[NodeReport]
+    decisions: list[Decision]
     before: ModelStats
     after: Optional[ModelStats] = None
     validation: Optional[ValidationResult] = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def planned(self) -> list[NodeReport]:
-        return [n for n in self.nodes if n.action == REWRITE]
+    def nodes(self) -> list[NodeReport]:
+        return [NodeReport.of(d) for d in self.decisions]
+
+    @property
+    def planned(self) -> list[Decision]:
+        """The decisions to rewrite."""
+        return [d for d in self.decisions if d.rewrite]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        validation = None
         if self.validation is not None:
-            data["validation"]["ok"] = self.validation.ok
-        return data
+            validation = {**asdict(self.validation), "ok": self.validation.ok}
+        return {"model": self.model, "nodes": [asdict(n) for n in self.nodes], "before": asdict(self.before),
+                "after": None if self.after is None else asdict(self.after), "validation": validation,
+                "notes": list(self.notes)}
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=2, default=float) + "\n")
@@ -60,14 +86,15 @@ class Report:
         def fmt(value, spec=""):
             return "-" if value is None else format(value, spec)
 
+        nodes = self.nodes
         rows = [("node", "op", "weight", "shape", "density", "blocks", "const", "unused", "MACs/", "speedup",
                  "action")]
-        for n in self.nodes:
+        for n in nodes:
             rows.append((n.node, n.op_type, n.weight or "-", "x".join(map(str, n.shape)) if n.shape else "-",
                          fmt(n.density, ".3f"), fmt(n.blocks), fmt(n.constant_outputs),
                          fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.speedup, ".2f"),
                          n.action + (f" ({n.reason})" if n.reason else "")))
-        lines = [table(rows) if self.nodes else "no MatMul/Gemm with a constant weight"]
+        lines = [table(rows) if nodes else "no MatMul/Gemm with a constant weight"]
         stats = [("", "before") + (("after",) if self.after else ())]
         for label, key in (("nodes", "nodes"), ("params", "params"), ("MatMul FLOPs", "matmul_flops")):
             stats.append((label, f"{getattr(self.before, key):,}") +
@@ -81,8 +108,3 @@ class Report:
                               "yes" if d.ok else "NO") for d in v.outputs])]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
-
-
-def table(rows: list[tuple]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

@@ -12,7 +12,7 @@ from typing import Iterator, Optional, Union
 import onnx
 from onnx import external_data_helper
 
-from onnx_decomp.atomic import staged_output
+from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.errors import InvalidModelError
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ Rules:
 2. Spectral co-clustering (Dhillon 2001) of ``A = |M|``: ``An = D_r^-1/2 A D_c^-1/2`` with row and column
    sums ``D_r``, ``D_c``; the top k singular vector pairs, scaled back by ``D_r^-1/2`` and ``D_c^-1/2``, embed
    rows and columns in one space (for an exactly block-diagonal ``A`` every row and column of a block lands
-   on one point; Dhillon's log2(k) vectors can merge such points, k cannot); k-means (k-means++ seeding,
-   the best of ``n_init`` seeded runs) places k centers.
+   on one point; Dhillon's log2(k) vectors can merge such points, k cannot); k-means (scipy's ``kmeans2``
+   with k-means++ seeding, the best of ``n_init`` seeded runs) places k centers.
 3. Hidden unit ``u`` prefers the block ``b`` whose composite it carries most, signed:
    ``sum_{i in rows_b, j in cols_b} W2[i, u] W1[u, j] M[i, j]`` (its paths' share of the learned
    dependency; paths of init noise have random sign and score about zero, whatever their magnitude).
@@ -19,16 +19,18 @@ Rules:
    So every block has outputs, inputs and hidden units (``k <= min(d_out, d, h)``) and the k sub-networks
    cost alike; planted balanced groups come out unchanged.
 5. Plans: W1 keeps ``[hidden of b] x [inputs of b]``, W2 keeps ``[outputs of b] x [hidden of b]``, as
-   ``passes.plan.plan_from_support`` of these masks (k branches each).
+   ``onnx_decomp_passes.plan_from_support`` of these masks (k branches each).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
+from scipy.cluster.vq import kmeans2, vq
 
-from passes.plan import BlockPlan, plan_from_support
+from onnx_decomp_passes import BlockPlan, plan_from_support
 
 logger = logging.getLogger(__name__)
 
@@ -39,33 +41,19 @@ def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return ((points[:, None, :] - centers[None]) ** 2).sum(-1)
 
 
-def _kmeans_once(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
-    """Centers and inertia of one Lloyd run from k-means++ seeds."""
-    centers = points[[rng.integers(len(points))]]
-    while len(centers) < k:  # the next seed with probability proportional to the squared distance
-        distance = _squared_distances(points, centers).min(1)
-        total = distance.sum()
-        pick = rng.choice(len(points), p=distance / total) if total > 0 else rng.integers(len(points))
-        centers = np.vstack([centers, points[pick]])
-    labels = None
-    for _ in range(iterations):
-        new_labels = _squared_distances(points, centers).argmin(1)
-        if labels is not None and np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-        for cluster in range(k):
-            members = points[labels == cluster]
-            if len(members):
-                centers[cluster] = members.mean(0)
-    return centers, float(_squared_distances(points, centers).min(1).sum())
-
-
 def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iterations: int = 300) -> np.ndarray:
-    """Centers ``[k, dim]`` of ``points [n, dim]``: the lowest-inertia of ``n_init`` k-means++ seeded
-    Lloyd runs drawn from ``seed``."""
+    """Centers ``[k, dim]`` of ``points [n, dim]``: the lowest-inertia of ``n_init`` runs of scipy's
+    ``kmeans2`` (k-means++ seeds, ``iterations`` Lloyd steps) drawn from ``seed``. An emptied cluster keeps
+    its center (scipy's warning about it is silenced: the best of the runs is what counts)."""
     rng = np.random.default_rng(seed)
     points = np.asarray(points, dtype=np.float64)
-    return min((_kmeans_once(points, k, rng, iterations) for _ in range(n_init)), key=lambda run: run[1])[0]
+    runs = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="One of the clusters is empty")
+        for _ in range(n_init):
+            centers, _ = kmeans2(points, k, iter=iterations, minit="++", seed=rng)
+            runs.append((float((vq(points, centers)[1] ** 2).sum()), centers))
+    return min(runs, key=lambda run: run[0])[1]
 
 
 def balanced_assignment(preference: np.ndarray) -> np.ndarray:

@@ -3,17 +3,44 @@
 Rule: a node qualifies when it is ``MatMul(x, B)`` or ``Gemm(A, B[, C])`` with ``transA=0``, ``B`` a constant
 2-D float tensor, and ``C`` (if any) a constant. Other MatMul/Gemm nodes that hold a constant operand are
 returned as ``Skipped`` with the reason; nodes with no constant operand (activation products) are ignored.
+
+Orientation, one vocabulary for the whole package: a weight is the linear map ``y = W x`` with
+``W [n_out, n_in]``; ``Layout`` says how the stored tensor relates to ``W``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+class Layout(enum.Enum):
+    """How a stored 2-D weight holds ``W [n_out, n_in]``."""
+
+    OUT_IN = "out_in"  # the tensor is W itself: Gemm transB=1, nn.Linear.weight
+    IN_OUT = "in_out"  # the tensor is W.T: MatMul B[K, N], Gemm transB=0
+
+    @classmethod
+    def of(cls, node: gs.Node) -> "Layout":
+        """The layout in which ``node`` reads its weight (input 1)."""
+        return cls.OUT_IN if node.op == "Gemm" and node.attrs.get("transB", 0) else cls.IN_OUT
+
+    def flipped(self) -> "Layout":
+        return Layout.IN_OUT if self is Layout.OUT_IN else Layout.OUT_IN
+
+    def to_matrix(self, stored: np.ndarray) -> np.ndarray:
+        """``W [n_out, n_in]`` from a tensor stored in this layout (a view, no copy)."""
+        return stored if self is Layout.OUT_IN else stored.T
+
+    def from_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """The tensor to store for ``W [n_out, n_in]`` in this layout (a view, no copy)."""
+        return matrix if self is Layout.OUT_IN else matrix.T
 
 
 @dataclass
@@ -23,23 +50,36 @@ class LinearOp:
     node: gs.Node
     graph: gs.Graph
     weight: gs.Constant
-    transposed: bool  # True when ``weight`` holds W itself ([n_out, n_in]); False when it holds W.T
+    layout: Layout
     bias: Optional[gs.Constant] = None  # Gemm's C, unscaled
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_out, n_in)``."""
         rows, cols = self.weight.shape
-        return (rows, cols) if self.transposed else (cols, rows)
+        return (rows, cols) if self.layout is Layout.OUT_IN else (cols, rows)
 
     def matrix(self) -> np.ndarray:
         """The weight as ``W[n_out, n_in]`` (a view, no copy)."""
-        values = self.weight.values
-        return values if self.transposed else values.T
+        return self.layout.to_matrix(self.weight.values)
+
+    @property
+    def node_name(self) -> str:
+        return self.node.name
+
+    @property
+    def op_type(self) -> str:
+        return self.node.op
+
+    @property
+    def graph_name(self) -> str:
+        return self.graph.name
 
 
 @dataclass
 class Skipped:
+    """A MatMul/Gemm with a constant operand that the rewrite leaves alone, and why."""
+
     node_name: str
     op_type: str
     graph_name: str
@@ -71,13 +111,13 @@ def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
     if not _is_float(weight):
         return skip(f"{np.dtype(weight.dtype).name} weight (only float16/32/64; quantized left alone)")
     if node.op == "MatMul":
-        return LinearOp(node, graph, weight, transposed=False)
+        return LinearOp(node, graph, weight, Layout.of(node))
     if node.attrs.get("transA", 0):
         return skip("Gemm with transA=1")
     bias = inputs[2] if len(inputs) > 2 and not inputs[2].is_empty() else None
     if bias is not None and not isinstance(bias, gs.Constant):
         return skip("Gemm bias C is not a constant")
-    return LinearOp(node, graph, weight, transposed=bool(node.attrs.get("transB", 0)), bias=bias)
+    return LinearOp(node, graph, weight, Layout.of(node), bias=bias)
 
 
 def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
@@ -126,3 +166,13 @@ def find_chains(ops: list[LinearOp]) -> list[tuple[LinearOp, LinearOp]]:
                 break
             tensor = consumer.outputs[0]
     return chains
+
+
+def one_node_graph(op: LinearOp, x_shape: Sequence[int], dtype, root: gs.Graph) -> gs.Graph:
+    """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
+    its weight and bias; opset and IR version of ``root``, the graph ``op`` belongs to at the top."""
+    x, y = gs.Variable("x", dtype, list(x_shape)), gs.Variable("y", dtype)
+    weights = [gs.Constant(t.name, t.values) for t in (op.weight, op.bias) if t is not None]
+    node = gs.Node(op.node.op, op.node.name, dict(op.node.attrs), [x, *weights], [y])
+    return gs.Graph([node], [x], [y], opset=root.opset, ir_version=root.ir_version,
+                    import_domains=root.import_domains)

@@ -1,0 +1,36 @@
+"""Command line: ``onnx-decomp inspect IN``, ``onnx-decomp decompose IN OUT``, ``onnx-decomp analyze IN``.
+
+Exit codes: 0 success; 1 the rewritten model failed validation; 2 bad input or usage;
+3 ``--require-change`` and nothing was rewritten. On any failure nothing is written.
+One module per subcommand (``add_parser``, ``run``); shared option groups in ``options``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from onnx_decomp.cli import analyze, decompose, inspect
+from onnx_decomp.errors import DecompError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (inspect, analyze, decompose):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except DecompError as error:
+        print(f"onnx-decomp: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code

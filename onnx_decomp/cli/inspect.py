@@ -1,0 +1,21 @@
+"""``onnx-decomp inspect IN``: every MatMul/Gemm with a constant weight, its blocks, what decompose would do."""
+
+from __future__ import annotations
+
+import argparse
+
+from onnx_decomp.cli import options
+from onnx_decomp.drivers.decompose import inspect
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("inspect", parents=[options.model_options(), options.planning_options()],
+                                 help="list MatMul/Gemm weights and their blocks")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = inspect(args.input, input_shapes=options.input_shapes(args), gate=options.gate_config(args),
+                     session=options.session_config(args))
+    options.emit(report, args.json)
+    return 0

@@ -1,0 +1,91 @@
+"""Option groups shared by the subcommands, and their parsing into the configuration objects."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, GATES, PROVIDERS, AnalysisConfig, GateConfig,
+                                SessionConfig)
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``name:1,128`` (also ``name:1x128`` or ``name:[1,128]``) -> ``("name", (1, 128))``."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.strip("[]").replace("x", ",").split(",") if d)
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) < 0:
+        raise argparse.ArgumentTypeError(f"expected NAME:D1,D2,... got {text!r}")
+    return name, shape
+
+
+def model_options() -> argparse.ArgumentParser:
+    """The input model and the JSON report."""
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
+    group.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    return group
+
+
+def planning_options() -> argparse.ArgumentParser:
+    """Input shapes, the cost gate and the ONNX Runtime provider."""
+    defaults = GateConfig()
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME:D1,D2",
+                       help="concrete shape for an input with symbolic dims (repeatable; default: symbolic "
+                       "dims are 1)")
+    group.add_argument("--gate", choices=GATES, default=defaults.kind,
+                       help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
+                       "(default); flops: by multiply-accumulate count alone (deterministic)")
+    group.add_argument("--min-flop-reduction", type=float, default=defaults.min_flop_reduction, metavar="X",
+                       help="candidates need X times fewer multiply-accumulates than the dense weight "
+                       "(default %(default)s)")
+    group.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
+                       help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
+    group.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
+                       help="ONNX Runtime provider for timing and validation (auto: CUDA if a session really "
+                       "gets it, else CPU)")
+    return group
+
+
+def analysis_options() -> argparse.ArgumentParser:
+    """The statistical criterion."""
+    defaults = AnalysisConfig()
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
+                       help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
+                       "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
+    group.add_argument("--fdr", type=float, default=defaults.fdr,
+                       help="Benjamini-Hochberg level q (default %(default)s)")
+    group.add_argument("--fdr-scope", choices=FDR_SCOPES, default=defaults.fdr_scope,
+                       help="control the FDR per tensor (default) or over the whole model")
+    group.add_argument("--init-reference", type=Path, metavar="PATH",
+                       help="ONNX model with the initial tensors: test each update W - W0")
+    return group
+
+
+def input_shapes(args: argparse.Namespace) -> dict:
+    return dict(args.input_shape)
+
+
+def gate_config(args: argparse.Namespace) -> GateConfig:
+    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup)
+
+
+def session_config(args: argparse.Namespace) -> SessionConfig:
+    return SessionConfig(args.provider)
+
+
+def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> AnalysisConfig:
+    return AnalysisConfig(tuple(args.null), args.fdr, args.fdr_scope, args.init_reference,
+                          edges or EDGE_MODES[0])
+
+
+def emit(report, json_path: Optional[Path]) -> None:
+    """Print the report's table; write its JSON where asked."""
+    print(report.format())
+    if json_path:
+        report.write_json(json_path)

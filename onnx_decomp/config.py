@@ -1,0 +1,111 @@
+"""The options of a run as small validated objects. The CLI parses its option groups into them; the
+Python API takes them, or a short string for the common case (``gate="flops"``, ``session="cpu"``).
+A bad value raises ``UnsupportedConstructError`` with one line when the object is made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+
+from onnx_decomp.errors import UnsupportedConstructError
+
+GATES = ("time", "flops")
+PROVIDERS = ("auto", "cpu", "cuda")
+FDR_SCOPES = ("tensor", "model")
+EDGE_MODES = ("entries", "grouped")
+
+
+def _one_of(option: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise UnsupportedConstructError(f"{option} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Where ONNX Runtime runs, for the timing gate, validation and benchmarks alike: ``provider`` (``auto``
+    takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``) and intra-op
+    ``threads`` (None: ONNX Runtime's default, one per core)."""
+
+    provider: str = "auto"
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        _one_of("provider", self.provider, PROVIDERS)
+        if self.threads is not None and self.threads < 1:
+            raise UnsupportedConstructError(f"threads must be at least 1, got {self.threads}")
+
+    @classmethod
+    def of(cls, value: Union[str, "SessionConfig"]) -> "SessionConfig":
+        return value if isinstance(value, cls) else cls(provider=value)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The cost gate (``planning.gate``): a candidate needs ``min_flop_reduction`` times fewer
+    multiply-accumulates than dense; with ``kind="time"`` it must also run ``min_speedup`` times faster in
+    ONNX Runtime at the model's input shapes; ``kind="flops"`` decides on the count alone."""
+
+    kind: str = "time"
+    min_flop_reduction: float = 2.0
+    min_speedup: float = 1.1
+
+    def __post_init__(self):
+        _one_of("gate", self.kind, GATES)
+
+    @classmethod
+    def of(cls, value: Union[str, "GateConfig"]) -> "GateConfig":
+        return value if isinstance(value, cls) else cls(kind=value)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Exact mode: every element ``|new - old| <= atol + rtol * |old|`` (NaN equals NaN). Lossy mode
+    (``rel_l2`` set): per output ``||new - old||_2 / ||old||_2 <= rel_l2``. The defaults hold float32
+    reassociation over 4096-long sums (measured up to 8.7e-5 absolute) with margin."""
+
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    rel_l2: Optional[float] = None
+
+    def describe(self) -> str:
+        if self.rel_l2 is not None:
+            return f"relative L2 <= {self.rel_l2:g}"
+        return f"rtol={self.rtol:g} atol={self.atol:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationConfig:
+    """How the rewritten model is proved against the original in ONNX Runtime: on ``inputs`` (arrays keyed by
+    input name; others ignored) if given, else on ``check`` random input sets drawn from ``seed`` (0 skips,
+    noted). ``tolerance`` None takes the support's default (``planning.support``)."""
+
+    check: int = 3
+    seed: int = 0
+    tolerance: Optional[Tolerance] = None
+    inputs: Optional[Mapping[str, np.ndarray]] = None
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The statistical criterion (``stats.analyze``): null rules ``[GLOB=]SPEC``, Benjamini-Hochberg level
+    ``fdr`` per tensor or pooled over the model, an optional reference model with the initial tensors, and
+    whether chains' grouped edges are decided too."""
+
+    nulls: tuple[str, ...] = ()
+    fdr: float = 0.05
+    fdr_scope: str = "tensor"
+    init_reference: Optional[Union[str, os.PathLike]] = None
+    edges: str = "entries"
+
+    def __post_init__(self):
+        if not 0 < self.fdr < 1:
+            raise UnsupportedConstructError(f"--fdr must be in (0, 1), got {self.fdr}")
+        _one_of("fdr_scope", self.fdr_scope, FDR_SCOPES)
+        _one_of("edges", self.edges, EDGE_MODES)
+        object.__setattr__(self, "nulls", tuple(self.nulls))
+        if self.init_reference is not None:
+            object.__setattr__(self, "init_reference", Path(self.init_reference))

@@ -1,0 +1,50 @@
+"""The model context: everything a run derives from its input model, built once and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import onnx
+
+from onnx_decomp.io.graph import import_graph
+from onnx_decomp.io.model_io import ModelLike, load_model, model_label
+from onnx_decomp.io.shapes import InputShapes, InputSpec, concrete_shapes, input_specs
+from onnx_decomp_passes import LinearOp, Skipped, find_linear_ops
+
+if TYPE_CHECKING:  # the graph is made and exported by io.graph only
+    import onnx_graphsurgeon as gs
+
+
+@dataclass
+class ModelContext:
+    """One loaded model: the proto as loaded (never modified), the file it came from, the normalised graph
+    (``io.graph.import_graph``; a rewrite consumes it), the concrete input shapes of this run, every tensor's
+    shape at them (computed on first use), and the MatMul/Gemm ops with a constant weight."""
+
+    proto: onnx.ModelProto
+    label: str
+    source: Optional[Path]
+    graph: "gs.Graph"
+    specs: list[InputSpec]
+    ops: list[LinearOp]
+    skipped: list[Skipped]
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, model: ModelLike, input_shapes: InputShapes = None) -> "ModelContext":
+        """Load and check ``model`` (a path or a ModelProto), resolve input shapes, normalise the graph."""
+        proto = load_model(model)
+        notes: list[str] = []
+        specs = input_specs(proto, input_shapes, notes)
+        graph = import_graph(proto)
+        ops, skipped = find_linear_ops(graph)
+        source = None if isinstance(model, onnx.ModelProto) else Path(model)
+        return cls(proto, model_label(model), source, graph, specs, ops, skipped, notes)
+
+    @cached_property
+    def shapes(self) -> dict[str, list]:
+        """Every tensor's shape at ``specs`` (``io.shapes.concrete_shapes``)."""
+        return concrete_shapes(self.proto, self.specs)

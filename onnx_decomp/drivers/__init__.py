@@ -1,0 +1,1 @@
+"""Drivers: the runs a user asks for, composed from the layers below (context, planning, rewrite, runtime)."""

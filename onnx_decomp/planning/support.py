@@ -1,0 +1,71 @@
+"""Where a plan's support comes from: a strategy per ``--support``.
+
+- ``ExactSupport``: each weight's nonzero pattern. Lossless; validated per element (``Tolerance()``).
+- ``ConfirmedSupport``: the entries the statistical analysis confirms (``stats.analyze``); entries outside
+  are dropped, so the step is lossy and validated by relative L2 per output
+  (``DEFAULT_LOSSY_TOLERANCE`` unless a ``rel_l2`` tolerance is given).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+from onnx_decomp.config import AnalysisConfig, Tolerance
+from onnx_decomp.context import ModelContext
+from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.stats.analyze import analyze_context
+
+DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
+SUPPORTS = ("exact", "confirmed")
+Masks = Optional[dict[str, np.ndarray]]
+
+
+class Support(abc.ABC):
+    name: str
+    note: Optional[str] = None  # what the report says about the step, if anything
+
+    @abc.abstractmethod
+    def masks(self, ctx: ModelContext) -> Masks:
+        """Weight name -> Boolean support ``[n_out, n_in]``; None: every weight's nonzero pattern."""
+
+    @abc.abstractmethod
+    def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
+        """The validation rule, from the user's tolerance if any."""
+
+
+class ExactSupport(Support):
+    name = "exact"
+
+    def masks(self, ctx: ModelContext) -> Masks:
+        return None
+
+    def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
+        return given or Tolerance()
+
+
+@dataclass(frozen=True)
+class ConfirmedSupport(Support):
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    name = "confirmed"
+    note = "lossy: weights the analysis did not confirm were dropped; see validation"
+
+    def masks(self, ctx: ModelContext) -> Masks:
+        return analyze_context(ctx, self.analysis, keep_masks=True).masks
+
+    def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
+        if given is not None and given.rel_l2 is not None:
+            return given
+        return Tolerance(rel_l2=DEFAULT_LOSSY_TOLERANCE)
+
+
+def support_of(value: Union[str, Support], analysis: Optional[AnalysisConfig] = None) -> Support:
+    """A Support from its ``--support`` name (``confirmed`` with ``analysis``, default if None), or itself."""
+    if isinstance(value, Support):
+        return value
+    if value not in SUPPORTS:
+        raise UnsupportedConstructError(f"support must be one of {SUPPORTS}, got {value!r}")
+    return ExactSupport() if value == "exact" else ConfirmedSupport(analysis or AnalysisConfig())

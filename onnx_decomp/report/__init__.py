@@ -1,0 +1,1 @@
+"""What runs found and decided, rendered: console tables, JSON, PNG figures."""

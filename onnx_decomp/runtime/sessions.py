@@ -1,0 +1,81 @@
+"""ONNX Runtime sessions with honest provider selection, and random inputs for them.
+
+Provider rule: ``cpu`` uses the CPU provider; ``cuda`` requires that the session really runs on CUDA
+(``session.get_providers()``, not merely ``get_available_providers()``); ``auto`` takes CUDA when a
+session really gets it, else CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.errors import DecompError, UnsupportedConstructError
+from onnx_decomp.io.model_io import model_source
+from onnx_decomp.io.shapes import InputSpec
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def onnxruntime():
+    """The onnxruntime module, or a clear error naming the extra to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DecompError(
+            "onnxruntime is not installed: pip install 'onnx-decomp[cpu]' (or '[gpu]' for CUDA)"
+        ) from None
+    return ort
+
+
+def ort_message(error: Exception) -> str:
+    """An onnxruntime error on one line, without its status prefix and C++ source location."""
+    message = " ".join(str(error).split()).split(" : ")[-1]
+    return re.sub(r"^\S+\.(cc|h):\d+ .*?\) ", "", message)
+
+
+def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()):
+    """An InferenceSession on the configured provider (module rule) and thread count."""
+    ort = onnxruntime()
+    has_cuda = CUDA in ort.get_available_providers()
+    if config.provider == "cuda" and not has_cuda:
+        raise UnsupportedConstructError(
+            "--provider cuda: this onnxruntime has no CUDA provider (install onnx-decomp[gpu])"
+        )
+    providers = [CUDA, CPU] if config.provider != "cpu" and has_cuda else [CPU]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if config.threads is not None:
+        options.intra_op_num_threads = config.threads
+    with model_source(model) as source:
+        try:
+            session = ort.InferenceSession(source, options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise UnsupportedConstructError(f"ONNX Runtime cannot load the model: {ort_message(error)}") from None
+    if config.provider == "cuda" and session.get_providers()[0] != CUDA:
+        raise UnsupportedConstructError("--provider cuda: the session could not start on CUDA")
+    return session
+
+
+def session_device(session) -> str:
+    """``cuda`` or ``cpu``: where the session really runs."""
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+def random_inputs(specs: Sequence[InputSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Standard normal floats, integers in {0, 1} (safe as indices), random Booleans."""
+    feeds = {}
+    for spec in specs:
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype=spec.dtype)
+        elif np.issubdtype(spec.dtype, np.integer):
+            feeds[spec.name] = np.asarray(rng.integers(0, 2, spec.shape), dtype=spec.dtype)
+        elif spec.dtype == np.bool_:
+            feeds[spec.name] = np.asarray(rng.random(spec.shape) < 0.5)
+        else:
+            raise UnsupportedConstructError(f"input {spec.name!r}: cannot generate {spec.dtype} data")
+    return feeds

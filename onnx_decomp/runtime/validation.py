@@ -1,0 +1,96 @@
+"""Validation: the rewritten model against the original in ONNX Runtime, output by output.
+
+Rule: both models run on the given inputs (one set) or on ``check`` random input sets; per output the worst
+difference over the sets is kept (largest absolute, largest relative, relative L2) and judged by the
+``Tolerance`` (``config.Tolerance``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from onnx_decomp.config import SessionConfig, Tolerance, ValidationConfig
+from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.shapes import InputSpec
+from onnx_decomp.runtime.sessions import make_session, ort_message, random_inputs, session_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    ok: bool
+
+
+@dataclass
+class ValidationResult:
+    """Original vs rewritten over ``runs`` input sets; per output the worst difference seen."""
+
+    device: str
+    runs: int
+    tolerance: Tolerance
+    outputs: list[OutputDiff] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(diff.ok for diff in self.outputs)
+
+
+def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputDiff:
+    """The differences of one output and whether they are within ``tolerance``."""
+    if expected.shape != actual.shape:
+        return OutputDiff(name, float("inf"), float("inf"), float("inf"), False)
+    if not np.issubdtype(expected.dtype, np.number):
+        gap = 0.0 if np.array_equal(expected, actual) else float("inf")
+        return OutputDiff(name, gap, gap, gap, gap == 0.0)
+    e, a = expected.astype(np.float64), actual.astype(np.float64)
+    error = np.nan_to_num(np.where(np.isnan(e) & np.isnan(a), 0.0, np.abs(a - e)), nan=np.inf)
+    rel = error / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    rel_l2 = float(np.linalg.norm(error) / max(np.linalg.norm(np.nan_to_num(e)), np.finfo(np.float64).tiny))
+    if tolerance.rel_l2 is not None:
+        ok = rel_l2 <= tolerance.rel_l2
+    else:
+        ok = bool(np.all(error <= tolerance.atol + tolerance.rtol * np.abs(np.nan_to_num(e))))
+    return OutputDiff(name, float(error.max(initial=0.0)), float(rel.max(initial=0.0)), rel_l2, ok)
+
+
+def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, specs: Sequence[InputSpec],
+             config: ValidationConfig, tolerance: Tolerance,
+             session: SessionConfig = SessionConfig()) -> ValidationResult:
+    """Run both models (module rule); random inputs follow ``specs``."""
+    reference, candidate = make_session(original, session), make_session(rewritten, session)
+    names = [o.name for o in reference.get_outputs()]
+    if config.inputs is not None:
+        expected = {i.name for i in reference.get_inputs()}
+        if not expected <= set(config.inputs):
+            raise UnsupportedConstructError(
+                f"--inputs has {sorted(config.inputs)}, the model takes {sorted(expected)}")
+        input_sets = [{name: config.inputs[name] for name in expected}]  # other arrays (labels) are ignored
+    else:
+        rng = np.random.default_rng(config.seed)
+        input_sets = (random_inputs(specs, rng) for _ in range(config.check))
+    diffs: dict[str, list[OutputDiff]] = {name: [] for name in names}
+    for inputs in input_sets:
+        try:
+            pairs = zip(names, reference.run(names, inputs), candidate.run(names, inputs))
+        except Exception as error:  # onnxruntime's own exception types (wrong shape or dtype, ...)
+            raise UnsupportedConstructError(f"ONNX Runtime failed on the inputs: {ort_message(error)}") from None
+        for name, expected, actual in pairs:
+            diffs[name].append(_diff(name, expected, actual, tolerance))
+    result = ValidationResult(session_device(candidate), len(next(iter(diffs.values()), [])), tolerance, [
+        OutputDiff(name, max(d.max_abs for d in ds), max(d.max_rel for d in ds), max(d.rel_l2 for d in ds),
+                   all(d.ok for d in ds))
+        for name, ds in diffs.items()
+    ])
+    logger.info("validation on %s over %d input sets: %s", result.device, result.runs,
+                "ok" if result.ok else "MISMATCH")
+    return result

@@ -1,0 +1,81 @@
+"""Emission of the nodes that replace one MatMul/Gemm: naming, constants, and the index vocabulary
+(select a set of features, slice a range, permute) every rewrite form is written in.
+
+Rules: every new node and tensor is named ``<node>/<suffix>``; a feature permutation is
+``Transpose -> Gather(axis=0) -> Transpose`` when the rank is known (ONNX Runtime gathers whole rows far
+faster than strided last-axis elements, design.md section 6), a last-axis ``Gather`` otherwise; a contiguous
+range is a ``Slice``; branch weights are shared between nodes that use the same weight with the same plan.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .ops import LinearOp
+
+
+def index(values) -> np.ndarray:
+    """An int64 index array, the type ONNX takes for Gather indices and Slice bounds."""
+    return np.asarray(values, dtype=np.int64)
+
+
+class Builder:
+    """Collects the nodes that replace ``op``; ``shared`` caches branch weights across nodes."""
+
+    def __init__(self, op: LinearOp, shared: dict):
+        self.op, self.shared, self.prefix = op, shared, op.node.name
+        shape = op.node.inputs[0].shape
+        self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
+        self.nodes: list[gs.Node] = []
+
+    def constant(self, suffix: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(f"{self.prefix}/{suffix}", np.ascontiguousarray(values))
+
+    def emit(self, op_type: str, suffix: str, inputs, attrs=None,
+             output: Optional[gs.Variable] = None) -> gs.Variable:
+        """Append one node; returns its (single) output."""
+        output = output if output is not None else gs.Variable(f"{self.prefix}/{suffix}")
+        self.nodes.append(gs.Node(op_type, f"{self.prefix}/{suffix}", attrs or {}, list(inputs), [output]))
+        return output
+
+    def select(self, x, cols: np.ndarray, n_in: int, suffix: str):
+        """The input features ``cols`` of ``x``, in that order, along the last axis: ``x`` itself, a Slice
+        for a contiguous range, else a permutation."""
+        if np.array_equal(cols, np.arange(n_in)):
+            return x
+        if np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols))):
+            return self.slice(x, int(cols[0]), int(cols[-1]) + 1, suffix)
+        return self.permute(x, cols, suffix)
+
+    def slice(self, x, start: int, end: int, suffix: str):
+        """``x[..., start:end]``."""
+        bounds = [self.constant(f"{suffix}_{name}", index([v]))
+                  for name, v in (("start", start), ("end", end), ("axis", -1))]
+        return self.emit("Slice", suffix, [x, *bounds])
+
+    def permute(self, x, order: np.ndarray, suffix: str, output: Optional[gs.Variable] = None):
+        """``x[..., order]`` (module rule)."""
+        indices = self.constant(f"{suffix}_idx", index(order))
+        rank = self.rank
+        if rank < 2:
+            return self.emit("Gather", suffix, [x, indices], {"axis": -1}, output)
+        front = self.emit("Transpose", f"{suffix}_front", [x], {"perm": [rank - 1, *range(rank - 1)]})
+        rows = self.emit("Gather", suffix, [front, indices], {"axis": 0})
+        return self.emit("Transpose", f"{suffix}_back", [rows], {"perm": [*range(1, rank), 0]}, output)
+
+    def branch_weight(self, rows: np.ndarray, cols: np.ndarray, k: int) -> gs.Constant:
+        """``W[rows, cols]`` in the node's own layout, shared with other users of the same weight."""
+        key = (self.op.weight.name, self.op.layout, rows.tobytes(), cols.tobytes())
+        if key not in self.shared:
+            block = self.op.matrix()[np.ix_(rows, cols)]
+            self.shared[key] = self.constant(f"W{k}", self.op.layout.from_matrix(block))
+        return self.shared[key]
+
+    def bias_part(self, rows: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Gemm's C restricted to output ``rows`` (unchanged when C broadcasts over outputs), times ``scale``."""
+        c = self.op.bias.values
+        part = c[..., rows] if c.ndim and c.shape[-1] == self.op.shape[0] else c
+        return (part * scale).astype(c.dtype)
