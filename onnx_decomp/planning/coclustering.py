@@ -1,6 +1,7 @@
-"""Cut a chain of two linear layers into k balanced sub-networks that stay independent end to end.
+"""Cut a chain of linear layers into k balanced sub-networks that stay independent end to end.
 
-Chain: ``x -> W1 [h, d] -> per-feature op -> W2 [d_out, h]`` (orientation ``[n_out, n_in]``).
+Chain: ``x -> W1 [h, d] -> per-feature op -> W2 [d_out, h]`` (orientation ``[n_out, n_in]``); a longer
+stack ``W1, ..., Wn`` is cut the same way with one partition of inputs, every hidden space and outputs.
 
 Rules:
 1. Co-cluster the signed composite ``M = W2 @ W1`` (``[d_out, d]``): initialization noise cancels along
@@ -10,16 +11,21 @@ Rules:
    sums ``D_r``, ``D_c``; the top k singular vector pairs, scaled back by ``D_r^-1/2`` and ``D_c^-1/2``, embed
    rows and columns in one space (for an exactly block-diagonal ``A`` every row and column of a block lands
    on one point; Dhillon's log2(k) vectors can merge such points, k cannot); k-means (scipy's ``kmeans2``
-   with k-means++ seeding, the best of ``n_init`` seeded runs) places k centers.
+   with k-means++ seeding, the best of ``n_init`` seeded runs) places k centers. Above ``FULL_SVD_MAX``
+   rows or columns only the top k singular pairs are computed (ARPACK, ``scipy.sparse.linalg.svds``).
 3. Hidden unit ``u`` prefers the block ``b`` whose composite it carries most, signed:
    ``sum_{i in rows_b, j in cols_b} W2[i, u] W1[u, j] M[i, j]`` (its paths' share of the learned
    dependency; paths of init noise have random sign and score about zero, whatever their magnitude).
 4. Balance: outputs, inputs and hidden units are each assigned greedily, most preferred (item, block)
    pairs first (nearest center; largest share), every block taking ``n // k`` or ``n // k + 1`` items.
    So every block has outputs, inputs and hidden units (``k <= min(d_out, d, h)``) and the k sub-networks
-   cost alike; planted balanced groups come out unchanged.
+   cost alike; planted balanced groups come out unchanged. ``balanced=False`` takes every item's favourite
+   block instead (blocks of any size; a block may end up empty).
 5. Plans: W1 keeps ``[hidden of b] x [inputs of b]``, W2 keeps ``[outputs of b] x [hidden of b]``, as
    ``onnx_decomp_passes.plan_from_support`` of these masks (k branches each).
+6. Stacks: the composite is ``Wn ... W1``; the hidden space after layer l is assigned by rule 3 with
+   ``W1`` replaced by ``Wl ... W1`` and ``W2`` by ``Wn ... W(l+1)``; layer l keeps
+   ``[its outputs' block b] x [its inputs' block b]``.
 """
 
 from __future__ import annotations
@@ -27,18 +33,22 @@ from __future__ import annotations
 import logging
 import warnings
 
+from typing import Sequence
+
 import numpy as np
 from scipy.cluster.vq import kmeans2, vq
+from scipy.sparse.linalg import svds
 
 from onnx_decomp_passes import BlockPlan, plan_from_support
 
 logger = logging.getLogger(__name__)
 
 TINY = 1e-30
+FULL_SVD_MAX = 512  # above this many rows or columns, only the top k singular pairs are computed
 
 
 def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return ((points[:, None, :] - centers[None]) ** 2).sum(-1)
+    return np.maximum((points ** 2).sum(1)[:, None] - 2 * points @ centers.T + (centers ** 2).sum(1)[None], 0.0)
 
 
 def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iterations: int = 300) -> np.ndarray:
@@ -73,40 +83,78 @@ def balanced_assignment(preference: np.ndarray) -> np.ndarray:
     return labels
 
 
-def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
+def assignment(preference: np.ndarray, balanced: bool = True) -> np.ndarray:
+    """Group of every item: ``balanced_assignment``, or every item's favourite group."""
+    return balanced_assignment(preference) if balanced else preference.argmax(1)
+
+
+def top_singular_vectors(a: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``u [m, k]`` and ``vt [k, n]`` of the k largest singular values, largest first (rule 2)."""
+    if max(a.shape) <= FULL_SVD_MAX or k >= min(a.shape) - 1:
+        u, _, vt = np.linalg.svd(a, full_matrices=False)
+        return u[:, :k], vt[:k]
+    start = np.random.default_rng(seed).standard_normal(min(a.shape))
+    u, values, vt = svds(a, k=k, v0=start)
+    order = np.argsort(-values)
+    return u[:, order], vt[order]
+
+
+def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 10,
+                       balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
     a = np.abs(np.asarray(matrix, dtype=np.float64))
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
     row_scale = 1.0 / np.sqrt(np.maximum(a.sum(1), TINY))
     col_scale = 1.0 / np.sqrt(np.maximum(a.sum(0), TINY))
-    u, _, vt = np.linalg.svd(row_scale[:, None] * a * col_scale[None, :], full_matrices=False)
-    embedding = np.vstack([row_scale[:, None] * u[:, :k], col_scale[:, None] * vt[:k].T])
+    u, vt = top_singular_vectors(row_scale[:, None] * a * col_scale[None, :], k, seed)
+    embedding = np.vstack([row_scale[:, None] * u, col_scale[:, None] * vt.T])
     closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=n_init))
-    return balanced_assignment(closeness[:a.shape[0]]), balanced_assignment(closeness[a.shape[0]:])
+    return assignment(closeness[:a.shape[0]], balanced), assignment(closeness[a.shape[0]:], balanced)
 
 
 def assign_hidden(w1: np.ndarray, w2: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray,
-                  k: int) -> np.ndarray:
-    """Balanced block of every hidden unit by its signed share of each block's composite (rules 3, 4)."""
+                  k: int, balanced: bool = True) -> np.ndarray:
+    """Block of every hidden unit by its signed share of each block's composite (rules 3, 4)."""
     share = np.empty((w1.shape[0], k))
     for b in range(k):
         rows, cols = row_labels == b, col_labels == b
         block = w2[rows] @ w1[:, cols]  # this block of M
         share[:, b] = ((w2[rows].T @ block) * w1[:, cols]).sum(1)
-    return balanced_assignment(share)
+    return assignment(share, balanced)
 
 
-def coclustered_plan(w1: np.ndarray, w2: np.ndarray, k: int, seed: int = 0) -> tuple[BlockPlan, BlockPlan]:
+def stack_labels(weights: Sequence[np.ndarray], k: int, seed: int = 0,
+                 balanced: bool = True) -> list[np.ndarray]:
+    """Block labels of the stack's index spaces, inputs first, outputs last (rules 1-4 and 6)."""
+    weights = [np.asarray(w, dtype=np.float64) for w in weights]
+    if len(weights) < 2 or any(w.ndim != 2 for w in weights) or \
+            any(after.shape[1] != before.shape[0] for before, after in zip(weights, weights[1:])):
+        raise ValueError(f"need W1 [h, d], W2 [d_out, h], ... chained, got {[w.shape for w in weights]}")
+    if k > min(w.shape[0] for w in weights[:-1]):
+        raise ValueError(f"k={k} exceeds the {min(w.shape[0] for w in weights[:-1])} hidden units")
+    below = [weights[0]]  # Wl ... W1 for every l
+    for w in weights[1:]:
+        below.append(w @ below[-1])
+    above = [weights[-1]]  # Wn ... W(l+1) for l = n-1, ..., 1
+    for w in reversed(weights[1:-1]):
+        above.append(above[-1] @ w)
+    row_labels, col_labels = spectral_cocluster(below[-1], k, seed=seed, balanced=balanced)
+    hidden = [assign_hidden(first, second, row_labels, col_labels, k, balanced)
+              for first, second in zip(below[:-1], reversed(above))]
+    return [col_labels, *hidden, row_labels]
+
+
+def coclustered_stack_plan(weights: Sequence[np.ndarray], k: int, seed: int = 0,
+                           balanced: bool = True) -> tuple[BlockPlan, ...]:
+    """Plans for the stack ``W1 [h, d], W2, ..., Wn [d_out, h']`` that make it k independent sub-networks."""
+    labels = stack_labels(weights, k, seed, balanced)
+    plans = tuple(plan_from_support(outputs[:, None] == inputs[None, :]) for inputs, outputs in zip(labels, labels[1:]))
+    logger.debug("co-clustered stack %s into %d blocks", [np.shape(w) for w in weights], k)
+    return plans
+
+
+def coclustered_plan(w1: np.ndarray, w2: np.ndarray, k: int, seed: int = 0,
+                     balanced: bool = True) -> tuple[BlockPlan, BlockPlan]:
     """Plans for ``W1 [h, d]`` and ``W2 [d_out, h]`` that make the chain k independent sub-networks."""
-    w1, w2 = np.asarray(w1, dtype=np.float64), np.asarray(w2, dtype=np.float64)
-    if w1.ndim != 2 or w2.ndim != 2 or w2.shape[1] != w1.shape[0]:
-        raise ValueError(f"need W1 [h, d] and W2 [d_out, h], got {w1.shape} and {w2.shape}")
-    if k > w1.shape[0]:
-        raise ValueError(f"k={k} exceeds the {w1.shape[0]} hidden units")
-    row_labels, col_labels = spectral_cocluster(w2 @ w1, k, seed=seed)
-    hidden_labels = assign_hidden(w1, w2, row_labels, col_labels, k)
-    plan1 = plan_from_support(hidden_labels[:, None] == col_labels[None, :])
-    plan2 = plan_from_support(row_labels[:, None] == hidden_labels[None, :])
-    logger.debug("co-clustered chain %s -> %s into %d blocks", w1.shape, w2.shape, k)
-    return plan1, plan2
+    return coclustered_stack_plan([w1, w2], k, seed, balanced)

@@ -18,8 +18,8 @@ from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.timing import Timer, node_timer
 from onnx_decomp.decisions import Action, Candidate, Decision
-from onnx_decomp.planning.support import Masks
-from onnx_decomp_passes import MIN_OPSET, BlockPlan, plan_from_support
+from onnx_decomp.planning.support import Masks, as_plan
+from onnx_decomp_passes import MIN_OPSET, BlockPlan
 
 
 def decide(candidate: Candidate, gate: GateConfig, timer: Optional[Timer]) -> Decision:
@@ -55,6 +55,6 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
             continue
         key = (op.weight.name, op.layout)
         if key not in plans:
-            plans[key] = plan_from_support(masks[op.weight.name] if masks is not None else op.matrix() != 0)
+            plans[key] = as_plan(masks[op.weight.name] if masks is not None else op.matrix() != 0)
         decisions.append(decide(Candidate(op, plans[key]), gate, timer))
     return decisions

@@ -1,0 +1,176 @@
+"""The annealing schedule: greedy by MACs saved per unit of fidelity lost, with rollback.
+
+Rules:
+- The state is a plan and weights per cut layer; it starts dense. A candidate is a unit's next rung applied
+  to the state: its layers take the rung's plans, refitted one after another in topological order (each on
+  the activations with the earlier ones in force; ``refit=False``: plain cut), and the model's fidelity is
+  measured on the tuning samples. A rung that saves no MACs over the state is passed over.
+- Priority: MACs saved / fidelity lost (lost = candidate fidelity - state fidelity, counted as at least
+  ``EPS * tolerance``; ties: more MACs saved first). Lazy greedy (Minoux): every unit's first rung is
+  measured; then the best measured candidate is taken. Measured on an older state, it is measured again
+  and put back; measured on this state, it is accepted, and its unit's next rung measured at once. The
+  feasible candidates an acceptance overtakes are logged as deferred.
+- A measurement above the tolerance is a step rolled back: the state stays as it was, the step is logged,
+  and its unit stops (its later rungs are more aggressive).
+- Stop when no candidate is left. ``sequential_refit`` then refits every cut layer again in topological order
+  on the final structure (each on the activations of the refitted layers before it; during the search a
+  layer was refitted on the model as it was when its step was taken).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from onnx_decomp.config import AnnealConfig
+from onnx_decomp.decisions import Step, StructureCandidate, Verdict
+from onnx_decomp.search.candidates import Norms, Structure, Unit
+from onnx_decomp.search.fidelity import FidelityGate
+from onnx_decomp.search.network import Network, Stored
+from onnx_decomp.search.refit import plain_cut, refit
+from onnx_decomp_passes import BlockPlan
+
+logger = logging.getLogger(__name__)
+
+EPS = 1e-3
+
+
+@dataclass
+class State:
+    plans: dict[int, BlockPlan] = field(default_factory=dict)  # layer index -> plan in force
+    weights: dict[int, Stored] = field(default_factory=dict)
+    fidelity: float = 0.0
+    macs: int = 0
+    version: int = 0
+    origin: dict[int, tuple[Unit, int]] = field(default_factory=dict)  # layer index -> (unit, rung) planning it
+
+
+@dataclass
+class Measured:
+    """A candidate measured on state ``version``, waiting in the queue."""
+
+    sequence: int
+    unit: Unit
+    rung: int
+    version: int
+    candidate: StructureCandidate
+    weights: dict[int, Stored]
+    structure: Structure
+
+    def __lt__(self, other: "Measured") -> bool:
+        return self.sequence < other.sequence
+
+
+class Annealer:
+    """Runs the module rules over ``units`` and keeps every step (``steps``) and the final ``state``."""
+
+    def __init__(self, network: Network, gate: FidelityGate, units: list[Unit], config: AnnealConfig, norms: Norms):
+        self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
+        self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
+        self.taps = gate.dense_taps  # activations at every layer with the state in force
+        self.steps: list[tuple[int, Step]] = []
+        self._sequence = 0
+        self._structures: dict[tuple[int, int], Structure] = {}
+        self._progress = None
+
+    def sequential_refit(self, plans: dict[int, BlockPlan], weights: Optional[dict[int, Stored]] = None) -> dict[int, Stored]:
+        """``plans`` refitted in topological order over ``weights`` (module rule); the layer that comes first
+        is refitted on ``self.taps`` when ``weights`` is None or holds nothing before it."""
+        weights, taps = dict(weights or {}), self.taps
+        changed = False
+        for index in sorted(plans):
+            if changed:
+                taps = self.network.run(self.gate.batches["tuning"], weights, taps=True).taps
+            weights[index] = refit(self.network.layers[index], plans[index], self.gate.dense_taps[index], taps[index],
+                                   self.config.ridge)
+            changed = True
+        return weights
+
+    def _apply(self, structure: Structure) -> dict[int, Stored]:
+        if not self.config.refit:
+            return {**self.state.weights, **{i: plain_cut(self.network.layers[i], p) for i, p in structure.plans.items()}}
+        return self.sequential_refit(structure.plans, self.state.weights)
+
+    def _structure(self, unit: Unit, rung: int) -> Structure:
+        key = (id(unit), rung)
+        if key not in self._structures:
+            self._structures[key] = unit.structure(rung, self.norms)
+        return self._structures[key]
+
+    def _measure(self, unit: Unit, rung: int) -> Optional[Measured]:
+        """The first rung from ``rung`` on that saves MACs, measured on the state (None: ladder done)."""
+        while rung < len(unit.rungs):
+            structure = self._structure(unit, rung)
+            macs = self.network.macs({**self.state.plans, **structure.plans})
+            if macs < self.state.macs:
+                weights = self._apply(structure)
+                fidelity = self.gate.measure(weights)
+                names = {self.network.layers[i].weight: plan for i, plan in structure.plans.items()}
+                candidate = StructureCandidate(unit.name, structure.label, names, macs, fidelity)
+                self._sequence += 1
+                self._progress.update()
+                self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
+                return Measured(self._sequence, unit, rung, self.state.version, candidate, weights, structure)
+            rung += 1
+        return None
+
+    def _priority(self, measured: Measured) -> tuple[float, int]:
+        saved = self.state.macs - measured.candidate.macs
+        lost = measured.candidate.fidelity - self.state.fidelity
+        return -saved / max(lost, EPS * self.gate.tolerance, 1e-300), -saved
+
+    def _log(self, measured: Measured, verdict: Verdict, reason: str = "") -> None:
+        self.steps.append((measured.sequence, Step(measured.candidate, verdict, reason)))
+
+    def _queue(self, queue: list, measured: Optional[Measured]) -> None:
+        """Queue a feasible measurement; log a rolled-back one (its unit stops)."""
+        if measured is None:
+            return
+        if not self.gate.passes(measured.candidate.fidelity):
+            self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
+                      f"tolerance {self.gate.tolerance:g}; {measured.unit.name} stops")
+            return
+        heapq.heappush(queue, (*self._priority(measured), measured))
+
+    def _accept(self, measured: Measured, queue: list) -> None:
+        state = self.state
+        for *_, waiting in queue:
+            if waiting.version == state.version:
+                self._log(waiting, Verdict.DEFERRED, f"within tolerance; {measured.unit.name} "
+                          f"{measured.candidate.structure} saved more per fidelity lost")
+        origin = {i: o for i, o in state.origin.items() if i not in measured.structure.plans}
+        origin.update({i: (measured.unit, measured.rung) for i in measured.structure.plans})
+        self.state = State({**state.plans, **measured.structure.plans}, measured.weights, measured.candidate.fidelity,
+                           measured.candidate.macs, state.version + 1, origin)
+        if self.config.refit:
+            self.taps = self.network.run(self.gate.batches["tuning"], self.state.weights, taps=True).taps
+        self._log(measured, Verdict.ACCEPTED)
+        logger.info("accepted %s %s: %d MACs, %s %.4g", measured.unit.name, measured.candidate.structure,
+                    measured.candidate.macs, self.config.metric, measured.candidate.fidelity)
+
+    def run(self) -> list[Step]:
+        """Anneal (module rules); the steps in the order they were measured."""
+        queue: list = []
+        with tqdm(desc="annealing", unit="step", disable=None, leave=False) as self._progress:
+            for unit in self.units:
+                self._queue(queue, self._measure(unit, 0))
+            while queue:
+                *_, best = heapq.heappop(queue)
+                if best.version != self.state.version:
+                    self._queue(queue, self._measure(best.unit, best.rung))
+                    continue
+                self._accept(best, queue)
+                self._queue(queue, self._measure(best.unit, best.rung + 1))
+        return [step for _, step in sorted(self.steps, key=lambda item: item[0])]
+
+    def in_force(self) -> list[tuple[Unit, int]]:
+        """The (unit, rung) of every accepted structure whose plans are all still in force."""
+        found = {}
+        for index, (unit, rung) in self.state.origin.items():
+            found[(id(unit), rung)] = (unit, rung)
+        return [(unit, rung) for unit, rung in found.values()
+                if all(self.state.origin.get(layer.index, (None, None))[0] is unit for layer in unit.layers)]

@@ -1,0 +1,73 @@
+"""Stability of accepted partitions: do they persist across bootstrap resamples of the calibration data?
+
+Rule: for each accepted structure still in force, ``bootstrap`` resamples of the tuning activation rows
+(drawn with replacement, seeded) give new input norms; the unit's rung is planned again from them
+(``Unit.structure``); every index space the plans partition (each plan's rows, and its columns where the
+branches read disjoint ones) is compared with the accepted partition by the adjusted Rand index (Hubert
+and Arabie 1985; 1 = the same partition, about 0 = chance). A structure is stable when the mean over
+resamples of its worst index space's ARI is at least ``STABLE_ARI``: the paper's "stable substructures"
+(its criterion is not public; this threshold is ours).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from onnx_decomp.report.anneal import Stability
+from onnx_decomp.search.candidates import Unit
+from onnx_decomp.search.importance import column_norms
+from onnx_decomp_passes import BlockPlan
+
+STABLE_ARI = 0.9
+
+
+def adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
+    """The adjusted Rand index of two labelings of the same items."""
+    _, a = np.unique(first, return_inverse=True)
+    _, b = np.unique(second, return_inverse=True)
+    table = np.zeros((a.max(initial=0) + 1, b.max(initial=0) + 1))
+    np.add.at(table, (a, b), 1)
+
+    def pairs(x):
+        return float((x * (x - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = len(a) * (len(a) - 1) / 2
+    expected = rows * cols / total if total else 0.0
+    maximum = (rows + cols) / 2
+    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
+
+
+def partitions(plan: BlockPlan) -> list[np.ndarray]:
+    """Row labels (branch number; constant rows -1), and column labels (unused -1) where branches read
+    disjoint columns."""
+    rows = np.full(plan.n_out, -1)
+    cols = np.full(plan.n_in, -1)
+    disjoint = True
+    for label, branch in enumerate(plan.branches):
+        rows[branch.rows] = label
+        disjoint = disjoint and bool(np.all(cols[branch.cols] == -1))
+        cols[branch.cols] = label
+    return [rows, cols] if disjoint else [rows]
+
+
+def stability(in_force: list[tuple[Unit, int]], taps: Mapping[int, np.ndarray], resamples: int,
+              seed: int = 0) -> list[Stability]:
+    """The module rule for every (unit, rung) in force, from the original model's tuning activations."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for unit, rung in in_force:
+        norms = {layer.index: column_norms(taps[layer.index]) for layer in unit.layers}
+        accepted = unit.structure(rung, norms)
+        worst = []
+        for _ in range(resamples):
+            drawn = {i: column_norms(taps[i][rng.integers(0, len(taps[i]), len(taps[i]))]) for i in norms}
+            again = unit.structure(rung, drawn)
+            worst.append(min(adjusted_rand_index(a, b) for index in accepted.plans
+                             for a, b in zip(partitions(accepted.plans[index]), partitions(again.plans[index]))))
+        mean = float(np.mean(worst)) if worst else float("nan")
+        results.append(Stability(unit.name, accepted.label, resamples, round(mean, 4),
+                                 round(float(min(worst, default=float("nan"))), 4), bool(mean >= STABLE_ARI)))
+    return results
