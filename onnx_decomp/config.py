@@ -117,8 +117,8 @@ METRICS = ("rel-l2", "max-abs", "top1", "accuracy")
 @dataclass(frozen=True)
 class AnnealConfig:
     """Structural annealing (``search``): the fidelity ``metric`` against the original model and one global
-    ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge``, relative to the
-    mean input energy); ``blocks`` tries that one block count only; balanced blocks; the ``held_out`` fraction
+    ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative to the
+    mean input energy; None: cross-validated per block, ``search.refit``); ``blocks`` tries that one block count only; balanced blocks; the ``held_out`` fraction
     of the calibration samples; samples per ONNX Runtime batch; activation rows kept per layer for the refit;
     bootstrap resamples for the stability check; the largest block count tried; ``square`` names nodes whose
     input and output share one index space (residual ones are found without it); random input sets used
@@ -132,7 +132,7 @@ class AnnealConfig:
     held_out: float = 0.5
     batch_size: int = 256
     max_rows: int = 4096
-    ridge: float = 0.01
+    ridge: Optional[float] = None
     bootstrap: int = 5
     max_blocks: int = 64
     square: tuple[str, ...] = ()
@@ -146,7 +146,7 @@ class AnnealConfig:
                   (self.blocks is None or self.blocks >= 2, f"--blocks must be at least 2, got {self.blocks}"),
                   (0 < self.held_out < 1, f"--held-out must be in (0, 1), got {self.held_out}"),
                   (self.batch_size >= 1 and self.max_rows >= 1, "batch size and rows kept must be at least 1"),
-                  (self.ridge >= 0 and self.bootstrap >= 0, "ridge and bootstrap count must be >= 0"),
+                  ((self.ridge or 0) >= 0 and self.bootstrap >= 0, "ridge and bootstrap count must be >= 0"),
                   (self.max_blocks >= 2, f"the largest block count must be at least 2, got {self.max_blocks}"),
                   (self.random_sets >= 2, f"random input sets must be at least 2, got {self.random_sets}")]
         for ok, message in checks:

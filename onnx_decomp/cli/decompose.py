@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from onnx_decomp.cli import options
+from onnx_decomp.cli import annealing, options
 from onnx_decomp.config import Tolerance, ValidationConfig
 from onnx_decomp.drivers.decompose import decompose
 from onnx_decomp.errors import DecompError
@@ -21,7 +21,7 @@ EXIT_NO_CHANGE = 3
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("decompose", parents=[options.model_options(), options.planning_options(),
-                                                       options.analysis_options()],
+                                                       options.analysis_options(), options.anneal_options()],
                                  help="rewrite block-structured MatMul/Gemm into branches and validate")
     parser.add_argument("output", type=Path, help="where to write the rewritten model")
     defaults = ValidationConfig()
@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise DecompError(f"{args.output}: output path equals the input; choose another")
     if not args.output.parent.is_dir():
         raise DecompError(f"{args.output.parent}: output folder does not exist")
+    annealing.check(args)
+    if args.anneal:
+        return annealing.run(args, EXIT_NO_CHANGE)
     validation = ValidationConfig(args.check, args.seed, Tolerance(args.rtol, args.atol, args.tolerance),
                                   _load_inputs(args.inputs))
     try:

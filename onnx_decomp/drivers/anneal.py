@@ -8,7 +8,8 @@ refitted dense model -> the exact path (``drivers.decompose`` with ``AnnealedSup
 decides each node's form) -> the rewritten model checked element by element against the masked, refitted
 dense model (``EXACT_RTOL``; a mismatch raises ``ValidationError`` carrying the report) and measured against
 the original on the validation set: the fidelity the report gives. A validation fidelity above the
-tolerance (the schedule decided on the tuning part) is a loud warning, not a failure.
+tolerance (the schedule decided on the tuning part) is a loud warning, not a failure. With ``report_dir``
+the JSON and the figure are written there (``AnnealReport.write_folder``) once all of it succeeded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -27,7 +27,6 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Verdict
 from onnx_decomp.drivers.decompose import Gate, Session, decompose
 from onnx_decomp.errors import ValidationError
-from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.io.model_io import ModelLike
 from onnx_decomp.io.shapes import InputShapes
 from onnx_decomp.planning.support import AnnealedSupport
@@ -57,18 +56,6 @@ def _why_nothing(report: AnnealReport) -> str:
     return (f"nothing accepted: every structure tried broke the tolerance; the closest, {best.candidate.unit} "
             f"{best.candidate.structure}, measured {report.metric} {best.candidate.fidelity:.4g} > "
             f"{report.tolerance:g}; the model is unchanged")
-
-
-def _write(report: AnnealReport, folder: Path) -> None:
-    from onnx_decomp.report.figures import plot_anneal_path
-
-    folder.mkdir(parents=True, exist_ok=True)
-    figure = folder / "anneal.png"
-    with staged_output(figure) as staged:
-        plot_anneal_path(report.steps, report.dense_macs, report.metric, report.tolerance,
-                         f"annealing {Path(report.model).name}", staged)
-    report.figure = str(figure)
-    report.write_json(folder / "anneal.json")
 
 
 def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional[Arrays] = None,
@@ -142,5 +129,5 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
         error.report = report
         raise error
     if report_dir is not None:
-        _write(report, Path(report_dir))
+        report.write_folder(report_dir)
     return rewritten, report

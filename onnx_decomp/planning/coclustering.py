@@ -51,17 +51,24 @@ def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum((points ** 2).sum(1)[:, None] - 2 * points @ centers.T + (centers ** 2).sum(1)[None], 0.0)
 
 
-def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iterations: int = 300) -> np.ndarray:
+def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iterations: int = 300,
+           chunk: int = 10) -> np.ndarray:
     """Centers ``[k, dim]`` of ``points [n, dim]``: the lowest-inertia of ``n_init`` runs of scipy's
-    ``kmeans2`` (k-means++ seeds, ``iterations`` Lloyd steps) drawn from ``seed``. An emptied cluster keeps
-    its center (scipy's warning about it is silenced: the best of the runs is what counts)."""
+    ``kmeans2`` (k-means++ seeds, at most ``iterations`` Lloyd steps, in chunks of ``chunk`` that stop once a
+    chunk leaves the labels unchanged: a fixed point, so the result is the full run's) drawn from ``seed``.
+    An emptied cluster keeps its center (scipy's warning about it is silenced: the best run is what counts)."""
     rng = np.random.default_rng(seed)
     points = np.asarray(points, dtype=np.float64)
     runs = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One of the clusters is empty")
         for _ in range(n_init):
-            centers, _ = kmeans2(points, k, iter=iterations, minit="++", seed=rng)
+            centers, labels = kmeans2(points, k, iter=chunk, minit="++", seed=rng)
+            for _ in range(chunk, iterations, chunk):
+                before = labels
+                centers, labels = kmeans2(points, centers, iter=chunk, minit="matrix")
+                if np.array_equal(labels, before):
+                    break
             runs.append((float((vq(points, centers)[1] ** 2).sum()), centers))
     return min(runs, key=lambda run: run[0])[1]
 

@@ -17,13 +17,14 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 import onnx
 
 from onnx_decomp.config import METRICS
 from onnx_decomp.decisions import Step, Verdict
-from onnx_decomp.io.atomic import write_text
+from onnx_decomp.io.atomic import staged_output, write_text
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.report.table import table
 from onnx_decomp_passes import BlockPlan
@@ -124,6 +125,19 @@ class AnnealReport:
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=2, default=float) + "\n")
+
+    def write_folder(self, folder: Union[str, os.PathLike]) -> None:
+        """``folder/anneal.png`` (fidelity against MAC reduction) and ``folder/anneal.json``, each atomically."""
+        from onnx_decomp.report.figures import plot_anneal_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        figure = folder / "anneal.png"
+        with staged_output(figure) as staged:
+            plot_anneal_path(self.steps, self.dense_macs, self.metric, self.tolerance,
+                             f"annealing {Path(self.model).name}", staged)
+        self.figure = str(figure)
+        self.write_json(folder / "anneal.json")
 
     def format(self) -> str:
         """Steps table, final summary, stability, the exact path's tables, warnings and notes."""

@@ -38,8 +38,9 @@ def ort_message(error: Exception) -> str:
     return re.sub(r"^\S+\.(cc|h):\d+ .*?\) ", "", message)
 
 
-def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()):
-    """An InferenceSession on the configured provider (module rule) and thread count."""
+def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig(), spinning: bool = True):
+    """An InferenceSession on the configured provider (module rule) and thread count; ``spinning=False`` stops
+    idle intra-op threads from spinning between runs (for callers that do numpy work between runs)."""
     ort = onnxruntime()
     has_cuda = CUDA in ort.get_available_providers()
     if config.provider == "cuda" and not has_cuda:
@@ -51,6 +52,8 @@ def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()
     options.log_severity_level = 3
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with model_source(model) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)

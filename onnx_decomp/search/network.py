@@ -179,7 +179,7 @@ class Network:
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
         self.other_macs = sum(vectors_of(ctx, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
                               for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
-        self.session = make_session(self._session_model(), session) if self.layers else None
+        self.session = make_session(self._session_model(), session, spinning=False) if self.layers else None
 
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""

@@ -11,7 +11,9 @@ Rules:
   and put back; measured on this state, it is accepted, and its unit's next rung measured at once. The
   feasible candidates an acceptance overtakes are logged as deferred.
 - A measurement above the tolerance is a step rolled back: the state stays as it was, the step is logged,
-  and its unit stops (its later rungs are more aggressive).
+  and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
+  aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
+  natural blocks can split them where the k=4 cut fits).
 - Stop when no candidate is left. ``sequential_refit`` then refits every cut layer again in topological order
   on the final structure (each on the activations of the refitted layers before it; during the search a
   layer was refitted on the model as it was when its step was taken).
@@ -31,12 +33,13 @@ from onnx_decomp.decisions import Step, StructureCandidate, Verdict
 from onnx_decomp.search.candidates import Norms, Structure, Unit
 from onnx_decomp.search.fidelity import FidelityGate
 from onnx_decomp.search.network import Network, Stored
-from onnx_decomp.search.refit import plain_cut, refit
+from onnx_decomp.search.refit import Refitter, plain_cut
 from onnx_decomp_passes import BlockPlan
 
 logger = logging.getLogger(__name__)
 
 EPS = 1e-3
+PATIENCE = 2
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Measured:
     candidate: StructureCandidate
     weights: dict[int, Stored]
     structure: Structure
+    misses: int = 0  # rollbacks in a row of its unit just before it
 
     def __lt__(self, other: "Measured") -> bool:
         return self.sequence < other.sequence
@@ -76,6 +80,7 @@ class Annealer:
         self._sequence = 0
         self._structures: dict[tuple[int, int], Structure] = {}
         self._progress = None
+        self.refit = Refitter(config.ridge, config.seed)
 
     def sequential_refit(self, plans: dict[int, BlockPlan], weights: Optional[dict[int, Stored]] = None) -> dict[int, Stored]:
         """``plans`` refitted in topological order over ``weights`` (module rule); the layer that comes first
@@ -85,8 +90,8 @@ class Annealer:
         for index in sorted(plans):
             if changed:
                 taps = self.network.run(self.gate.batches["tuning"], weights, taps=True).taps
-            weights[index] = refit(self.network.layers[index], plans[index], self.gate.dense_taps[index], taps[index],
-                                   self.config.ridge)
+            weights[index] = self.refit(self.network.layers[index], plans[index], self.gate.dense_taps[index],
+                                        taps[index])
             changed = True
         return weights
 
@@ -101,7 +106,7 @@ class Annealer:
             self._structures[key] = unit.structure(rung, self.norms)
         return self._structures[key]
 
-    def _measure(self, unit: Unit, rung: int) -> Optional[Measured]:
+    def _measure(self, unit: Unit, rung: int, misses: int = 0) -> Optional[Measured]:
         """The first rung from ``rung`` on that saves MACs, measured on the state (None: ladder done)."""
         while rung < len(unit.rungs):
             structure = self._structure(unit, rung)
@@ -114,7 +119,7 @@ class Annealer:
                 self._sequence += 1
                 self._progress.update()
                 self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
-                return Measured(self._sequence, unit, rung, self.state.version, candidate, weights, structure)
+                return Measured(self._sequence, unit, rung, self.state.version, candidate, weights, structure, misses)
             rung += 1
         return None
 
@@ -127,14 +132,17 @@ class Annealer:
         self.steps.append((measured.sequence, Step(measured.candidate, verdict, reason)))
 
     def _queue(self, queue: list, measured: Optional[Measured]) -> None:
-        """Queue a feasible measurement; log a rolled-back one (its unit stops)."""
+        """Queue a feasible measurement; log a rolled-back one and go on to its unit's next rung (module rule)."""
         if measured is None:
             return
-        if not self.gate.passes(measured.candidate.fidelity):
-            self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
-                      f"tolerance {self.gate.tolerance:g}; {measured.unit.name} stops")
+        if self.gate.passes(measured.candidate.fidelity):
+            heapq.heappush(queue, (*self._priority(measured), measured))
             return
-        heapq.heappush(queue, (*self._priority(measured), measured))
+        stops = measured.misses + 1 >= PATIENCE
+        self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
+                  f"tolerance {self.gate.tolerance:g}" + (f"; {measured.unit.name} stops" if stops else ""))
+        if not stops:
+            self._queue(queue, self._measure(measured.unit, measured.rung + 1, measured.misses + 1))
 
     def _accept(self, measured: Measured, queue: list) -> None:
         state = self.state
@@ -161,7 +169,7 @@ class Annealer:
             while queue:
                 *_, best = heapq.heappop(queue)
                 if best.version != self.state.version:
-                    self._queue(queue, self._measure(best.unit, best.rung))
+                    self._queue(queue, self._measure(best.unit, best.rung, best.misses))
                     continue
                 self._accept(best, queue)
                 self._queue(queue, self._measure(best.unit, best.rung + 1))

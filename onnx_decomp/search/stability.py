@@ -6,7 +6,8 @@ Rule: for each accepted structure still in force, ``bootstrap`` resamples of the
 branches read disjoint ones) is compared with the accepted partition by the adjusted Rand index (Hubert
 and Arabie 1985; 1 = the same partition, about 0 = chance). A structure is stable when the mean over
 resamples of its worst index space's ARI is at least ``STABLE_ARI``: the paper's "stable substructures"
-(its criterion is not public; this threshold is ours).
+(its criterion is not public; this threshold is ours). A structure that splits nothing (a trim) is not
+tested.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def stability(in_force: list[tuple[Unit, int]], taps: Mapping[int, np.ndarray], 
     for unit, rung in in_force:
         norms = {layer.index: column_norms(taps[layer.index]) for layer in unit.layers}
         accepted = unit.structure(rung, norms)
+        if all(len(plan.branches) < 2 for plan in accepted.plans.values()):
+            continue  # a trim splits nothing: no partition to test
         worst = []
         for _ in range(resamples):
             drawn = {i: column_norms(taps[i][rng.integers(0, len(taps[i]), len(taps[i]))]) for i in norms}
