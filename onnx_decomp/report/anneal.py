@@ -36,7 +36,9 @@ def _finite(value: Optional[float]) -> Optional[float]:
 
 @dataclass
 class Stability:
-    """Whether an accepted partition persists across bootstrap resamples (``search.stability``)."""
+    """Whether an accepted partition persists across bootstrap resamples (``search.stability``):
+    ``ari_mean``/``ari_min`` over resamples of the worse of inputs' and outputs' ARI; ``spaces``: the mean
+    ARI of every index space (inputs, hidden N, outputs)."""
 
     unit: str
     structure: str
@@ -44,6 +46,7 @@ class Stability:
     ari_mean: float
     ari_min: float
     stable: bool
+    spaces: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,10 +162,11 @@ class AnnealReport:
                       f"rewritten vs masked dense model: max abs diff {f.exact_max_abs:.3g} "
                       f"({f.exact_rule}): {'ok' if f.exact_ok else 'MISMATCH'}"]
         if self.stability:
-            lines += ["", "stability over bootstrap resamples (adjusted Rand index):", table(
-                [("unit", "structure", "resamples", "mean", "min", "stable")] +
-                [(s.unit, s.structure, s.resamples, f"{s.ari_mean:.3f}", f"{s.ari_min:.3f}",
-                  "yes" if s.stable else "no") for s in self.stability])]
+            lines += ["", "stability over bootstrap resamples (adjusted Rand index, worse of inputs and outputs):",
+                      table([("unit", "structure", "resamples", "mean", "min", "stable", "per index space")] +
+                            [(s.unit, s.structure, s.resamples, f"{s.ari_mean:.3f}", f"{s.ari_min:.3f}",
+                              "yes" if s.stable else "no", ", ".join(f"{k} {v:.2f}" for k, v in s.spaces.items()))
+                             for s in self.stability])]
         if self.decomposition is not None:
             lines += ["", "exact rewrite of the annealed model:", self.decomposition.format()]
         lines += [f"left out: {node} ({reason})" for node, reason in self.left_out]
@@ -209,7 +213,9 @@ ANNEAL_SCHEMA = {
         "plans": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["blocks", "constant_rows", "unused_inputs", "mac_reduction"]}},
         "stability": {"type": "array", "items": {
-            "type": "object", "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable"]}},
+            "type": "object", "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable", "spaces"],
+            "properties": {"ari_mean": _NUMBER, "ari_min": _NUMBER, "stable": {"type": "boolean"},
+                           "spaces": {"type": "object", "additionalProperties": {"type": "number"}}}}},
         "left_out": {"type": "array", "items": {"type": "object", "required": ["node", "reason"]}},
         "decomposition": {"type": ["object", "null"]},
         "figure": {"type": ["string", "null"]},

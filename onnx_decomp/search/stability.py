@@ -2,17 +2,19 @@
 
 Rule: for each accepted structure still in force, ``bootstrap`` resamples of the tuning activation rows
 (drawn with replacement, seeded) give new input norms; the unit's rung is planned again from them
-(``Unit.structure``); every index space the plans partition (each plan's rows, and its columns where the
-branches read disjoint ones) is compared with the accepted partition by the adjusted Rand index (Hubert
-and Arabie 1985; 1 = the same partition, about 0 = chance). A structure is stable when the mean over
-resamples of its worst index space's ARI is at least ``STABLE_ARI``: the paper's "stable substructures"
-(its criterion is not public; this threshold is ours). A structure that splits nothing (a trim) is not
+(``Unit.structure``); each index space the plans partition (the unit's inputs, where its first plan's
+branches read disjoint ones; every hidden space of a chain; its outputs) is compared with the accepted
+partition by the adjusted Rand index (Hubert and Arabie 1985; 1 = the same partition, about 0 = chance).
+A structure is stable when the mean over resamples of the worse of its inputs' and outputs' ARI is at least
+``STABLE_ARI``: the paper's "stable substructures" (its criterion is not public; this one is ours). Hidden
+spaces are reported, not judged: a hidden unit that serves several groups can join either block at about
+the same cost, and the refit absorbs the difference. A structure that splits nothing (a trim) is not
 tested.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -41,17 +43,28 @@ def adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
     return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
 
 
-def partitions(plan: BlockPlan) -> list[np.ndarray]:
-    """Row labels (branch number; constant rows -1), and column labels (unused -1) where branches read
-    disjoint columns."""
-    rows = np.full(plan.n_out, -1)
-    cols = np.full(plan.n_in, -1)
+def _labels(plan: BlockPlan) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Row labels (branch number; constant rows -1), and column labels (unused -1) if branches read
+    disjoint columns, else None."""
+    rows, cols = np.full(plan.n_out, -1), np.full(plan.n_in, -1)
     disjoint = True
     for label, branch in enumerate(plan.branches):
         rows[branch.rows] = label
         disjoint = disjoint and bool(np.all(cols[branch.cols] == -1))
         cols[branch.cols] = label
-    return [rows, cols] if disjoint else [rows]
+    return rows, cols if disjoint else None
+
+
+def index_spaces(plans: list[BlockPlan]) -> dict[str, np.ndarray]:
+    """The partitions of a unit's index spaces (module rule), from its plans in topological order."""
+    spaces = {}
+    inputs = _labels(plans[0])[1]
+    if inputs is not None:
+        spaces["inputs"] = inputs
+    for number, plan in enumerate(plans[:-1], 1):
+        spaces[f"hidden {number}"] = _labels(plan)[0]
+    spaces["outputs"] = _labels(plans[-1])[0]
+    return spaces
 
 
 def stability(in_force: list[tuple[Unit, int]], taps: Mapping[int, np.ndarray], resamples: int,
@@ -63,14 +76,19 @@ def stability(in_force: list[tuple[Unit, int]], taps: Mapping[int, np.ndarray], 
         norms = {layer.index: column_norms(taps[layer.index]) for layer in unit.layers}
         accepted = unit.structure(rung, norms)
         if all(len(plan.branches) < 2 for plan in accepted.plans.values()):
-            continue  # a trim splits nothing: no partition to test
-        worst = []
+            continue
+        spaces = index_spaces([accepted.plans[i] for i in sorted(accepted.plans)])
+        scores: dict[str, list[float]] = {name: [] for name in spaces}
         for _ in range(resamples):
             drawn = {i: column_norms(taps[i][rng.integers(0, len(taps[i]), len(taps[i]))]) for i in norms}
-            again = unit.structure(rung, drawn)
-            worst.append(min(adjusted_rand_index(a, b) for index in accepted.plans
-                             for a, b in zip(partitions(accepted.plans[index]), partitions(again.plans[index]))))
-        mean = float(np.mean(worst)) if worst else float("nan")
+            again = index_spaces([plan for _, plan in sorted(unit.structure(rung, drawn).plans.items())])
+            for name, labels in spaces.items():
+                scores[name].append(adjusted_rand_index(labels, again[name]) if name in again else 0.0)
+        interface = np.min([scores[name] for name in ("inputs", "outputs") if name in scores], axis=0) \
+            if resamples else np.zeros(0)
+        mean = float(interface.mean()) if resamples else float("nan")
         results.append(Stability(unit.name, accepted.label, resamples, round(mean, 4),
-                                 round(float(min(worst, default=float("nan"))), 4), bool(mean >= STABLE_ARI)))
+                                 round(float(interface.min(initial=np.inf)), 4) if resamples else float("nan"),
+                                 bool(mean >= STABLE_ARI),
+                                 {name: round(float(np.mean(v)), 4) for name, v in scores.items() if v}))
     return results
