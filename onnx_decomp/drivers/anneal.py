@@ -21,6 +21,7 @@ from typing import Optional, Union
 
 import numpy as np
 import onnx
+from threadpoolctl import threadpool_limits
 
 from onnx_decomp.config import AnalysisConfig, AnnealConfig, GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
@@ -59,11 +60,11 @@ def _why_nothing(report: AnnealReport) -> str:
 
 
 def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional[Arrays] = None,
-           inputs: Optional[Arrays] = None, metric: Optional[str] = None, tolerance: Optional[float] = None,
-           refit: Optional[bool] = None, blocks: Optional[int] = None, config: Optional[AnnealConfig] = None,
-           analysis: Optional[AnalysisConfig] = None, input_shapes: InputShapes = None, gate: Gate = "time",
-           session: Session = "auto", report_dir: Optional[Union[str, os.PathLike]] = None,
-           ) -> tuple[onnx.ModelProto, AnnealReport]:
+          inputs: Optional[Arrays] = None, metric: Optional[str] = None, tolerance: Optional[float] = None,
+          refit: Optional[bool] = None, blocks: Optional[int] = None, config: Optional[AnnealConfig] = None,
+          analysis: Optional[AnalysisConfig] = None, input_shapes: InputShapes = None, gate: Gate = "time",
+          session: Session = "auto", report_dir: Optional[Union[str, os.PathLike]] = None,
+          ) -> tuple[onnx.ModelProto, AnnealReport]:
     """Anneal ``model`` on calibration data (module rule) and rewrite it exactly; returns the rewritten model
     and the report (``report.plans``: weight name -> BlockPlan, for ``onnx_decomp.torch.apply_block_mask``;
     ``report.masked``: the masked, refitted dense model). ``calib``, ``labels``, ``inputs``: ``.npz`` paths or
@@ -71,10 +72,17 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
     overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance, refit=refit, blocks=blocks).items()
                  if v is not None}
     config = dataclasses.replace(config or AnnealConfig(), **overrides)
-    gate, session = GateConfig.of(gate), SessionConfig.of(session)
+    with threadpool_limits(config.blas_threads, user_api="blas"):
+        return _anneal(model, calib, labels, inputs, config, analysis or AnalysisConfig(), input_shapes,
+                       GateConfig.of(gate), SessionConfig.of(session), report_dir)
+
+
+def _anneal(model: ModelLike, calib: Optional[Arrays], labels: Optional[Arrays], inputs: Optional[Arrays],
+            config: AnnealConfig, analysis: AnalysisConfig, input_shapes: InputShapes, gate: GateConfig,
+            session: SessionConfig, report_dir: Optional[Union[str, os.PathLike]]) -> tuple[onnx.ModelProto, AnnealReport]:
     ctx = ModelContext.load(model, input_shapes)
     data = calibration(ctx, config, calib, labels, inputs)
-    evidence = analyze_context(ctx, analysis or AnalysisConfig(), figures=False, keep_evidence=True).evidence
+    evidence = analyze_context(ctx, analysis, figures=False, keep_evidence=True).evidence
     network = Network(ctx, session, config.max_rows, config.seed)
     fidelity = FidelityGate(network, data, config.metric, config.tolerance) if network.layers else None
     units = build_units(ctx, network, evidence, config) if network.layers else []

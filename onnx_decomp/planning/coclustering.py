@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.cluster.vq import kmeans2, vq
@@ -131,34 +131,51 @@ def assign_hidden(w1: np.ndarray, w2: np.ndarray, row_labels: np.ndarray, col_la
     return assignment(share, balanced)
 
 
-def stack_labels(weights: Sequence[np.ndarray], k: int, seed: int = 0,
-                 balanced: bool = True) -> list[np.ndarray]:
-    """Block labels of the stack's index spaces, inputs first, outputs last (rules 1-4 and 6)."""
-    weights = [np.asarray(w, dtype=np.float64) for w in weights]
-    if len(weights) < 2 or any(w.ndim != 2 for w in weights) or \
-            any(after.shape[1] != before.shape[0] for before, after in zip(weights, weights[1:])):
-        raise ValueError(f"need W1 [h, d], W2 [d_out, h], ... chained, got {[w.shape for w in weights]}")
-    if k > min(w.shape[0] for w in weights[:-1]):
-        raise ValueError(f"k={k} exceeds the {min(w.shape[0] for w in weights[:-1])} hidden units")
-    below = [weights[0]]  # Wl ... W1 for every l
-    for w in weights[1:]:
-        below.append(w @ below[-1])
-    above = [weights[-1]]  # Wn ... W(l+1) for l = n-1, ..., 1
-    for w in reversed(weights[1:-1]):
-        above.append(above[-1] @ w)
-    row_labels, col_labels = spectral_cocluster(below[-1], k, seed=seed, balanced=balanced)
-    hidden = [assign_hidden(first, second, row_labels, col_labels, k, balanced)
-              for first, second in zip(below[:-1], reversed(above))]
-    return [col_labels, *hidden, row_labels]
+class Stack:
+    """A chain ``W1 [h, d], W2, ..., Wn [d_out, h']`` whose partial products are computed once: the rules
+    need ``Wl ... W1`` and ``Wn ... W(l+1)`` for every hidden space. Scaling the inputs' columns (Wanda's
+    input norms) scales the columns of every ``Wl ... W1`` alike, so ``labels`` takes the scale as an
+    argument instead of a new stack."""
+
+    def __init__(self, weights: Sequence[np.ndarray]):
+        weights = [np.asarray(w, dtype=np.float64) for w in weights]
+        if len(weights) < 2 or any(w.ndim != 2 for w in weights) or \
+                any(after.shape[1] != before.shape[0] for before, after in zip(weights, weights[1:])):
+            raise ValueError(f"need W1 [h, d], W2 [d_out, h], ... chained, got {[w.shape for w in weights]}")
+        self.hidden = min(w.shape[0] for w in weights[:-1])
+        self.below = [weights[0]]  # Wl ... W1 for l = 1, ..., n
+        for w in weights[1:]:
+            self.below.append(w @ self.below[-1])
+        above = [weights[-1]]  # Wn ... W(l+1) for l = n-1, ..., 1
+        for w in reversed(weights[1:-1]):
+            above.append(above[-1] @ w)
+        self.above = above[::-1]  # for l = 1, ..., n-1
+
+    def labels(self, k: int, seed: int = 0, balanced: bool = True,
+               column_scale: Optional[np.ndarray] = None) -> list[np.ndarray]:
+        """Block labels of the index spaces, inputs first, outputs last (rules 1-4 and 6), with the inputs'
+        columns scaled by ``column_scale``."""
+        if k > self.hidden:
+            raise ValueError(f"k={k} exceeds the {self.hidden} hidden units")
+        scale = np.ones(self.below[0].shape[1]) if column_scale is None else np.asarray(column_scale, np.float64)
+        row_labels, col_labels = spectral_cocluster(self.below[-1] * scale, k, seed=seed, balanced=balanced)
+        hidden = [assign_hidden(first * scale, second, row_labels, col_labels, k, balanced)
+                  for first, second in zip(self.below[:-1], self.above)]
+        return [col_labels, *hidden, row_labels]
+
+    def plans(self, k: int, seed: int = 0, balanced: bool = True,
+              column_scale: Optional[np.ndarray] = None) -> tuple[BlockPlan, ...]:
+        """Plans that make the stack k independent sub-networks (rule 5 for every layer)."""
+        labels = self.labels(k, seed, balanced, column_scale)
+        logger.debug("co-clustered stack %s into %d blocks", [w.shape for w in self.below], k)
+        return tuple(plan_from_support(outputs[:, None] == inputs[None, :])
+                     for inputs, outputs in zip(labels, labels[1:]))
 
 
 def coclustered_stack_plan(weights: Sequence[np.ndarray], k: int, seed: int = 0,
                            balanced: bool = True) -> tuple[BlockPlan, ...]:
     """Plans for the stack ``W1 [h, d], W2, ..., Wn [d_out, h']`` that make it k independent sub-networks."""
-    labels = stack_labels(weights, k, seed, balanced)
-    plans = tuple(plan_from_support(outputs[:, None] == inputs[None, :]) for inputs, outputs in zip(labels, labels[1:]))
-    logger.debug("co-clustered stack %s into %d blocks", [np.shape(w) for w in weights], k)
-    return plans
+    return Stack(weights).plans(k, seed, balanced)
 
 
 def coclustered_plan(w1: np.ndarray, w2: np.ndarray, k: int, seed: int = 0,

@@ -29,7 +29,7 @@ import numpy as np
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.planning.coclustering import coclustered_stack_plan, spectral_cocluster
+from onnx_decomp.planning.coclustering import Stack, spectral_cocluster
 from onnx_decomp.planning.directed import directed_structure
 from onnx_decomp.search.importance import evidence_weighted, importance, live_columns, live_rows
 from onnx_decomp.search.network import Layer, Network
@@ -60,6 +60,7 @@ class Unit:
     evidence: dict[int, Optional[np.ndarray]] = field(repr=False)
     seed: int = 0
     balanced: bool = True
+    _stack: Optional[Stack] = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -76,9 +77,9 @@ class Unit:
         """The plans of rung ``rung`` given the layers' input norms (module rules)."""
         value, first = self.rungs[rung], self.layers[0]
         if self.kind == "chain":
-            weights = [evidence_weighted(layer, self.evidence[layer.index]) for layer in self.layers]
-            weights[0] = weights[0] * norms[first.index][None, :]
-            plans = coclustered_stack_plan(weights, value, seed=self.seed, balanced=self.balanced)
+            if self._stack is None:
+                self._stack = Stack([evidence_weighted(layer, self.evidence[layer.index]) for layer in self.layers])
+            plans = self._stack.plans(value, self.seed, self.balanced, column_scale=norms[first.index])
             return Structure(self.label(rung), {layer.index: _trimmed(plan.mask(), layer, norms[layer.index])
                                                 for layer, plan in zip(self.layers, plans)})
         score = importance(first, self.evidence[first.index], norms[first.index])

@@ -14,7 +14,10 @@ Rule, for a layer with plan P and original effective weight ``W0`` and bias ``b0
   other half, on at most ``CV_OUTPUTS`` of the branch's rows), because the right strength depends on the
   data: a trained model's correlated activations want little (digits: 0.01), independent inputs want
   much (the dropped part is then noise no refit can reproduce). A ``Refitter`` remembers each plan's
-  choice, so a layer refitted again under the same plan (on other activations) does not choose again;
+  choice, so a layer refitted again under the same plan (on other activations) does not choose again.
+  Solved through the thin SVD ``Z_C = U S V^T``: ``W^T = W0^T + V diag(s / (s^2 + lam)) U^T (T_R - Z_C W0^T)``,
+  whose cost follows ``min(rows, |C|)`` (few calibration rows make wide blocks cheap) and which serves the
+  whole grid from one decomposition;
 - constant rows (they read nothing) take the mean of their target as bias (zero output without a bias);
 - entries outside the plan are zero.
 The plain cut keeps ``W0`` inside the plan, zero outside, and the bias as it was.
@@ -25,7 +28,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import scipy.linalg
 
 from onnx_decomp.search.network import Layer, Stored
 from onnx_decomp_passes import BlockPlan
@@ -40,24 +42,30 @@ def plain_cut(layer: Layer, plan: BlockPlan) -> Stored:
     return layer.store(layer.matrix() * plan.mask(), layer.bias_vector())
 
 
-def _solve(gram: np.ndarray, rhs: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
-    """``(G + lam I)^-1 (rhs + lam prior)`` for a positive semi-definite ``G``."""
-    return scipy.linalg.solve(gram + lam * np.eye(len(gram)), rhs + lam * prior, assume_a="pos")
+def _svd(z: np.ndarray):
+    return np.linalg.svd(z, full_matrices=False)
 
 
-def cross_validated_ridge(halves: list[tuple[np.ndarray, np.ndarray]], prior: np.ndarray, energy: float) -> float:
-    """The ``RIDGE_GRID`` value whose fit on one half of the rows predicts the other half best (module rule).
-    ``halves``: per half, its Gram and cross-products restricted to the branch (the cross-products' columns
-    subsampled to at most ``CV_OUTPUTS`` of its rows, ``prior`` alike); one eigendecomposition per half
-    serves the whole grid."""
+def _step(svd, residual: np.ndarray, lam: float) -> np.ndarray:
+    """``(Z^T Z + lam I)^-1 Z^T residual`` from ``svd = (U, S, V^T)`` of ``Z``: the ridge's move away from
+    the prior."""
+    u, values, vt = svd
+    return vt.T @ ((values / (values ** 2 + lam))[:, None] * (u.T @ residual))
+
+
+def _lam(ridge: float, energy: float) -> float:
+    return max(ridge * energy, FLOOR * (energy or 1.0))
+
+
+def cross_validated_ridge(z: np.ndarray, residual: np.ndarray, half: np.ndarray) -> float:
+    """The ``RIDGE_GRID`` value whose fit on one half of the rows of ``z [rows, |C|]`` predicts the
+    ``residual [rows, outputs]`` of the other half best (module rule)."""
     errors = np.zeros(len(RIDGE_GRID))
-    for (gram_fit, cross_fit), (gram_test, cross_test) in (halves, halves[::-1]):
-        values, vectors = np.linalg.eigh(gram_fit)
-        data, pull = vectors.T @ cross_fit, vectors.T @ prior
+    for fit, test in ((half, ~half), (~half, half)):
+        svd = _svd(z[fit])
+        energy = float(np.sum(svd[1] ** 2)) / z.shape[1]
         for position, ridge in enumerate(RIDGE_GRID):
-            lam = max(ridge * energy, FLOOR * (energy or 1.0))
-            solution = vectors @ ((data + lam * pull) / (np.maximum(values, 0.0) + lam)[:, None])
-            errors[position] += np.sum((gram_test @ solution) * solution) - 2 * np.sum(solution * cross_test)
+            errors[position] += np.sum((z[test] @ _step(svd, residual[fit], _lam(ridge, energy)) - residual[test]) ** 2)
     return RIDGE_GRID[int(np.argmin(errors))]
 
 
@@ -66,7 +74,7 @@ class Refitter:
 
     def __init__(self, ridge: Optional[float] = None, seed: int = 0):
         self.ridge, self.seed = ridge, seed
-        self._chosen: dict[tuple[int, int], list[float]] = {}  # (layer, id(plan)) -> ridge per branch
+        self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
 
     def __call__(self, layer: Layer, plan: BlockPlan, dense: np.ndarray, cut: np.ndarray) -> Stored:
         """Refit ``layer`` under ``plan`` from paired activation rows ``dense`` and ``cut`` (``[rows, n_in]``)."""
@@ -77,29 +85,21 @@ class Refitter:
         z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(b0)))
         z, target = z - z_mean, target - t_mean
         rng = np.random.default_rng(self.seed)
-        key = (layer.index, id(plan))
-        choose = self.ridge is None and key not in self._chosen and len(z) >= 4
-        if choose:
-            half = np.zeros(len(z), bool)
-            half[rng.permutation(len(z))[:len(z) // 2]] = True
-            parts = [(z[rows].T @ z[rows], z[rows].T @ target[rows]) for rows in (half, ~half)]
-            gram, cross = parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
-            self._chosen[key] = []
-        else:
-            gram, cross = z.T @ z, z.T @ target
+        half = np.zeros(len(z), bool)
+        half[rng.permutation(len(z))[:len(z) // 2]] = True
         weight, bias = np.zeros_like(w0), t_mean.copy()
         for number, branch in enumerate(plan.branches):
             rows, cols = branch.rows, branch.cols
-            block = gram[np.ix_(cols, cols)]
-            energy = np.trace(block) / len(cols)
-            if choose:
-                some = rows if len(rows) <= CV_OUTPUTS else np.sort(rng.choice(rows, CV_OUTPUTS, replace=False))
-                self._chosen[key].append(cross_validated_ridge(
-                    [(g[np.ix_(cols, cols)], c[np.ix_(cols, some)]) for g, c in parts], w0[np.ix_(some, cols)].T,
-                    energy / 2))
-            ridge = self.ridge if self.ridge is not None else self._chosen.get(key, [RIDGE_GRID[1]] * (number + 1))[number]
-            lam = max(ridge * energy, FLOOR * (energy or 1.0))
-            solution = _solve(block, cross[np.ix_(cols, rows)], w0[np.ix_(rows, cols)].T, lam)
+            inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T
+            residual = target[:, rows] - inputs @ prior
+            key = (layer.index, id(plan), number)
+            if self.ridge is None and key not in self._chosen:
+                some = slice(None) if len(rows) <= CV_OUTPUTS else np.sort(rng.choice(len(rows), CV_OUTPUTS, replace=False))
+                self._chosen[key] = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 \
+                    else RIDGE_GRID[1]
+            svd = _svd(inputs)
+            ridge = self.ridge if self.ridge is not None else self._chosen[key]
+            solution = prior + _step(svd, residual, _lam(ridge, float(np.sum(svd[1] ** 2)) / len(cols)))
             weight[np.ix_(rows, cols)] = solution.T
             bias[rows] = t_mean[rows] - solution.T @ z_mean[cols]
         return layer.store(weight, bias if with_bias else None)
