@@ -118,7 +118,8 @@ METRICS = ("rel-l2", "max-abs", "top1", "accuracy")
 class AnnealConfig:
     """Structural annealing (``search``): the fidelity ``metric`` against the original model and one global
     ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative to the
-    mean input energy; None: cross-validated per block, ``search.refit``); ``blocks`` tries that one block count only; balanced blocks; the ``held_out`` fraction
+    mean input energy; None: cross-validated per block, ``search.refit``); ``blocks`` tries that one block
+    count only; balanced blocks; the ``held_out`` fraction
     of the calibration samples; samples per ONNX Runtime batch; activation rows kept per layer for the refit;
     bootstrap resamples for the stability check; the largest block count tried; ``square`` names nodes whose
     input and output share one index space (residual ones are found without it); random input sets used

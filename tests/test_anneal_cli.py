@@ -32,7 +32,7 @@ def cli(capfd):
 def test_anneal_writes_the_model_the_json_and_the_figure(tmp_path, cli):
     out, folder, summary = tmp_path / "out.onnx", tmp_path / "anneal", tmp_path / "anneal.json"
     result = cli("decompose", DIGITS / "model.onnx", out, "--anneal", "--calib", DIGITS / "calib.npz",
-                 "--labels", DIGITS / "labels.npz", "--metric", "top1", "--tolerance", 0.02, "--gate", "flops",
+                 "--labels", DIGITS / "labels.npz", "--metric", "top1", "--tolerance", 0.01, "--gate", "flops",
                  "--report", folder, "--json", summary, "--bootstrap", 2)
 
     assert result.returncode == 0, result.stderr

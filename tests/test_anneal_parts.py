@@ -51,7 +51,8 @@ def test_adjusted_rand_index_agrees_with_scikit_learn(rng):
 def fixed_batch_model(rng, batch=4):
     return make_model([helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1, name="fc")],
                       [value("x", [batch, 6])], [value("y", [batch, 3])],
-                      [tensor("W", rng.standard_normal((3, 6)).astype(np.float32)), tensor("b", np.zeros(3, np.float32))])
+                      [tensor("W", rng.standard_normal((3, 6)).astype(np.float32)),
+                       tensor("b", np.zeros(3, np.float32))])
 
 
 def test_calibration_splits_batches_and_drops_what_fills_no_fixed_batch(rng):

@@ -2,8 +2,8 @@
 
 Flow: load once -> calibration data (``search.calibration``) -> statistical evidence (``stats.analyze``) ->
 the network, whose weights one ONNX Runtime session takes as inputs, and the fidelity gate (the original's
-outputs and activations) -> units and their ladders -> the schedule (greedy, rollback) -> one sequential
-refit of the final structure, kept if it does not worsen the tuning fidelity -> stability -> the masked,
+outputs and activations) -> units and their ladders -> the schedule (greedy, rollback, refits judged
+across tuning folds) -> the final structure refitted on the whole tuning part -> stability -> the masked,
 refitted dense model -> the exact path (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still
 decides each node's form) -> the rewritten model checked element by element against the masked, refitted
 dense model (``EXACT_RTOL``; a mismatch raises ``ValidationError`` carrying the report) and measured against
@@ -79,7 +79,8 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
 
 def _anneal(model: ModelLike, calib: Optional[Arrays], labels: Optional[Arrays], inputs: Optional[Arrays],
             config: AnnealConfig, analysis: AnalysisConfig, input_shapes: InputShapes, gate: GateConfig,
-            session: SessionConfig, report_dir: Optional[Union[str, os.PathLike]]) -> tuple[onnx.ModelProto, AnnealReport]:
+            session: SessionConfig, report_dir: Optional[Union[str, os.PathLike]],
+            ) -> tuple[onnx.ModelProto, AnnealReport]:
     ctx = ModelContext.load(model, input_shapes)
     data = calibration(ctx, config, calib, labels, inputs)
     evidence = analyze_context(ctx, analysis, figures=False, keep_evidence=True).evidence
@@ -98,16 +99,10 @@ def _anneal(model: ModelLike, calib: Optional[Arrays], labels: Optional[Arrays],
         norms = {index: column_norms(taps) for index, taps in fidelity.dense_taps.items()}
         annealer = Annealer(network, fidelity, units, config, norms)
         report.steps = annealer.run()
-        state, weights, plans = annealer.state, annealer.state.weights, annealer.state.plans
+        plans, tuning = annealer.state.plans, annealer.state.fidelity
         refitted = annealer.sequential_refit(plans)
-        tuning = state.fidelity
-        if config.refit and plans:
-            again = fidelity.measure(refitted)
-            if again <= state.fidelity:
-                weights, tuning = refitted, again
-            report.notes.append(f"final sequential refit: tuning {config.metric} {state.fidelity:.4g} -> {again:.4g}"
-                                f" ({'kept' if weights is refitted else 'not kept'})")
         plain = {i: plain_cut(network.layers[i], plan) for i, plan in plans.items()}
+        weights = refitted if config.refit else plain
         validation_refit, validation_plain = (fidelity.measure(w, "held-out") for w in (refitted, plain))
         report.stability = stability(annealer.in_force(), fidelity.dense_taps, config.bootstrap, config.seed)
     if not report.accepted:

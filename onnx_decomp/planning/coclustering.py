@@ -39,12 +39,13 @@ import numpy as np
 from scipy.cluster.vq import kmeans2, vq
 from scipy.sparse.linalg import svds
 
-from onnx_decomp_passes import BlockPlan, plan_from_support
+from onnx_decomp_passes import BlockPlan, Branch
 
 logger = logging.getLogger(__name__)
 
 TINY = 1e-30
 FULL_SVD_MAX = 512  # above this many rows or columns, only the top k singular pairs are computed
+KMEANS_POINTS = 20000  # up to this many embedded rows and columns, k-means takes the best of 10 runs
 
 
 def _squared_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -106,9 +107,10 @@ def top_singular_vectors(a: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarr
     return u[:, order], vt[order]
 
 
-def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 10,
+def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: Optional[int] = None,
                        balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
+    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4); ``n_init`` None:
+    10 k-means runs up to ``KMEANS_POINTS`` embedded points, fewer above (at least 2)."""
     a = np.abs(np.asarray(matrix, dtype=np.float64))
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
@@ -116,29 +118,50 @@ def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: int = 
     col_scale = 1.0 / np.sqrt(np.maximum(a.sum(0), TINY))
     u, vt = top_singular_vectors(row_scale[:, None] * a * col_scale[None, :], k, seed)
     embedding = np.vstack([row_scale[:, None] * u, col_scale[:, None] * vt.T])
-    closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=n_init))
+    runs = n_init or max(2, min(10, KMEANS_POINTS // len(embedding)))
+    closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=runs))
     return assignment(closeness[:a.shape[0]], balanced), assignment(closeness[a.shape[0]:], balanced)
 
 
 def assign_hidden(w1: np.ndarray, w2: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray,
-                  k: int, balanced: bool = True) -> np.ndarray:
-    """Block of every hidden unit by its signed share of each block's composite (rules 3, 4)."""
+                  k: int, balanced: bool = True, composite: Optional[np.ndarray] = None) -> np.ndarray:
+    """Block of every hidden unit by its signed share of each block's composite (rules 3, 4); the blocks are
+    sliced from ``composite`` (``W2 @ W1``) when it is known."""
     share = np.empty((w1.shape[0], k))
     for b in range(k):
-        rows, cols = row_labels == b, col_labels == b
-        block = w2[rows] @ w1[:, cols]  # this block of M
-        share[:, b] = ((w2[rows].T @ block) * w1[:, cols]).sum(1)
+        rows, cols = np.flatnonzero(row_labels == b), np.flatnonzero(col_labels == b)
+        block = w2[rows] @ w1[:, cols] if composite is None else composite[np.ix_(rows, cols)]  # this block of M
+        share[:, b] = ((w1[:, cols] @ block.T) * w2[rows].T).sum(1)
     return assignment(share, balanced)
+
+
+def blocks_plan(row_labels: np.ndarray, col_labels: np.ndarray, rows_kept: Optional[np.ndarray] = None,
+                cols_kept: Optional[np.ndarray] = None) -> BlockPlan:
+    """The plan whose branch b keeps ``[rows labelled b] x [columns labelled b]`` (rule 5), leaving out the
+    rows and columns not kept (Boolean masks; such rows, and rows whose block keeps no column, become
+    constant rows): ``plan_from_support`` of that support, built from the labels in linear time."""
+    rows_kept = np.ones(len(row_labels), bool) if rows_kept is None else rows_kept
+    cols_kept = np.ones(len(col_labels), bool) if cols_kept is None else cols_kept
+    branches, constant = [], [np.flatnonzero(~rows_kept)]
+    for b in np.unique(row_labels):
+        rows = np.flatnonzero((row_labels == b) & rows_kept)
+        cols = np.flatnonzero((col_labels == b) & cols_kept)
+        if len(rows) and len(cols):
+            branches.append(Branch(rows, cols))
+        else:
+            constant.append(rows)
+    branches.sort(key=lambda branch: branch.rows[0])
+    return BlockPlan(len(row_labels), len(col_labels), tuple(branches), np.concatenate(constant))
 
 
 class Stack:
     """A chain ``W1 [h, d], W2, ..., Wn [d_out, h']`` whose partial products are computed once: the rules
-    need ``Wl ... W1`` and ``Wn ... W(l+1)`` for every hidden space. Scaling the inputs' columns (Wanda's
-    input norms) scales the columns of every ``Wl ... W1`` alike, so ``labels`` takes the scale as an
-    argument instead of a new stack."""
+    need ``Wl ... W1`` and ``Wn ... W(l+1)`` for every hidden space, whose product is the composite ``M``
+    for every l. Scaling the inputs' columns (Wanda's input norms) scales the columns of every ``Wl ... W1``
+    alike, so ``labels`` takes the scale as an argument instead of a new stack. Products are float32."""
 
     def __init__(self, weights: Sequence[np.ndarray]):
-        weights = [np.asarray(w, dtype=np.float64) for w in weights]
+        weights = [np.asarray(w, dtype=np.float32) for w in weights]  # clustering needs no more precision
         if len(weights) < 2 or any(w.ndim != 2 for w in weights) or \
                 any(after.shape[1] != before.shape[0] for before, after in zip(weights, weights[1:])):
             raise ValueError(f"need W1 [h, d], W2 [d_out, h], ... chained, got {[w.shape for w in weights]}")
@@ -157,9 +180,11 @@ class Stack:
         columns scaled by ``column_scale``."""
         if k > self.hidden:
             raise ValueError(f"k={k} exceeds the {self.hidden} hidden units")
-        scale = np.ones(self.below[0].shape[1]) if column_scale is None else np.asarray(column_scale, np.float64)
-        row_labels, col_labels = spectral_cocluster(self.below[-1] * scale, k, seed=seed, balanced=balanced)
-        hidden = [assign_hidden(first * scale, second, row_labels, col_labels, k, balanced)
+        scale = np.ones(self.below[0].shape[1], np.float32) if column_scale is None else \
+            np.asarray(column_scale, np.float32)
+        composite = self.below[-1] * scale
+        row_labels, col_labels = spectral_cocluster(composite, k, seed=seed, balanced=balanced)
+        hidden = [assign_hidden(first * scale, second, row_labels, col_labels, k, balanced, composite)
                   for first, second in zip(self.below[:-1], self.above)]
         return [col_labels, *hidden, row_labels]
 
@@ -168,8 +193,7 @@ class Stack:
         """Plans that make the stack k independent sub-networks (rule 5 for every layer)."""
         labels = self.labels(k, seed, balanced, column_scale)
         logger.debug("co-clustered stack %s into %d blocks", [w.shape for w in self.below], k)
-        return tuple(plan_from_support(outputs[:, None] == inputs[None, :])
-                     for inputs, outputs in zip(labels, labels[1:]))
+        return tuple(blocks_plan(outputs, inputs) for inputs, outputs in zip(labels, labels[1:]))
 
 
 def coclustered_stack_plan(weights: Sequence[np.ndarray], k: int, seed: int = 0,

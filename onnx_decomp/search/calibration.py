@@ -8,9 +8,11 @@ Rules:
 - Labels (for the ``accuracy`` metric) are keyed by output name: one class index per output row, samples
   along the first axis.
 - Split: a seeded permutation of the samples; a ``held_out`` fraction of them (at least one, and at least
-  one left to tune on) is held out. The fidelity gate decides on the tuning part; the report's fidelity is
+  two left to tune on) is held out. The fidelity gate decides on the tuning part; the report's fidelity is
   measured on the held-out part. Validation arrays given separately (``--inputs``, with labels under output
   names in the same file) are the final validation set instead, and every calibration sample tunes.
+- The tuning part is cut into two seeded folds, kept in that order (fold 0, then fold 1): a refit fitted
+  on one fold is judged on the other (``search.schedule``).
 - Batches: an input whose first dimension is fixed in the model is fed exactly that many samples at a time
   (a remainder that fills no batch is dropped, noted); otherwise up to ``batch_size`` samples at a time.
 - No calibration data: ``random_sets`` batches of random inputs at the run's input shapes
@@ -72,13 +74,18 @@ class Samples:
     def subset(self, index: np.ndarray) -> "Samples":
         return Samples({k: v[index] for k, v in self.inputs.items()}, {k: v[index] for k, v in self.labels.items()})
 
+    def whole(self, batch: int) -> "Samples":
+        """The first samples that fill whole batches of ``batch``."""
+        return self.subset(np.arange(len(self) - len(self) % batch))
+
 
 @dataclass
 class Calibration:
     """The tuning and held-out samples of a run and how they are batched (module rules)."""
 
-    tuning: Samples
+    tuning: Samples  # fold 0, then fold 1
     held_out: Samples
+    folds: tuple[Samples, Samples]
     batch: int  # samples per ONNX Runtime run
     source: str  # "file", "random"
     validation: str  # what the held-out part is
@@ -160,20 +167,25 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
         arrays = load_arrays(inputs, "--inputs")
         tuning, held_out, validation = samples, _samples(ctx, arrays, _labels(arrays, ctx), "--inputs"), "--inputs"
     else:
-        if len(samples) < 2:
-            raise DecompError(f"--calib holds {len(samples)} sample(s): need at least 2 (tuning and held out)")
+        if len(samples) < 3:
+            raise DecompError(f"--calib holds {len(samples)} sample(s): need at least 3 (two folds to tune on, "
+                              "one sample held out)")
         order = np.random.default_rng(config.seed).permutation(len(samples))
-        held = min(len(samples) - 1, max(1, round(config.held_out * len(samples))))
+        held = min(len(samples) - 2, max(1, round(config.held_out * len(samples))))
         tuning, held_out = samples.subset(np.sort(order[held:])), samples.subset(np.sort(order[:held]))
         validation = "held-out calibration samples" if source == "file" else "held-out random inputs"
-    for name, part in (("tuning", tuning), ("validation", held_out)):
-        if fixed and len(part) % fixed:
-            notes.append(f"{len(part) % fixed} {name} sample(s) fill no batch of {fixed} and are dropped")
-            keep = len(part) - len(part) % fixed
-            if keep == 0:
-                raise DecompError(f"the {name} part holds fewer samples than one batch of {fixed}")
-            part.inputs.update({k: v[:keep] for k, v in part.inputs.items()})
-            part.labels.update({k: v[:keep] for k, v in part.labels.items()})
+    step = fixed or 1
+    order = np.random.default_rng(config.seed + 1).permutation(len(tuning))
+    folds = tuple(tuning.subset(np.sort(half)).whole(step) for half in np.array_split(order, 2))
+    whole = held_out.whole(step)
+    dropped = {"tuning": len(tuning) - sum(len(f) for f in folds), "validation": len(held_out) - len(whole)}
+    notes += [f"{count} {name} sample(s) fill no batch of {fixed} and are dropped"
+              for name, count in dropped.items() if count]
+    if min(len(folds[0]), len(folds[1]), len(whole)) == 0:
+        raise DecompError(f"too few samples: need two batches of {step} to tune on and one to validate on")
+    tuning = Samples({k: np.concatenate([f.inputs[k] for f in folds]) for k in folds[0].inputs},
+                     {k: np.concatenate([f.labels[k] for f in folds]) for k in folds[0].labels})
+    held_out = whole
     logger.info("calibration: %d tuning and %d validation samples (%s), batches of %d", len(tuning),
                 len(held_out), validation, batch)
-    return Calibration(tuning, held_out, batch, source, validation, warnings, notes)
+    return Calibration(tuning, held_out, folds, batch, source, validation, warnings, notes)

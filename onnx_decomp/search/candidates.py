@@ -29,11 +29,11 @@ import numpy as np
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.planning.coclustering import Stack, spectral_cocluster
+from onnx_decomp.planning.coclustering import Stack, blocks_plan, spectral_cocluster
 from onnx_decomp.planning.directed import directed_structure
-from onnx_decomp.search.importance import evidence_weighted, importance, live_columns, live_rows
+from onnx_decomp.search.importance import evidence_weighted, importance, live_columns
 from onnx_decomp.search.network import Layer, Network
-from onnx_decomp_passes import BlockPlan, find_chains, plan_from_support
+from onnx_decomp_passes import BlockPlan, find_chains
 
 SQUARE_SHARES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 Norms = Mapping[int, np.ndarray]  # layer index -> input norms
@@ -45,9 +45,12 @@ class Structure:
     plans: dict[int, BlockPlan]  # layer index -> plan
 
 
-def _trimmed(plan_support: np.ndarray, layer: Layer, norms: np.ndarray) -> BlockPlan:
-    """The plan of ``plan_support`` without the rows and columns that carry nothing."""
-    return plan_from_support(plan_support & live_rows(layer)[:, None] & live_columns(norms)[None, :])
+def _trimmed(plan: BlockPlan, layer: Layer, norms: np.ndarray) -> BlockPlan:
+    """``plan``'s blocks without the rows and columns that carry nothing."""
+    rows, cols = np.full(plan.n_out, -1), np.full(plan.n_in, -1)
+    for label, branch in enumerate(plan.branches):
+        rows[branch.rows], cols[branch.cols] = label, label
+    return blocks_plan(rows, cols, layer.live_rows & (rows >= 0), live_columns(norms) & (cols >= 0))
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Unit:
     seed: int = 0
     balanced: bool = True
     _stack: Optional[Stack] = field(default=None, repr=False)
+    _score: tuple = field(default=(None, None), repr=False)  # (norms it was computed from, importance)
 
     @property
     def name(self) -> str:
@@ -73,6 +77,13 @@ class Unit:
             return f"drop {value:.0%}"
         return "trim" if value == 1 else f"k={value}" + ("" if self.balanced else " unbalanced")
 
+    def _importance(self, norms: np.ndarray) -> np.ndarray:
+        """The first layer's importance under ``norms``, kept for the next rung with the same norms."""
+        if self._score[0] is not norms:
+            first = self.layers[0]
+            self._score = (norms, importance(first, self.evidence[first.index], norms))
+        return self._score[1]
+
     def structure(self, rung: int, norms: Norms) -> Structure:
         """The plans of rung ``rung`` given the layers' input norms (module rules)."""
         value, first = self.rungs[rung], self.layers[0]
@@ -80,21 +91,22 @@ class Unit:
             if self._stack is None:
                 self._stack = Stack([evidence_weighted(layer, self.evidence[layer.index]) for layer in self.layers])
             plans = self._stack.plans(value, self.seed, self.balanced, column_scale=norms[first.index])
-            return Structure(self.label(rung), {layer.index: _trimmed(plan.mask(), layer, norms[layer.index])
+            return Structure(self.label(rung), {layer.index: _trimmed(plan, layer, norms[layer.index])
                                                 for layer, plan in zip(self.layers, plans)})
-        score = importance(first, self.evidence[first.index], norms[first.index])
+        score = self._importance(norms[first.index])
+        live = live_columns(norms[first.index])
         if self.kind == "square":
             ordered = np.sort(score, axis=None)
-            dropped = int(np.searchsorted(np.cumsum(ordered), value * ordered.sum(), side="right"))
+            dropped = int(np.searchsorted(np.cumsum(ordered, dtype=np.float64), value * ordered.sum(dtype=np.float64),
+                                          side="right"))
             cut = ordered[dropped - 1] if dropped else -np.inf
-            keep = (score > cut) & live_rows(first)[:, None] & live_columns(norms[first.index])[None, :]
+            keep = (score > cut) & first.live_rows[:, None] & live[None, :]
             return Structure(self.label(rung), {first.index: directed_structure(keep).plan})
         if value == 1:
-            support = np.ones(first.shape, bool)
+            rows, cols = np.zeros(first.shape[0], np.int64), np.zeros(first.shape[1], np.int64)
         else:
             rows, cols = spectral_cocluster(score, value, seed=self.seed, balanced=self.balanced)
-            support = rows[:, None] == cols[None, :]
-        return Structure(self.label(rung), {first.index: _trimmed(support, first, norms[first.index])})
+        return Structure(self.label(rung), {first.index: blocks_plan(rows, cols, first.live_rows, live)})
 
 
 def _block_counts(smallest: int, config: AnnealConfig) -> list[int]:

@@ -9,7 +9,13 @@ axis, every leading index flattened):
 - ``accuracy``: the accuracy drop against the labels, ``acc(original) - acc(candidate)``, where ``acc`` is
   the fraction of rows whose argmax equals the label; outputs that have labels only.
 One global tolerance: a state passes when its metric is at most the tolerance. The original model's
-outputs, and its activations at every layer (for the refit), are computed once per run.
+outputs, and its activations at every layer (for the refit), are computed once per run, fold by fold.
+
+Cross-fitting: the schedule refits every cut twice, once on each tuning fold's activations, and
+``measure_crossed`` runs each fold with the weights fitted on the other one: the fidelity the gate decides
+on is measured on samples the refit did not see, so a refit that fits the tuning samples' noise does not
+pass for a structure that generalises (on digits, in-sample top-1 disagreement read 0.4% where held-out
+samples gave 0.9-2.7%).
 """
 
 from __future__ import annotations
@@ -79,13 +85,16 @@ class FidelityGate:
 
     def __init__(self, network: Network, data: Calibration, metric: str, tolerance: float):
         self.network, self.data, self.metric, self.tolerance = network, data, metric, tolerance
-        self.batches = {"tuning": data.batches(data.tuning), "held-out": data.batches(data.held_out)}
+        self.folds = [data.batches(fold) for fold in data.folds]
+        self.batches = {"tuning": self.folds[0] + self.folds[1], "held-out": data.batches(data.held_out)}
         self.labels = {"tuning": self._labels(data.tuning, "tuning"),
                        "held-out": self._labels(data.held_out, "validation")}
-        dense = network.run(self.batches["tuning"], taps=True)
-        self.dense_taps = dense.taps
-        self.reference = {"tuning": dense.outputs, "held-out": network.run(self.batches["held-out"]).outputs}
-        floats = [name for name, out in zip(network.outputs, dense.outputs) if np.issubdtype(out.dtype, np.floating)]
+        dense = [network.run(batches, taps=True) for batches in self.folds]
+        self.fold_taps = [run.taps for run in dense]  # the original's activations, per fold
+        self.dense_taps = self.joined(self.fold_taps)  # ... and over the whole tuning part
+        self.reference = {"tuning": [np.concatenate(o) for o in zip(dense[0].outputs, dense[1].outputs)],
+                          "held-out": network.run(self.batches["held-out"]).outputs}
+        floats = [name for name, out in zip(network.outputs, dense[0].outputs) if np.issubdtype(out.dtype, np.floating)]
         self.notes = [] if len(floats) == len(network.outputs) else \
             [f"outputs {sorted(set(network.outputs) - set(floats))} are not float: the metric ignores them"]
 
@@ -103,6 +112,20 @@ class FidelityGate:
     def measure(self, weights: Weights, part: str = "tuning") -> float:
         """The metric with ``weights`` in force, on ``part``."""
         return self.compare(self.network.run(self.batches[part], weights).outputs, part)
+
+    def measure_crossed(self, fits: tuple[Weights, Weights]) -> float:
+        """The tuning metric with each fold run under the weights fitted on the other (module rule)."""
+        runs = [self.network.run(self.folds[0], fits[1]), self.network.run(self.folds[1], fits[0])]
+        return self.compare([np.concatenate(o) for o in zip(runs[0].outputs, runs[1].outputs)])
+
+    def fold_activations(self, fold: int, weights: Weights) -> dict[int, np.ndarray]:
+        """Every layer's activation rows of tuning fold ``fold`` with ``weights`` in force."""
+        return self.network.run(self.folds[fold], weights, taps=True).taps
+
+    @staticmethod
+    def joined(per_fold: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+        """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``)."""
+        return {index: np.concatenate([taps[index] for taps in per_fold]) for index in per_fold[0]}
 
     def passes(self, value: float) -> bool:
         return value <= self.tolerance

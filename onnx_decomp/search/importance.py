@@ -9,8 +9,8 @@ init-like noise weighs little even where its magnitude is not small; an input th
 data (norm 0) makes its column worth nothing. Chains use the same evidence on signed weights
 (``evidence_weighted``): the composite then sums learned paths and cancels noise.
 
-Live rows and columns: a row with no nonzero weight, and an input whose calibration norm is 0, carry
-nothing; every structure drops them.
+Live columns: an input whose calibration norm is 0 carries nothing (as does a row with no nonzero weight,
+``Layer.live_rows``); every structure drops them.
 """
 
 from __future__ import annotations
@@ -28,18 +28,14 @@ def column_norms(activations: np.ndarray) -> np.ndarray:
 
 
 def evidence_weighted(layer: Layer, evidence: Optional[np.ndarray]) -> np.ndarray:
-    """``e * W`` (signed, effective weight; ``W`` itself without evidence)."""
-    matrix = layer.matrix()
-    return matrix if evidence is None else matrix * evidence.astype(np.float64)
+    """``e * W`` (signed, effective weight, float32; ``W`` itself without evidence)."""
+    matrix = layer.matrix(dtype=np.float32)
+    return matrix if evidence is None else matrix * evidence.astype(np.float32)
 
 
 def importance(layer: Layer, evidence: Optional[np.ndarray], norms: np.ndarray) -> np.ndarray:
-    """``s [n_out, n_in]`` of the module rule."""
-    return np.abs(evidence_weighted(layer, evidence)) * norms[None, :]
-
-
-def live_rows(layer: Layer) -> np.ndarray:
-    return np.any(layer.matrix() != 0, axis=1)
+    """``s [n_out, n_in]`` of the module rule (float32)."""
+    return np.abs(evidence_weighted(layer, evidence)) * norms.astype(np.float32)[None, :]
 
 
 def live_columns(norms: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -66,10 +67,18 @@ class Layer:
     def dense_macs(self) -> int:
         return self.vectors * self.shape[0] * self.shape[1]
 
-    def matrix(self, stored: Optional[Stored] = None) -> np.ndarray:
-        """Effective ``W [n_out, n_in]`` (float64) of ``stored`` arrays, or of the original ones."""
-        weight = self.stored_weight if stored is None else stored[0]
-        return self.alpha * self.layout.to_matrix(weight).astype(np.float64)
+    def matrix(self, stored: Optional[Stored] = None, dtype=np.float64) -> np.ndarray:
+        """Effective ``W [n_out, n_in]`` of ``stored`` arrays, or of the original ones, as ``dtype`` (a
+        read-only view of the stored array where no conversion is needed)."""
+        view = self.layout.to_matrix(self.stored_weight if stored is None else stored[0])
+        if self.alpha == 1 and view.dtype == dtype:
+            return view
+        return self.alpha * view.astype(dtype)
+
+    @cached_property
+    def live_rows(self) -> np.ndarray:
+        """Outputs that read something: rows with a nonzero weight."""
+        return np.any(self.layout.to_matrix(self.stored_weight) != 0, axis=1)
 
     def bias_vector(self, stored: Optional[Stored] = None) -> np.ndarray:
         """Effective per-output bias (float64; zeros when the layer has none)."""
@@ -225,7 +234,8 @@ class Network:
             try:
                 values = dict(zip(names, self.session.run(names, {**batch, **fixed})))
             except Exception as error:  # onnxruntime's own exception types
-                raise UnsupportedConstructError(f"ONNX Runtime failed on the calibration data: {ort_message(error)}") from None
+                raise UnsupportedConstructError(
+                    f"ONNX Runtime failed on the calibration data: {ort_message(error)}") from None
             for collected, name in zip(outputs, self.outputs):
                 collected.append(values[name])
             for layer in self.layers if taps else ():

@@ -75,26 +75,36 @@ class Refitter:
     def __init__(self, ridge: Optional[float] = None, seed: int = 0):
         self.ridge, self.seed = ridge, seed
         self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (dense rows, target)
+
+    def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
+        """``X_dense W0^T + b0`` (float64), computed once per layer and dense activations."""
+        known = self._targets.get(layer.index)
+        if known is None or known[0] is not dense:
+            known = (dense, (dense.astype(np.float32) @ w0.T).astype(np.float64) + layer.bias_vector())
+            self._targets[layer.index] = known
+        return known[1]
 
     def __call__(self, layer: Layer, plan: BlockPlan, dense: np.ndarray, cut: np.ndarray) -> Stored:
         """Refit ``layer`` under ``plan`` from paired activation rows ``dense`` and ``cut`` (``[rows, n_in]``)."""
-        w0, b0 = layer.matrix(), layer.bias_vector()
+        w0, b0 = layer.matrix(dtype=np.float32), layer.bias_vector()
         z = cut.astype(np.float64)
-        target = dense.astype(np.float64) @ w0.T + b0
+        target = self._target(layer, dense, w0)
         with_bias = layer.bias is not None
         z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(b0)))
         z, target = z - z_mean, target - t_mean
         rng = np.random.default_rng(self.seed)
         half = np.zeros(len(z), bool)
         half[rng.permutation(len(z))[:len(z) // 2]] = True
-        weight, bias = np.zeros_like(w0), t_mean.copy()
+        weight, bias = np.zeros(w0.shape, np.float32), t_mean.copy()
         for number, branch in enumerate(plan.branches):
             rows, cols = branch.rows, branch.cols
-            inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T
+            inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T.astype(np.float64)
             residual = target[:, rows] - inputs @ prior
             key = (layer.index, id(plan), number)
             if self.ridge is None and key not in self._chosen:
-                some = slice(None) if len(rows) <= CV_OUTPUTS else np.sort(rng.choice(len(rows), CV_OUTPUTS, replace=False))
+                some = slice(None) if len(rows) <= CV_OUTPUTS else \
+                    np.sort(rng.choice(len(rows), CV_OUTPUTS, replace=False))
                 self._chosen[key] = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 \
                     else RIDGE_GRID[1]
             svd = _svd(inputs)

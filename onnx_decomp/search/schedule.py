@@ -1,10 +1,12 @@
 """The annealing schedule: greedy by MACs saved per unit of fidelity lost, with rollback.
 
 Rules:
-- The state is a plan and weights per cut layer; it starts dense. A candidate is a unit's next rung applied
-  to the state: its layers take the rung's plans, refitted one after another in topological order (each on
-  the activations with the earlier ones in force; ``refit=False``: plain cut), and the model's fidelity is
-  measured on the tuning samples. A rung that saves no MACs over the state is passed over.
+- The state is a plan per cut layer and two sets of weights, one fitted on each tuning fold; it starts
+  dense. A candidate is a unit's next rung applied to the state: its layers take the rung's plans, refitted
+  on each fold one after another in topological order (each on that fold's activations with the earlier
+  ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning samples,
+  each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that saves no
+  MACs over the state is passed over.
 - Priority: MACs saved / fidelity lost (lost = candidate fidelity - state fidelity, counted as at least
   ``EPS * tolerance``; ties: more MACs saved first). Lazy greedy (Minoux): every unit's first rung is
   measured; then the best measured candidate is taken. Measured on an older state, it is measured again
@@ -14,9 +16,9 @@ Rules:
   and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
   aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
   natural blocks can split them where the k=4 cut fits).
-- Stop when no candidate is left. ``sequential_refit`` then refits every cut layer again in topological order
-  on the final structure (each on the activations of the refitted layers before it; during the search a
-  layer was refitted on the model as it was when its step was taken).
+- Stop when no candidate is left. ``sequential_refit`` then fits the final structure on the whole tuning
+  part, every cut layer in topological order on the activations of the refitted layers before it (during
+  the search a layer was refitted on the model as it was when its step was taken).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.decisions import Step, StructureCandidate, Verdict
 from onnx_decomp.search.candidates import Norms, Structure, Unit
 from onnx_decomp.search.fidelity import FidelityGate
-from onnx_decomp.search.network import Network, Stored
+from onnx_decomp.search.network import Network, Stored, Weights
 from onnx_decomp.search.refit import Refitter, plain_cut
 from onnx_decomp_passes import BlockPlan
 
@@ -40,12 +43,14 @@ logger = logging.getLogger(__name__)
 
 EPS = 1e-3
 PATIENCE = 2
+Fits = tuple[dict[int, Stored], dict[int, Stored]]  # weights fitted on tuning fold 0, on fold 1
+Taps = dict[int, np.ndarray]  # layer index -> activation rows
 
 
 @dataclass
 class State:
     plans: dict[int, BlockPlan] = field(default_factory=dict)  # layer index -> plan in force
-    weights: dict[int, Stored] = field(default_factory=dict)
+    fits: Fits = field(default_factory=lambda: ({}, {}))
     fidelity: float = 0.0
     macs: int = 0
     version: int = 0
@@ -61,7 +66,7 @@ class Measured:
     rung: int
     version: int
     candidate: StructureCandidate
-    weights: dict[int, Stored]
+    fits: Fits
     structure: Structure
     misses: int = 0  # rollbacks in a row of its unit just before it
 
@@ -75,30 +80,40 @@ class Annealer:
     def __init__(self, network: Network, gate: FidelityGate, units: list[Unit], config: AnnealConfig, norms: Norms):
         self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
         self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
-        self.taps = gate.dense_taps  # activations at every layer with the state in force
+        self.taps = list(gate.fold_taps)  # per fold, activations at every layer with the state's fit in force
         self.steps: list[tuple[int, Step]] = []
         self._sequence = 0
         self._structures: dict[tuple[int, int], Structure] = {}
         self._progress = None
         self.refit = Refitter(config.ridge, config.seed)
 
-    def sequential_refit(self, plans: dict[int, BlockPlan], weights: Optional[dict[int, Stored]] = None) -> dict[int, Stored]:
-        """``plans`` refitted in topological order over ``weights`` (module rule); the layer that comes first
-        is refitted on ``self.taps`` when ``weights`` is None or holds nothing before it."""
-        weights, taps = dict(weights or {}), self.taps
-        changed = False
+    def _refit_in_order(self, plans: dict[int, BlockPlan], weights: Weights, dense: Taps, taps: Taps,
+                        activations) -> dict[int, Stored]:
+        """``plans`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
+        ``activations(weights so far)``, all against the original's ``dense`` rows."""
+        weights, changed = dict(weights), False
         for index in sorted(plans):
             if changed:
-                taps = self.network.run(self.gate.batches["tuning"], weights, taps=True).taps
-            weights[index] = self.refit(self.network.layers[index], plans[index], self.gate.dense_taps[index],
-                                        taps[index])
+                taps = activations(weights)
+            weights[index] = self.refit(self.network.layers[index], plans[index], dense[index], taps[index])
             changed = True
         return weights
 
-    def _apply(self, structure: Structure) -> dict[int, Stored]:
+    def sequential_refit(self, plans: dict[int, BlockPlan]) -> dict[int, Stored]:
+        """``plans`` fitted on the whole tuning part from the original weights (module rule)."""
+        gate = self.gate
+        return self._refit_in_order(plans, {}, gate.dense_taps, gate.dense_taps, lambda weights: gate.joined(
+            [gate.fold_activations(fold, weights) for fold in (0, 1)]))
+
+    def _apply(self, structure: Structure) -> Fits:
+        """The state's fits with ``structure`` cut in: refitted on each fold, or plainly cut."""
         if not self.config.refit:
-            return {**self.state.weights, **{i: plain_cut(self.network.layers[i], p) for i, p in structure.plans.items()}}
-        return self.sequential_refit(structure.plans, self.state.weights)
+            cuts = {i: plain_cut(self.network.layers[i], plan) for i, plan in structure.plans.items()}
+            return {**self.state.fits[0], **cuts}, {**self.state.fits[1], **cuts}
+        gate = self.gate
+        return tuple(self._refit_in_order(structure.plans, self.state.fits[fold], gate.fold_taps[fold], self.taps[fold],
+                                          lambda weights, fold=fold: gate.fold_activations(fold, weights))
+                     for fold in (0, 1))
 
     def _structure(self, unit: Unit, rung: int) -> Structure:
         key = (id(unit), rung)
@@ -112,14 +127,14 @@ class Annealer:
             structure = self._structure(unit, rung)
             macs = self.network.macs({**self.state.plans, **structure.plans})
             if macs < self.state.macs:
-                weights = self._apply(structure)
-                fidelity = self.gate.measure(weights)
+                fits = self._apply(structure)
+                fidelity = self.gate.measure_crossed(fits)
                 names = {self.network.layers[i].weight: plan for i, plan in structure.plans.items()}
                 candidate = StructureCandidate(unit.name, structure.label, names, macs, fidelity)
                 self._sequence += 1
                 self._progress.update()
                 self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
-                return Measured(self._sequence, unit, rung, self.state.version, candidate, weights, structure, misses)
+                return Measured(self._sequence, unit, rung, self.state.version, candidate, fits, structure, misses)
             rung += 1
         return None
 
@@ -150,12 +165,13 @@ class Annealer:
             if waiting.version == state.version:
                 self._log(waiting, Verdict.DEFERRED, f"within tolerance; {measured.unit.name} "
                           f"{measured.candidate.structure} saved more per fidelity lost")
+            waiting.fits = ({}, {})  # stale from now on: measured again before it can be accepted
         origin = {i: o for i, o in state.origin.items() if i not in measured.structure.plans}
         origin.update({i: (measured.unit, measured.rung) for i in measured.structure.plans})
-        self.state = State({**state.plans, **measured.structure.plans}, measured.weights, measured.candidate.fidelity,
+        self.state = State({**state.plans, **measured.structure.plans}, measured.fits, measured.candidate.fidelity,
                            measured.candidate.macs, state.version + 1, origin)
         if self.config.refit:
-            self.taps = self.network.run(self.gate.batches["tuning"], self.state.weights, taps=True).taps
+            self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
         self._log(measured, Verdict.ACCEPTED)
         logger.info("accepted %s %s: %d MACs, %s %.4g", measured.unit.name, measured.candidate.structure,
                     measured.candidate.macs, self.config.metric, measured.candidate.fidelity)
