@@ -1,5 +1,5 @@
 """The parts of annealing on their own: fidelity metrics, calibration split and batching, the adjusted Rand
-index, the ridge refit, and the report's JSON schema."""
+index, the ridge refit, plans built from labels, and the report's JSON schema."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from conftest import ANY_BLOCKS, make_model, tensor, value
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import DecompError, UnsupportedConstructError
+from onnx_decomp.planning.coclustering import blocks_plan
 from onnx_decomp.report.anneal import ANNEAL_SCHEMA
 from onnx_decomp.search.calibration import calibration
 from onnx_decomp.search.fidelity import exact_difference, fidelity, output_fidelity
@@ -113,3 +114,14 @@ def test_report_json_follows_its_schema_and_bad_options_are_refused(rng, tmp_pat
     for bad in (dict(metric="f1"), dict(tolerance=-1.0), dict(blocks=1), dict(held_out=1.0)):
         with pytest.raises(UnsupportedConstructError):
             AnnealConfig(**bad)
+
+
+def test_blocks_plan_equals_the_components_of_its_support(rng):
+    for _ in range(5):
+        rows, cols = rng.integers(0, 4, 30), rng.integers(0, 5, 20)  # label 4 has columns but no rows
+        rows_kept, cols_kept = rng.random(30) < 0.8, rng.random(20) < 0.7
+        support = (rows[:, None] == cols[None, :]) & rows_kept[:, None] & cols_kept[None, :]
+        fast, slow = blocks_plan(rows, cols, rows_kept, cols_kept), plan_from_support(support)
+        assert [(b.rows.tolist(), b.cols.tolist()) for b in fast.branches] == \
+            [(b.rows.tolist(), b.cols.tolist()) for b in slow.branches]
+        assert sorted(fast.constant_rows.tolist()) == sorted(slow.constant_rows.tolist())

@@ -7,16 +7,21 @@ parameters). Every weight is init noise U(-b, b), b = 1/sqrt(width), scaled by `
 blocks of a partition into ``--blocks`` groups that is the same for a layer's outputs and the next layer's
 inputs (hidden by a random permutation of every index space), 30% of the entries at 3-5 b: structure that
 annealing should find end to end. Calibration: ``--samples`` standard normal inputs, half tuning, half held
-out. Prints the analysis time (``onnx_decomp.analyze``), the time of the whole ``onnx_decomp.anneal`` (which
-runs the analysis again, then the search, the refit, the exact rewrite and its validation), the peak
-resident memory of the process against the model's own size, and the annealing summary.
+out. The model and data are written to a temporary folder; a fresh process then loads them and prints the
+analysis time (``onnx_decomp.analyze``), the time of the whole ``onnx_decomp.anneal`` (which runs the analysis
+again, then the search, the refit, the exact rewrite and its validation), its peak resident memory (loading
+included) against the model's own size, and the annealing summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -48,6 +53,22 @@ def planted_mlp(width: int, layers: int, blocks: int, noise: float, rng) -> onnx
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
+def run(folder: Path, tolerance: float, bootstrap: int) -> None:
+    """Analysis and annealing of ``folder/model.onnx`` on ``folder/calib.npz``, timed, in this process."""
+    start = time.perf_counter()
+    analysis = onnx_decomp.analyze(folder / "model.onnx", figures=False)
+    analysis_s = time.perf_counter() - start
+    print(f"analysis alone: {analysis_s:.1f} s; pi0 per weight " + ", ".join(f"{t.pi0:.2f}" for t in analysis.tensors))
+    start = time.perf_counter()
+    _, report = onnx_decomp.anneal(folder / "model.onnx", folder / "calib.npz", tolerance=tolerance, gate="flops",
+                                   config=onnx_decomp.AnnealConfig(bootstrap=bootstrap))
+    anneal_s = time.perf_counter() - start
+    print(report.format().split("\nexact rewrite")[0])
+    print(f"\nanneal (analysis included): {anneal_s:.1f} s; analysis + anneal {analysis_s + anneal_s:.1f} s; "
+          f"{len(report.steps)} steps measured; peak resident memory {peak_mib():.0f} MiB (loading included); "
+          f"MACs {report.final.mac_reduction:.2f}x fewer, {report.metric} held out {report.final.validation:.4g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=4096)
@@ -57,31 +78,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--tolerance", type=float, default=0.2)
     parser.add_argument("--bootstrap", type=int, default=2)
+    parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # the measuring process
     args = parser.parse_args()
+    if args.run is not None:
+        return run(args.run, args.tolerance, args.bootstrap)
     rng = np.random.default_rng(0)
     model = planted_mlp(args.width, args.layers, args.blocks, args.noise, rng)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    calib = {"x": rng.standard_normal((args.samples, args.width)).astype(np.float32)}
-    base = peak_mib()
-    print(f"synthetic MLP {args.layers} x {args.width}^2: {params / 1e6:.1f}M parameters "
-          f"({params * 4 / 2 ** 20:.0f} MiB float32); process peak before annealing {base:.0f} MiB")
-    start = time.perf_counter()
-    analysis = onnx_decomp.analyze(model, figures=False)
-    analysis_s = time.perf_counter() - start
-    print(f"analysis alone: {analysis_s:.1f} s; pi0 per weight "
-          + ", ".join(f"{t.pi0:.2f}" for t in analysis.tensors))
-    start = time.perf_counter()
-    _, report = onnx_decomp.anneal(model, calib, tolerance=args.tolerance, gate="flops",
-                                   input_shapes={"x": [1, args.width]},
-                                   config=onnx_decomp.AnnealConfig(bootstrap=args.bootstrap))
-    anneal_s = time.perf_counter() - start
-    final = report.final
-    print(report.format().split("\nexact rewrite")[0])
-    print(f"\nanneal (analysis included): {anneal_s:.1f} s; analysis + anneal {analysis_s + anneal_s:.1f} s; "
-          f"{len(report.steps)} steps measured")
-    print(f"peak resident memory {peak_mib():.0f} MiB (model alone {params * 4 / 2 ** 20:.0f} MiB float32; "
-          f"before annealing {base:.0f} MiB); MACs {final.mac_reduction:.2f}x fewer, {report.metric} "
-          f"held out {final.validation:.4g}")
+    with tempfile.TemporaryDirectory(prefix="onnx-decomp-bench-") as folder:
+        onnx.save(model, str(Path(folder) / "model.onnx"))
+        np.savez(Path(folder) / "calib.npz", x=rng.standard_normal((args.samples, args.width)).astype(np.float32))
+        del model
+        print(f"synthetic MLP {args.layers} x {args.width}^2: {params / 1e6:.1f}M parameters "
+              f"({params * 4 / 2 ** 20:.0f} MiB float32), {args.samples} calibration samples", flush=True)
+        subprocess.run([sys.executable, __file__, "--run", folder, "--tolerance", str(args.tolerance),
+                        "--bootstrap", str(args.bootstrap)], check=True)
 
 
 if __name__ == "__main__":
