@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import jsonschema
 import numpy as np
@@ -13,20 +12,10 @@ import onnx
 import pytest
 
 from conftest import op_types, run
-from onnx_decomp.cli import main
 from onnx_decomp.report.anneal import ANNEAL_SCHEMA
+from test_cli import cli  # noqa: F401  (the fixture: the CLI in this process)
 
 DIGITS = Path(__file__).parents[1] / "models" / "digits_mlp"
-
-
-@pytest.fixture
-def cli(capfd):
-    def call(*args):
-        code = main([str(a) for a in args])
-        out, err = capfd.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return call
 
 
 def test_anneal_writes_the_model_the_json_and_the_figure(tmp_path, cli):

@@ -84,6 +84,10 @@ class Unit:
             self._score = (norms, importance(first, self.evidence[first.index], norms))
         return self._score[1]
 
+    def release(self) -> None:
+        """Drop the cached products and importance (recomputed if the unit plans again)."""
+        self._stack, self._score = None, (None, None)
+
     def structure(self, rung: int, norms: Norms) -> Structure:
         """The plans of rung ``rung`` given the layers' input norms (module rules)."""
         value, first = self.rungs[rung], self.layers[0]

@@ -16,6 +16,9 @@ Rules:
   and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
   aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
   natural blocks can split them where the k=4 cut fits).
+- Memory: only the best queued candidate keeps its refitted weights; another one that reaches the top
+  on the current state is refitted again (deterministically) before it is accepted. A unit whose ladder
+  is done drops its cached products.
 - Stop when no candidate is left. ``sequential_refit`` then fits the final structure on the whole tuning
   part, every cut layer in topological order on the activations of the refitted layers before it (during
   the search a layer was refitted on the model as it was when its step was taken).
@@ -136,6 +139,7 @@ class Annealer:
                 self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
                 return Measured(self._sequence, unit, rung, self.state.version, candidate, fits, structure, misses)
             rung += 1
+        unit.release()
         return None
 
     def _priority(self, measured: Measured) -> tuple[float, int]:
@@ -147,16 +151,25 @@ class Annealer:
         self.steps.append((measured.sequence, Step(measured.candidate, verdict, reason)))
 
     def _queue(self, queue: list, measured: Optional[Measured]) -> None:
-        """Queue a feasible measurement; log a rolled-back one and go on to its unit's next rung (module rule)."""
+        """Queue a feasible measurement (only the best queued one keeps its weights); log a rolled-back one
+        and go on to its unit's next rung (module rules)."""
         if measured is None:
             return
         if self.gate.passes(measured.candidate.fidelity):
-            heapq.heappush(queue, (*self._priority(measured), measured))
+            entry = (*self._priority(measured), measured)
+            holder = next((e for e in queue if e[-1].fits[0] or e[-1].fits[1]), None)
+            if holder is not None and holder < entry:
+                measured.fits = ({}, {})
+            elif holder is not None:
+                holder[-1].fits = ({}, {})
+            heapq.heappush(queue, entry)
             return
         stops = measured.misses + 1 >= PATIENCE
         self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
                   f"tolerance {self.gate.tolerance:g}" + (f"; {measured.unit.name} stops" if stops else ""))
-        if not stops:
+        if stops:
+            measured.unit.release()
+        else:
             self._queue(queue, self._measure(measured.unit, measured.rung + 1, measured.misses + 1))
 
     def _accept(self, measured: Measured, queue: list) -> None:
@@ -187,6 +200,8 @@ class Annealer:
                 if best.version != self.state.version:
                     self._queue(queue, self._measure(best.unit, best.rung, best.misses))
                     continue
+                if best.structure.plans and not (best.fits[0] or best.fits[1]):
+                    best.fits = self._apply(best.structure)  # dropped to save memory: the same refit again
                 self._accept(best, queue)
                 self._queue(queue, self._measure(best.unit, best.rung + 1))
         return [step for _, step in sorted(self.steps, key=lambda item: item[0])]
