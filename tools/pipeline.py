@@ -56,7 +56,7 @@ def main() -> None:
 
     def stage(label: str, path: Path, macs: int) -> None:
         top1 = session(path).run(None, {"input": x_test})[0].argmax(1)
-        speed = median_speedup(dense, session(path), feed, budget_s=3.0)
+        speed = median_speedup(session(dense_path), session(path), feed, budget_s=3.0)  # fresh sessions both
         print(f"| {label} | {np.mean(top1 == y_test):.4f} | {np.mean(top1 == dense_top1):.4f} | {macs:,} | "
               f"{speed:.2f}x |")
 
@@ -80,7 +80,7 @@ def main() -> None:
     with torch.no_grad():  # the exporter kept the parameter names as initializer names
         for name, parameter in model.named_parameters():
             if name in refitted and refitted[name].shape == tuple(parameter.shape):
-                parameter.copy_(torch.from_numpy(refitted[name]))
+                parameter.copy_(torch.from_numpy(refitted[name].copy()))
     mask = apply_block_mask(model, report.plans, onnx_model=dense_path)
     finetune_under_mask(model, loss, batches, epochs=args.epochs, mask=mask)
     tuned_path = folder / "finetuned.onnx"
