@@ -75,14 +75,15 @@ class Refitter:
     def __init__(self, ridge: Optional[float] = None, seed: int = 0):
         self.ridge, self.seed = ridge, seed
         self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
-        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # layer -> (dense rows, target)
+        self._targets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # -> (dense rows, target)
 
     def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
-        """``X_dense W0^T + b0`` (float64), computed once per layer and dense activations."""
-        known = self._targets.get(layer.index)
+        """``X_dense W0^T + b0`` (float64), computed once per layer and set of dense activation rows."""
+        key = (layer.index, id(dense))
+        known = self._targets.get(key)
         if known is None or known[0] is not dense:
             known = (dense, (dense.astype(np.float32) @ w0.T).astype(np.float64) + layer.bias_vector())
-            self._targets[layer.index] = known
+            self._targets[key] = known
         return known[1]
 
     def __call__(self, layer: Layer, plan: BlockPlan, dense: np.ndarray, cut: np.ndarray) -> Stored:

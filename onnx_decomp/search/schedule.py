@@ -80,7 +80,8 @@ class Measured:
 class Annealer:
     """Runs the module rules over ``units`` and keeps every step (``steps``) and the final ``state``."""
 
-    def __init__(self, network: Network, gate: FidelityGate, units: list[Unit], config: AnnealConfig, norms: Norms):
+    def __init__(self, network: Network, gate: FidelityGate, units: list[Unit], config: AnnealConfig,
+                 norms: Norms):
         self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
         self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
         self.taps = list(gate.fold_taps)  # per fold, activations at every layer with the state's fit in force
