@@ -1,15 +1,16 @@
 """The block rewrite pass: every planned MatMul/Gemm is replaced by the first form that can execute its plan.
 
-Rule: for each ``node name -> BlockPlan``, the forms are asked in order (``forms.DEFAULT_FORMS`` unless
-given); the first whose ``check`` returns no reason emits the replacement, which writes the node's original
-output tensor; the node is removed. Touched graphs are topologically sorted. Branch weights are shared
+Rule: for each ``node name -> BlockPlan``, the form named for the node in ``chosen`` emits the replacement
+(it must apply); other nodes ask the forms in order (``forms.DEFAULT_FORMS`` unless given) and the first whose
+``check`` returns no reason emits it. The replacement writes the node's original output tensor; the node is
+removed. Touched graphs are topologically sorted. Branch weights are shared
 between nodes that use the same initializer with the same plan.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -27,8 +28,9 @@ MIN_OPSET = 11
 class BlockRewrite(Pass):
     __doc__ = __doc__
 
-    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS):
-        self.plans, self.forms = dict(plans), tuple(forms)
+    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS,
+                 chosen: Optional[Mapping[str, Form]] = None):
+        self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
 
     def requires(self, graph: gs.Graph) -> None:
         if self.plans and (graph.opset or 0) < MIN_OPSET:
@@ -67,7 +69,7 @@ class BlockRewrite(Pass):
 
     def _form(self, op: LinearOp, plan: BlockPlan) -> Form:
         reasons = []
-        for form in self.forms:
+        for form in [self.chosen[op.node.name]] if op.node.name in self.chosen else self.forms:
             reason = form.check(op, plan)
             if reason is None:
                 return form

@@ -1,0 +1,46 @@
+"""The batched form: all blocks in one MatMul over a leading block axis."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..builder import Builder
+from ..ops import LinearOp
+from ..plan import BlockPlan
+from .base import Form
+from .blocks import MAX_PADDING, block_layout, check_layout, finish, read_slots, stacked_weights
+
+
+class Batched(Form):
+    """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` and the plan laid out as ``k`` blocks of
+    ``b_in x b_out`` (``forms.blocks``)::
+
+        x_s = x, or GatherElements(x, in_slots) when the layout is not in order
+        x_b = Transpose(Reshape(x_s, [0]*L + [k, b_in]), perm=[L, 0..L-1, L+1])     # [k, d_1..d_L, b_in]
+        y_b = MatMul(x_b, W_stacked[k, 1.., b_in, b_out])                            # one node, k blocks
+        y_s = Reshape(Transpose(y_b, perm=[1..L, 0, L+1]), [0]*L + [-1])  (+ beta * C over the slots)
+        y   = y_s, or GatherElements(y_s, out_slots) when not in order
+
+    Gemm's alpha is folded into the stacked weights. Applies when the input rank is known and at least 2
+    and the blocks pad to at most ``1 + max_padding`` times the plan's work.
+    """
+
+    name = "batched"
+
+    def __init__(self, max_padding: float = MAX_PADDING):
+        self.max_padding = max_padding
+
+    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+        return check_layout(op, plan, self.max_padding)
+
+    def emit(self, b: Builder, plan: BlockPlan) -> None:
+        layout = block_layout(plan, self.max_padding)
+        lead = b.rank - 1
+        x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
+        x = b.emit("Transpose", "x_block_major", [x], {"perm": [lead, *range(lead), lead + 1]})
+        weights = b.shared_constant(
+            (*layout.weights_key(b.op, self.name), lead), "W_blocks",
+            lambda: stacked_weights(b.op, layout).reshape(layout.k, *[1] * (lead - 1), layout.b_in, layout.b_out))
+        y = b.emit("MatMul", "y_blocks", [x, weights])
+        y = b.emit("Transpose", "y_feature_major", [y], {"perm": [*range(1, lead + 1), 0, lead + 1]})
+        finish(b, layout, b.reshape(y, [0] * lead + [-1], "y_slots"))
