@@ -4,9 +4,11 @@ Installed as ``onnx_decomp_passes`` (the folder is ``passes/``). Knows nothing o
 imports ``onnx_decomp``.
 """
 
+from .block_chains import KeepBlockLayout
 from .block_rewrite import MIN_OPSET, BlockRewrite
 from .builder import Builder
 from .forms import ALL_FORMS, DEFAULT_FORMS, FORMS_BY_NAME, Batched, BlockEinsum, Branches, Form, GroupedConv
+from .fold_permutation import FoldPermutation, Folding, plan_folding
 from .infra import Pass, PassError, PassManager, PassResult
 from .normalize import FoldConstantNodes, UniqueNodeNames
 from .ops import Layout, LinearOp, Skipped, all_graphs, find_chains, find_linear_ops, one_node_graph
@@ -17,6 +19,6 @@ __all__ = [
     "BlockPlan", "Branch", "plan_from_support",
     "Layout", "LinearOp", "Skipped", "all_graphs", "find_linear_ops", "find_chains", "one_node_graph",
     "Builder", "Form", "Branches", "Batched", "BlockEinsum", "GroupedConv", "DEFAULT_FORMS", "ALL_FORMS",
-    "FORMS_BY_NAME", "BlockRewrite", "MIN_OPSET",
+    "FORMS_BY_NAME", "BlockRewrite", "MIN_OPSET", "FoldPermutation", "Folding", "plan_folding", "KeepBlockLayout",
     "FoldConstantNodes", "UniqueNodeNames",
 ]
