@@ -1,0 +1,108 @@
+"""The cost model: how long ONNX Runtime takes to run a small graph, from its shapes alone.
+
+Rule, per node (times in microseconds, summed over the graph):
+- every node costs ``node_us`` (dispatch; a Reshape, Shape or Squeeze costs nothing more: it aliases);
+- MatMul / Gemm / Einsum / Conv: ``max(2 * MACs / throughput, weight bytes / weight_gbps)``, the
+  throughput ``packed_gflops`` when the weight is a 2-D constant ONNX Runtime pre-packs once (MatMul, Gemm),
+  ``unpacked_gflops`` otherwise (batched 3-D weights, Einsum, Conv: packed again at every run);
+- Gather: ``gather_ns`` per gathered element along the last axis (one copy call each), rows along axis 0 as
+  a copy; GatherElements: ``gather_elements_ns`` per element;
+- anything else (Transpose, Concat, Slice, Split, Add, Relu, Expand, ...): bytes read and written over
+  ``copy_gbps``.
+``MEASURED`` holds the constants ``python tools/calibrate_cost.py`` measured on this project's 2-core machine
+(ONNX Runtime 1.32 CPU, 2 intra-op threads); the model ranks forms, the timing gate and ``--tune`` measure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnx_decomp.cost.isolate import one_node_models
+from onnx_decomp.decisions import Candidate
+from onnx_decomp.io.model_io import iter_graphs
+from onnx_decomp.io.shapes import InputSpec, concrete_shapes
+from onnx_decomp_passes import Form
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Dropout"}
+COMPUTE = {"MatMul", "Gemm", "Einsum", "Conv"}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    node_us: float
+    copy_gbps: float
+    weight_gbps: float
+    packed_gflops: float
+    unpacked_gflops: float
+    gather_ns: float
+    gather_elements_ns: float
+
+    def graph_us(self, model: onnx.ModelProto, specs: Sequence[InputSpec]) -> float:
+        """Estimated run time of ``model`` at the input shapes ``specs`` (module rule)."""
+        shapes = concrete_shapes(model, specs, data_prop=True)
+        constants = {t.name for graph in iter_graphs(model.graph) for t in graph.initializer}
+        total = 0.0
+        for graph in iter_graphs(model.graph):
+            for node in graph.node:
+                total += self.node_us + self._work_us(node, shapes, constants)
+        return total
+
+    def _work_us(self, node: onnx.NodeProto, shapes: Mapping[str, list], constants: set) -> float:
+        """The node's time beyond dispatch; tensors counted as 4-byte elements."""
+        def size(name: str) -> int:
+            shape = shapes.get(name)
+            return int(np.prod(shape)) if shape is not None and None not in shape else 0
+
+        op = node.op_type
+        if op in ALIASES:
+            return 0.0
+        if op in COMPUTE:
+            weight = next((n for n in node.input[1:2] if n in constants), None)
+            macs = _macs(node, shapes)
+            packed = op in ("MatMul", "Gemm") and weight is not None and len(shapes.get(weight, [])) == 2
+            gflops = self.packed_gflops if packed else self.unpacked_gflops
+            weight_bytes = 4 * size(weight) if weight is not None else 0
+            return max(2e-3 * macs / gflops, 1e-3 * weight_bytes / self.weight_gbps)
+        if op == "Gather":
+            data, out = shapes.get(node.input[0]) or [], node.output[0]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if data and axis in (-1, len(data) - 1):
+                return 1e-3 * self.gather_ns * size(out)
+            return 2e-3 * 4 * size(out) / self.copy_gbps
+        if op == "GatherElements":
+            return 1e-3 * self.gather_elements_ns * size(node.output[0])
+        moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)
+        return 1e-3 * 4 * moved / self.copy_gbps
+
+
+def _macs(node: onnx.NodeProto, shapes: Mapping[str, list]) -> int:
+    """Multiply-accumulates of a MatMul, Gemm, Einsum (``...ki,kio->...ko``) or Conv at ``shapes``."""
+    out, a, w = shapes.get(node.output[0]), shapes.get(node.input[0]), shapes.get(node.input[1])
+    if not out or not a or not w or None in out or None in a:
+        return 0
+    if node.op_type == "Conv":
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+    k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
+    return int(np.prod(out)) * k
+
+
+MEASURED = CostModel(node_us=1.5, copy_gbps=8.0, weight_gbps=20.0, packed_gflops=80.0, unpacked_gflops=50.0,
+                     gather_ns=10.0, gather_elements_ns=2.0)
+
+
+def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], root: "gs.Graph",
+                     model: CostModel = MEASURED) -> float:
+    """Estimated dense/rewritten time ratio of the candidate's node alone in ``form`` at ``x_shape``."""
+    dense, rewritten = one_node_models(candidate, form, x_shape, root)
+    dtype = helper.tensor_dtype_to_np_dtype(dense.graph.input[0].type.tensor_type.elem_type)
+    spec = [InputSpec("x", np.dtype(dtype), tuple(x_shape))]
+    return model.graph_us(dense, spec) / model.graph_us(rewritten, spec)
