@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
+from onnx_decomp.errors import DecompError
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, PROVIDERS, AnalysisConfig, GateConfig,
                                 SessionConfig)
 
@@ -33,7 +34,7 @@ def _names(choices: tuple):
     return parse
 
 
-def _batches(text: str) -> tuple[int, ...]:
+def batch_sizes(text: str) -> tuple[int, ...]:
     """``1,64,256`` -> ``(1, 64, 256)``, every size at least 1."""
     try:
         sizes = tuple(int(n) for n in text.split(",") if n)
@@ -74,7 +75,7 @@ def planning_options() -> argparse.ArgumentParser:
     group.add_argument("--tune", action="store_true",
                        help="time every applicable form in ONNX Runtime and keep the fastest (default: the cost "
                        "model's estimate picks the form)")
-    group.add_argument("--batch", type=_batches, default=defaults.batches, metavar="B1,B2",
+    group.add_argument("--batch", type=batch_sizes, default=defaults.batches, metavar="B1,B2",
                        help="judge every node at these batch sizes (the first dim of inputs whose first dim is "
                        "symbolic); a rewrite must be faster at all of them")
     group.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
@@ -121,3 +122,10 @@ def emit(report, json_path: Optional[Path]) -> None:
     print(report.format())
     if json_path:
         report.write_json(json_path)
+
+
+def check_output_folders(*paths: Optional[Path]) -> None:
+    """Fail before any work when an output's folder does not exist."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            raise DecompError(f"{path.parent}: output folder does not exist")

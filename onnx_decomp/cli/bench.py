@@ -1,0 +1,41 @@
+"""``onnx-decomp bench DENSE DECOMPOSED``: the two models (and their int8 peers) timed side by side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnx_decomp.cli import options
+from onnx_decomp.config import PROVIDERS, SessionConfig
+from onnx_decomp.drivers.bench import BUDGET_S, PEERS, bench
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("bench", help="time a model against its decomposition in ONNX Runtime")
+    parser.add_argument("input", type=Path, help="the dense model")
+    parser.add_argument("decomposed", type=Path, help="its decomposition (written by decompose)")
+    parser.add_argument("--batch", type=options.batch_sizes, default=(1, 64), metavar="B1,B2",
+                        help="batch sizes: the first dim of inputs whose first dim is symbolic (default 1,64)")
+    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: "
+                        "ONNX Runtime's, one per core)")
+    parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                        help="where the sessions run (default cpu; cuda fails clearly without a GPU)")
+    parser.add_argument("--peer", choices=PEERS, help="also time both models quantized by ONNX Runtime's "
+                        "quantize_dynamic (int8 weights)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="S",
+                        help="seconds of interleaved rounds per batch size (default %(default)s)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw speedup against FLOP reduction")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options.check_output_folders(args.json, args.plot)
+    report = bench(args.input, args.decomposed, args.batch, SessionConfig(args.provider, args.threads),
+                   peer=args.peer, budget_s=args.budget)
+    print(report.format())
+    if args.json:
+        report.write_json(args.json)
+    if args.plot:
+        report.plot(args.plot)
+    return 0
