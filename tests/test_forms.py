@@ -9,7 +9,9 @@ import onnx
 import pytest
 from onnx import helper
 
+import onnx_decomp
 from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from onnx_decomp import GateConfig
 from onnx_decomp_passes import (ALL_FORMS, BlockPlan, BlockRewrite, Branch, PassError, plan_from_support)
 from onnx_decomp_passes.forms import Batched, BlockEinsum, GroupedConv
 
@@ -110,3 +112,13 @@ def test_shared_weight_with_same_plan_shares_the_stacked_blocks(rng):
     assert sum(len(t.dims) == 3 for t in out.graph.initializer) == 1
     x = rng.standard_normal((3, 10)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("form", ["branches", "batched", "einsum", "grouped_conv"])
+def test_decompose_reports_the_form_and_counts_its_flops(rng, form):
+    w = (np.kron(np.eye(4), np.ones((8, 8))) * rng.standard_normal((32, 32))).astype(np.float32)
+    model = matmul_model(w, 3)
+    out, report = onnx_decomp.decompose(model, gate=GateConfig("flops", forms=(form,)),
+                                        input_shapes={"x": [2, 5, 32]})
+    assert report.nodes[0].form == form and report.validation.ok
+    assert report.after.matmul_flops == report.before.matmul_flops // 4 == 2 * 10 * 32 * 32 // 4

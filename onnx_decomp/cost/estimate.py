@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from onnx_decomp.cost.isolate import one_node_models
+from onnx_decomp.cost.model_stats import COUNTED, node_macs
 from onnx_decomp.decisions import Candidate
 from onnx_decomp.io.model_io import iter_graphs
 from onnx_decomp.io.shapes import InputSpec, concrete_shapes
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Dropout"}
-COMPUTE = {"MatMul", "Gemm", "Einsum", "Conv"}
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ class CostModel:
         op = node.op_type
         if op in ALIASES:
             return 0.0
-        if op in COMPUTE:
+        if op in COUNTED:
             weight = next((n for n in node.input[1:2] if n in constants), None)
-            macs = _macs(node, shapes)
+            macs = node_macs(node, shapes)
             packed = op in ("MatMul", "Gemm") and weight is not None and len(shapes.get(weight, [])) == 2
             gflops = self.packed_gflops if packed else self.unpacked_gflops
             weight_bytes = 4 * size(weight) if weight is not None else 0
@@ -81,18 +81,6 @@ class CostModel:
             return 1e-3 * self.gather_elements_ns * size(node.output[0])
         moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)
         return 1e-3 * 4 * moved / self.copy_gbps
-
-
-def _macs(node: onnx.NodeProto, shapes: Mapping[str, list]) -> int:
-    """Multiply-accumulates of a MatMul, Gemm, Einsum (``...ki,kio->...ko``) or Conv at ``shapes``."""
-    out, a, w = shapes.get(node.output[0]), shapes.get(node.input[0]), shapes.get(node.input[1])
-    if not out or not a or not w or None in out or None in a:
-        return 0
-    if node.op_type == "Conv":
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
-    return int(np.prod(out)) * k
 
 
 MEASURED = CostModel(node_us=1.5, copy_gbps=8.0, weight_gbps=20.0, packed_gflops=80.0, unpacked_gflops=50.0,

@@ -73,7 +73,7 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     decisions = plan_nodes(ctx, gate, session, support.masks(ctx))
     report = _report(ctx, decisions)
     rewritten = _rewrite(ctx, decisions)
-    report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs))
+    report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs, data_prop=True))
     if not report.planned:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if support.note:
