@@ -4,7 +4,7 @@ ONNX Runtime measures fastest.
 Rule: a candidate is judged in the feature order permutation folding gives it (``plan_folding`` over every
 candidate that passes the MAC gate, as the rewrite will fold them), at every batch size the gate names
 (``GateConfig.batches``: the first dim of every input whose first dim is symbolic; none named: the input
-shapes as given). Every form of ``GateConfig.forms`` whose check passes is estimated at every batch size
+shapes as given), with shapes inferred through computed shapes (data propagation). Every form of ``GateConfig.forms`` whose check passes is estimated at every batch size
 (``cost.estimate``); the chosen form has the best worst-case estimated speedup. With ``tune`` every such
 form is also timed (``cost.timing``) and the best worst-case measured speedup wins. With the time gate the
 chosen form is timed at every batch size and ``Candidate.speedup`` is the worst of them: the gate then
@@ -41,10 +41,8 @@ class FormChooser:
         self.ctx, self.gate, self.session = ctx, gate, session
         eligible = {c.op.node.name: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
         self.folded = plan_folding(ctx.graph, eligible).plans if eligible else {}
-        if gate.batches:
-            self.shapes = {b: concrete_shapes(ctx.proto, batch_specs(ctx, b)) for b in gate.batches}
-        else:
-            self.shapes = {None: ctx.shapes}
+        specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
+        self.shapes = {b: concrete_shapes(ctx.proto, s, data_prop=True) for b, s in specs.items()}
 
     def _x_shapes(self, candidate: Candidate) -> Optional[dict]:
         """Batch size -> the node's input shape, or None when a shape is unresolved."""
