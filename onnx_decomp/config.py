@@ -14,7 +14,7 @@ import numpy as np
 from onnx_decomp.errors import UnsupportedConstructError
 
 GATES = ("time", "flops", "cost")
-FORMS = ("branches", "batched", "einsum", "grouped_conv")  # onnx_decomp_passes.FORMS_BY_NAME
+FORMS = ("branches", "batched", "transposed", "einsum", "grouped_conv")  # onnx_decomp_passes.FORMS_BY_NAME
 DEFAULT_FORMS = ("branches", "batched")
 PROVIDERS = ("auto", "cpu", "cuda")
 FDR_SCOPES = ("tensor", "model")

@@ -4,8 +4,9 @@ independent sub-networks, with no reshaping, transposing or gathering between th
 Rule (after ``BlockRewrite``): where a block form's output leaves block layout, passes through per-feature
 nodes, and enters block layout again with the same ``k`` blocks of ``b`` features, the layout changes cancel:
 
-    batched:  MatMul(., W[k, 1.., ., b]) -> Transpose -> Reshape([0]*L + [-1]) -> f.. -> Reshape([0]*L + [k, b]) -> Transpose
-    einsum:   Einsum(., W[k, ., b])                    -> Reshape([0]*L + [-1]) -> f.. -> Reshape([0]*L + [k, b])
+    batched: MatMul(., W[k, 1.., ., b]) -> Transpose -> Reshape([0]*L + [-1])
+             -> f.. -> Reshape([0]*L + [k, b]) -> Transpose
+    einsum:  Einsum(., W[k, ., b]) -> Reshape([0]*L + [-1]) -> f.. -> Reshape([0]*L + [k, b])
 
 become ``MatMul -> f..`` (or ``Einsum -> f..``), each ``f`` taking the block tensor directly, its ``[k*b]``
 constants reshaped to the block layout (scalars stay). The per-feature nodes are those ``fold_permutation``

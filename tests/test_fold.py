@@ -49,7 +49,8 @@ def chain_model(rng, between, layers=1, extra_outputs=(), partition=None):
 
 def per_feature(rng):
     def between(i, x, y):
-        return ([helper.make_node("Add", [x, f"c{i}"], [f"a{i}"]), helper.make_node("Mul", [f"s{i}", f"a{i}"], [f"p{i}"]),
+        return ([helper.make_node("Add", [x, f"c{i}"], [f"a{i}"]),
+                 helper.make_node("Mul", [f"s{i}", f"a{i}"], [f"p{i}"]),
                  helper.make_node("Cast", [f"p{i}"], [f"q{i}"], to=TensorProto.FLOAT),
                  helper.make_node("Sigmoid", [f"q{i}"], [y])],
                 [tensor(f"c{i}", rng.standard_normal(H).astype(np.float32)),

@@ -48,7 +48,7 @@ def test_form_equals_dense_masked_model(rng, form, rank, shapes):
         np.testing.assert_allclose(run(out, {"x": x})[0], x @ (w * plan.mask()).T, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["batched", "einsum", "grouped_conv"])
+@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "grouped_conv"])
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("alpha,beta,bias", [(1.0, 1.0, None), (0.5, 2.0, "N"), (1.0, 0.5, "1xN"),
                                              (2.0, 1.0, "scalar"), (1.0, 3.0, "Mx1")])
@@ -114,7 +114,7 @@ def test_shared_weight_with_same_plan_shares_the_stacked_blocks(rng):
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["branches", "batched", "einsum", "grouped_conv"])
+@pytest.mark.parametrize("form", ["branches", "batched", "transposed", "einsum", "grouped_conv"])
 def test_decompose_reports_the_form_and_counts_its_flops(rng, form):
     w = (np.kron(np.eye(4), np.ones((8, 8))) * rng.standard_normal((32, 32))).astype(np.float32)
     model = matmul_model(w, 3)

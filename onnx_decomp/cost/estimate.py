@@ -5,8 +5,9 @@ Rule, per node (times in microseconds, summed over the graph):
 - MatMul / Gemm / Einsum / Conv: ``max(2 * MACs / throughput, weight bytes / weight_gbps)``, the
   throughput ``packed_gflops`` when the weight is a 2-D constant ONNX Runtime pre-packs once (MatMul, Gemm),
   ``unpacked_gflops`` otherwise (batched 3-D weights, Einsum, Conv: packed again at every run);
-- Gather: ``gather_ns`` per gathered element along the last axis (one copy call each), rows along axis 0 as
-  a copy; GatherElements: ``gather_elements_ns`` per element;
+- Gather: ``gather_ns`` per copy call (one per index and position before the axis: a last-axis Gather
+  makes one per element, a row Gather one per row) plus its bytes as a copy; GatherElements:
+  ``gather_elements_ns`` per element;
 - anything else (Transpose, Concat, Slice, Split, Add, Relu, Expand, ...): bytes read and written over
   ``copy_gbps``.
 ``MEASURED`` holds the constants ``python tools/calibrate_cost.py`` measured on this project's 2-core machine
@@ -71,12 +72,11 @@ class CostModel:
             gflops = self.packed_gflops if packed else self.unpacked_gflops
             weight_bytes = 4 * size(weight) if weight is not None else 0
             return max(2e-3 * macs / gflops, 1e-3 * weight_bytes / self.weight_gbps)
-        if op == "Gather":
-            data, out = shapes.get(node.input[0]) or [], node.output[0]
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if data and axis in (-1, len(data) - 1):
-                return 1e-3 * self.gather_ns * size(out)
-            return 2e-3 * 4 * size(out) / self.copy_gbps
+        if op == "Gather":  # one copy call per index and outer position, then the bytes
+            data = shapes.get(node.input[0]) or [0]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(data)
+            calls = size(node.input[1]) * int(np.prod(data[:axis]))
+            return 1e-3 * self.gather_ns * calls + 2e-3 * 4 * size(node.output[0]) / self.copy_gbps
         if op == "GatherElements":
             return 1e-3 * self.gather_elements_ns * size(node.output[0])
         moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)

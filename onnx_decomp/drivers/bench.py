@@ -73,7 +73,8 @@ def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], sessi
     rng = np.random.default_rng(seed)
     for batch in batches:
         specs = _batch_specs(floats["dense"], batch)
-        flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops for name, model in floats.items()}
+        flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops
+                 for name, model in floats.items()}
         times = interleaved_times(sessions, random_inputs(specs, rng), budget_s, max_rounds, min_rounds)
         report.rounds = max(report.rounds, len(times))
         for i, name in enumerate(models):

@@ -1,11 +1,10 @@
 """The decompose and inspect drivers: load once, plan every node through the gate, rewrite, check, validate.
 
-Rule: ``inspect`` stops after the decisions; ``decompose`` folds their permutations into neighbouring
-weights (``FoldPermutation``), rewrites the nodes decided for rewriting in their chosen forms
-(``BlockRewrite``), keeps chains in block layout (``KeepBlockLayout``), checks the result with ``onnx.checker`` (full check, strict shape
-inference) and proves it against the original in ONNX Runtime; a mismatch raises ``ValidationError``
-carrying the report.
-"""
+Rule: ``inspect`` stops after the decisions; ``decompose`` folds their permutations into neighbouring weights
+(``FoldPermutation``), rewrites the nodes decided for rewriting in their chosen forms (``BlockRewrite``),
+keeps chains in block layout (``KeepBlockLayout``), checks the result with ``onnx.checker`` (full check,
+strict shape inference) and proves it against the original in ONNX Runtime; a mismatch raises
+``ValidationError`` carrying the report."""
 
 from __future__ import annotations
 

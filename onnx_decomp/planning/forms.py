@@ -1,15 +1,15 @@
-"""The rewrite form of each candidate: the one the cost model estimates fastest, or with ``tune`` the one
-ONNX Runtime measures fastest.
+"""The rewrite form of each candidate: the one the cost model estimates fastest, or with ``tune`` the one ONNX
+Runtime measures fastest.
 
 Rule: a candidate is judged in the feature order permutation folding gives it (``plan_folding`` over every
 candidate that passes the MAC gate, as the rewrite will fold them), at every batch size the gate names
 (``GateConfig.batches``: the first dim of every input whose first dim is symbolic; none named: the input
-shapes as given), with shapes inferred through computed shapes (data propagation). Every form of ``GateConfig.forms`` whose check passes is estimated at every batch size
-(``cost.estimate``); the chosen form has the best worst-case estimated speedup. With ``tune`` every such
-form is also timed (``cost.timing``) and the best worst-case measured speedup wins. With the time gate the
-chosen form is timed at every batch size and ``Candidate.speedup`` is the worst of them: the gate then
-never rewrites a node into something slower than dense at a batch size the user named.
-"""
+shapes as given), with shapes inferred through computed shapes (data propagation). Every form of
+``GateConfig.forms`` whose check passes is estimated at every batch size (``cost.estimate``); the chosen form
+has the best worst-case estimated speedup. With ``tune`` every such form is also timed (``cost.timing``) and
+the best worst-case measured speedup wins. With the time gate the chosen form is timed at every batch size and
+``Candidate.speedup`` is the worst of them: the gate then never rewrites a node into something slower than
+dense at a batch size the user named."""
 
 from __future__ import annotations
 
