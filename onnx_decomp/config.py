@@ -29,11 +29,13 @@ def _one_of(option: str, value, choices: tuple) -> None:
 @dataclass(frozen=True)
 class SessionConfig:
     """Where ONNX Runtime runs, for the timing gate, validation and benchmarks alike: ``provider`` (``auto``
-    takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``) and intra-op
-    ``threads`` (None: ONNX Runtime's default, one per core)."""
+    takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``), intra-op ``threads``
+    (None: ONNX Runtime's default, one per core) and whether idle intra-op threads ``spin`` (ONNX Runtime's
+    default; off, several sessions timed in turn in one process do not take each other's cores)."""
 
     provider: str = "auto"
     threads: Optional[int] = None
+    spin: bool = True
 
     def __post_init__(self):
         _one_of("provider", self.provider, PROVIDERS)

@@ -13,8 +13,8 @@ from onnx import helper
 from conftest import hidden_blocks, make_model, tensor, value
 from onnx_decomp.cli import main
 
-FIELDS = {"dense", "decomposed", "onnxruntime", "provider", "intra_op_threads", "cpu_count", "peer", "rounds",
-          "results"}
+FIELDS = {"dense", "decomposed", "onnxruntime", "provider", "intra_op_threads", "spin", "cpu_count", "peer",
+          "rounds", "results"}
 RESULT_FIELDS = {"batch", "model", "samples_ms", "median_ms", "speedup", "matmul_flops", "flop_reduction",
                  "efficiency"}
 

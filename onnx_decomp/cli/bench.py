@@ -18,6 +18,8 @@ def add_parser(commands) -> None:
                         help="batch sizes: the first dim of inputs whose first dim is symbolic (default 1,64)")
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: "
                         "ONNX Runtime's, one per core)")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="idle intra-op threads block instead of spinning (steadier on a busy machine)")
     parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
                         help="where the sessions run (default cpu; cuda fails clearly without a GPU)")
     parser.add_argument("--peer", choices=PEERS, help="also time both models quantized by ONNX Runtime's "
@@ -31,7 +33,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options.check_output_folders(args.json, args.plot)
-    report = bench(args.input, args.decomposed, args.batch, SessionConfig(args.provider, args.threads),
+    report = bench(args.input, args.decomposed, args.batch, SessionConfig(args.provider, args.threads, spin=not args.no_spin),
                    peer=args.peer, budget_s=args.budget)
     print(report.format())
     if args.json:

@@ -69,7 +69,7 @@ def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], sessi
         models["decomposed+int8"] = quantize_int8(floats["decomposed"])
     sessions = [make_session(model, session) for model in models.values()]
     report = BenchReport(model_label(dense), model_label(decomposed), ort.__version__, session_device(sessions[0]),
-                         session.threads, os.cpu_count() or 1, peer, 0)
+                         session.threads, session.spin, os.cpu_count() or 1, peer, 0)
     rng = np.random.default_rng(seed)
     for batch in batches:
         specs = _batch_specs(floats["dense"], batch)

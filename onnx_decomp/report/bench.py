@@ -1,13 +1,14 @@
 """What ``onnx-decomp bench`` measured: per batch size and model, times, speedup, FLOP reduction and
 efficiency; a console table, JSON, and a PNG of speedup against FLOP reduction.
 
-JSON fields: ``dense`` and ``decomposed`` (paths), ``onnxruntime`` (version), ``provider`` (where the
-sessions really ran), ``intra_op_threads`` (null: ONNX Runtime's default), ``cpu_count``, ``peer`` ("int8"
-or null), ``rounds`` (interleaved rounds per batch size), ``results[]``: ``batch``, ``model`` (dense,
-dense+int8, decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run, one per round, rounds
-aligned across models), ``median_ms``, ``speedup`` (median over rounds of the dense sample / this model's
-sample), ``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8 peer counts its float
-source's), ``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup / flop_reduction).
+JSON fields: ``dense`` and ``decomposed`` (paths), ``onnxruntime`` (version), ``provider`` (where the sessions
+really ran), ``intra_op_threads`` (null: ONNX Runtime's default), ``spin`` (idle intra-op threads spin),
+``cpu_count``, ``peer`` ("int8" or null), ``rounds`` (interleaved rounds per batch size), ``results[]``:
+``batch``, ``model`` (dense, dense+int8, decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run,
+one per round, rounds aligned across models), ``median_ms``, ``speedup`` (median over rounds of the dense
+sample / this model's sample), ``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8
+peer counts its float source's), ``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup /
+flop_reduction).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class BenchReport:
     onnxruntime: str
     provider: str
     intra_op_threads: Optional[int]
+    spin: bool
     cpu_count: int
     peer: Optional[str]
     rounds: int
@@ -74,7 +76,8 @@ class BenchReport:
         rows = [("batch", "model", "median ms", "speedup", "FLOPs /", "efficiency")]
         rows += [(r.batch, r.model, f"{r.median_ms:.4g}", f"{r.speedup:.2f}x", f"{r.flop_reduction:.2f}",
                   f"{r.efficiency:.2f}") for r in self.results]
-        return "\n".join([f"ONNX Runtime {self.onnxruntime} on {self.provider}, intra-op threads {threads}; "
+        spin = "" if self.spin else " (not spinning)"
+        return "\n".join([f"ONNX Runtime {self.onnxruntime} on {self.provider}, intra-op threads {threads}{spin}; "
                           f"median of {self.rounds} interleaved rounds per batch size",
                           table(rows),
                           "speedup: dense time / model time; FLOPs /: dense MatMul FLOPs / the model's; "

@@ -51,6 +51,8 @@ def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()
     options.log_severity_level = 3
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
+    if not config.spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with model_source(model) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
