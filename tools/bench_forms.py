@@ -6,14 +6,15 @@
     python tools/bench_forms.py --mlp                # 4-layer MLP, d = 2048, matching 8-block partitions
 
 Each model is one MatMul ``y = x @ W.T`` with ``W [d, d]`` block-diagonal in ``k`` equal blocks. "hidden"
-shuffles W's rows and columns: the model's input and output are graph input and output, so no permutation
-can be folded and the block forms gather at run time; "contiguous" leaves them in place, which is also what
-folding gives a hidden permutation between two weighted layers. Per batch size all models run interleaved
-in one process (``onnx_decomp.cost.timing.interleaved_times``, median of per-round ratios, ONNX Runtime CPU,
-``--threads`` intra-op threads). Columns: the FLOP reduction, the speedup of each form, and "decompose": what
-``onnx-decomp decompose --batch B`` (time gate, cost-model form) writes, its form (or "dense" when the gate
-keeps the node) and its efficiency (speedup / FLOP reduction). With ``--mlp``: the MLP decomposed by
-``onnx-decomp decompose --batch 1,64`` and timed by ``onnx-decomp bench``'s driver, and with branches only.
+shuffles W's rows and columns: the model's input and output are graph input and output, so no permutation can
+be folded and the block forms gather at run time; "contiguous" leaves them in place, which is also what
+folding gives a hidden permutation between two weighted layers. Per batch size all models run interleaved in
+one process (``onnx_decomp.cost.timing.interleaved_times``, median of per-round ratios, ONNX Runtime CPU,
+``--threads`` intra-op threads, ``--no-spin``: idle threads block). Columns: the FLOP reduction, the speedup
+of each form, and "decompose": what ``onnx-decomp decompose --batch B`` (time gate, cost-model form) writes,
+its form (or "dense" when the gate keeps the node) and its efficiency (speedup / FLOP reduction). With
+``--mlp``: the MLP decomposed by ``onnx-decomp decompose --batch 1,64`` and timed by ``onnx-decomp bench``'s
+driver, and with branches only.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def forms_table(args, config: SessionConfig) -> None:
                                                          validation=UNCHECKED)[0] for form in args.forms}
                 sessions = [make_session(m, config) for m in [dense, *rewritten.values()]]
                 for batch in args.batches:
-                    chosen, report = onnx_decomp.decompose(dense, input_shapes={"x": [batch, d]},
+                    chosen, report = onnx_decomp.decompose(dense, input_shapes={"x": [batch, d]}, session=config,
                                                            gate=GateConfig(batches=(batch,)), validation=UNCHECKED)
                     node = report.nodes[0]
                     feed = {"x": rng.standard_normal((batch, d)).astype(np.float32)}
@@ -105,7 +106,7 @@ def mlp_table(args, config: SessionConfig) -> None:
         gates = {"decompose": GateConfig(batches=tuple(args.batches)),
                  "branches": GateConfig(batches=tuple(args.batches), forms=("branches",))}
         for name, gate in gates.items():
-            model, report = onnx_decomp.decompose(paths["dense"], gate=gate, validation=UNCHECKED)
+            model, report = onnx_decomp.decompose(paths["dense"], gate=gate, session=config, validation=UNCHECKED)
             print(f"{name}: forms {[n.form for n in report.nodes]}, {report.after.nodes} nodes")
             onnx.save(model, paths[name])
             print(bench(paths["dense"], paths[name], args.batches, config, budget_s=args.budget).format())
@@ -120,13 +121,15 @@ def main() -> None:
     parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of interleaved rounds per cell")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-spin", action="store_true", help="idle intra-op threads block (SessionConfig.spin)")
     parser.add_argument("--quick", action="store_true", help="d = 1024, 2048; k = 8; batch 1, 64")
     parser.add_argument("--mlp", action="store_true", help="the 4-layer MLP end to end instead")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.blocks, args.batches = [1024, 2048], [8], [1, 64]
-    config = SessionConfig("cpu", threads=args.threads)
-    print(f"ONNX Runtime {ort.__version__}, CPU, {args.threads} intra-op threads")
+    config = SessionConfig("cpu", threads=args.threads, spin=not args.no_spin)
+    print(f"ONNX Runtime {ort.__version__}, CPU, {args.threads} intra-op threads"
+          f"{', not spinning' if args.no_spin else ''}")
     if args.mlp:
         mlp_table(args, config)
     else:

@@ -16,8 +16,8 @@ def add_parser(commands) -> None:
     parser.add_argument("decomposed", type=Path, help="its decomposition (written by decompose)")
     parser.add_argument("--batch", type=options.batch_sizes, default=(1, 64), metavar="B1,B2",
                         help="batch sizes: the first dim of inputs whose first dim is symbolic (default 1,64)")
-    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: "
-                        "ONNX Runtime's, one per core)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: ONNX Runtime's, one per core)")
     parser.add_argument("--no-spin", action="store_true",
                         help="idle intra-op threads block instead of spinning (steadier on a busy machine)")
     parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
@@ -33,8 +33,8 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options.check_output_folders(args.json, args.plot)
-    report = bench(args.input, args.decomposed, args.batch, SessionConfig(args.provider, args.threads, spin=not args.no_spin),
-                   peer=args.peer, budget_s=args.budget)
+    session = SessionConfig(args.provider, args.threads, spin=not args.no_spin)
+    report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget)
     print(report.format())
     if args.json:
         report.write_json(args.json)
