@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..builder import Builder
-from ..ops import LinearOp
 from ..plan import BlockPlan
-from .base import Form
-from .blocks import MAX_PADDING, block_layout, check_layout, finish, read_slots, stacked_weights
+from .blocks import BlockForm, finish, read_slots, stacked_weights
 
 
-class Batched(Form):
+class Batched(BlockForm):
     """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` and the plan laid out as ``k`` blocks of
     ``b_in x b_out`` (``forms.blocks``)::
 
@@ -27,14 +23,8 @@ class Batched(Form):
 
     name = "batched"
 
-    def __init__(self, max_padding: float = MAX_PADDING):
-        self.max_padding = max_padding
-
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
-        return check_layout(op, plan, self.max_padding)
-
     def emit(self, b: Builder, plan: BlockPlan) -> None:
-        layout = block_layout(plan, self.max_padding)
+        layout = self.layout(plan)
         lead = b.rank - 1
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
         x = b.emit("Transpose", "x_block_major", [x], {"perm": [lead, *range(lead), lead + 1]})

@@ -20,6 +20,7 @@ import numpy as np
 from ..builder import Builder
 from ..ops import LinearOp
 from ..plan import BlockPlan, Branch
+from .base import Form
 
 MAX_PADDING = 0.5  # default: padded blocks may do at most 50% more multiply-accumulates than the plan
 
@@ -121,10 +122,19 @@ def read_slots(b: Builder, layout: BlockLayout):
     return x if layout.in_order else b.gather_features(x, layout.in_index, "x_slots")
 
 
-def check_layout(op: LinearOp, plan: BlockPlan, max_padding: float) -> Optional[str]:
-    """Why the block forms cannot run ``plan`` on ``op``: unknown or rank-1 input, or no layout."""
-    shape = op.node.inputs[0].shape
-    if shape is None or len(shape) < 2:
-        return "input rank unknown or 1"
-    layout = block_layout(plan, max_padding)
-    return layout if isinstance(layout, str) else None
+class BlockForm(Form):
+    """A form that runs the plan's blocks as one node over the block layout (padding at most ``max_padding``
+    of the plan's work). It applies when the input rank is known and at least 2 and the layout exists."""
+
+    def __init__(self, max_padding: float = MAX_PADDING):
+        self.max_padding = max_padding
+
+    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+        shape = op.node.inputs[0].shape
+        if shape is None or len(shape) < 2:
+            return "input rank unknown or 1"
+        layout = block_layout(plan, self.max_padding)
+        return layout if isinstance(layout, str) else None
+
+    def layout(self, plan: BlockPlan) -> BlockLayout:
+        return block_layout(plan, self.max_padding)

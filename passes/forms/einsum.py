@@ -7,13 +7,12 @@ from typing import Optional
 from ..builder import Builder
 from ..ops import LinearOp
 from ..plan import BlockPlan
-from .base import Form
-from .blocks import MAX_PADDING, block_layout, check_layout, finish, read_slots, stacked_weights
+from .blocks import BlockForm, finish, read_slots, stacked_weights
 
 MIN_EINSUM_OPSET = 12
 
 
-class BlockEinsum(Form):
+class BlockEinsum(BlockForm):
     """For ``y = op(x, W)`` with the plan laid out as ``k`` blocks of ``b_in x b_out`` (``forms.blocks``)::
 
         x_b = Reshape(x_s, [0]*L + [k, b_in])                # x_s: x, or its features in slot order
@@ -26,16 +25,13 @@ class BlockEinsum(Form):
 
     name = "einsum"
 
-    def __init__(self, max_padding: float = MAX_PADDING):
-        self.max_padding = max_padding
-
     def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < MIN_EINSUM_OPSET:
             return f"Einsum needs opset {MIN_EINSUM_OPSET}"
-        return check_layout(op, plan, self.max_padding)
+        return super().check(op, plan)
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
-        layout = block_layout(plan, self.max_padding)
+        layout = self.layout(plan)
         lead = b.rank - 1
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
         weights = b.shared_constant(layout.weights_key(b.op, self.name),

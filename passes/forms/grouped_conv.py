@@ -9,13 +9,12 @@ import numpy as np
 from ..builder import Builder
 from ..ops import LinearOp
 from ..plan import BlockPlan
-from .base import Form
-from .blocks import MAX_PADDING, block_layout, check_layout, finish, read_slots, stacked_weights
+from .blocks import BlockForm, finish, read_slots, stacked_weights
 
 MAX_RANK = 4  # ONNX Runtime's CPU Conv takes up to 3 spatial dims
 
 
-class GroupedConv(Form):
+class GroupedConv(BlockForm):
     """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` (2 to 4) and the plan laid out as ``k`` blocks
     of ``b_in x b_out`` (``forms.blocks``)::
 
@@ -29,19 +28,16 @@ class GroupedConv(Form):
 
     name = "grouped_conv"
 
-    def __init__(self, max_padding: float = MAX_PADDING):
-        self.max_padding = max_padding
-
     def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < 13:
             return "grouped Conv form needs opset 13"
         shape = op.node.inputs[0].shape
         if shape is not None and len(shape) > MAX_RANK:
             return f"grouped Conv form takes inputs of rank <= {MAX_RANK}"
-        return check_layout(op, plan, self.max_padding)
+        return super().check(op, plan)
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
-        layout = block_layout(plan, self.max_padding)
+        layout = self.layout(plan)
         lead = b.rank - 1
         axis0 = b.constant("axis0", np.array([0], dtype=np.int64))
         x = b.emit("Transpose", "x_channels", [read_slots(b, layout)], {"perm": [lead, *range(lead)]})

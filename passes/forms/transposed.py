@@ -3,18 +3,14 @@ gathers."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ..builder import Builder, index
-from ..ops import LinearOp
 from ..plan import BlockPlan
-from .base import Form
-from .blocks import MAX_PADDING, block_layout, check_layout, stacked_weights
+from .blocks import BlockForm, stacked_weights
 
 
-class Transposed(Form):
+class Transposed(BlockForm):
     """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` and the plan laid out as ``k`` blocks of
     ``b_in x b_out`` (``forms.blocks``)::
 
@@ -32,14 +28,8 @@ class Transposed(Form):
 
     name = "transposed"
 
-    def __init__(self, max_padding: float = MAX_PADDING):
-        self.max_padding = max_padding
-
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
-        return check_layout(op, plan, self.max_padding)
-
     def emit(self, b: Builder, plan: BlockPlan) -> None:
-        layout = block_layout(plan, self.max_padding)
+        layout = self.layout(plan)
         op, lead = b.op, b.rank - 1
         x = b.emit("Transpose", "x_feature_major", [op.node.inputs[0]], {"perm": [lead, *range(lead)]})
         if not layout.in_order:
