@@ -44,7 +44,7 @@ def test_tune_times_every_form_and_keeps_the_fastest_measured(rng):
     node = report.nodes[0]
     measured = {c["form"]: c["measured"] for c in node.costs}
     assert set(measured) == {"branches", "batched"} and None not in measured.values()
-    assert node.form == max(measured, key=measured.get) and node.speedup == pytest.approx(measured[node.form])
+    assert node.form == max(measured, key=measured.get) and node.speedup == pytest.approx(measured[node.form], abs=1e-3)
     x = rng.standard_normal((3, 256)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
 

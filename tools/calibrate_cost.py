@@ -5,7 +5,8 @@
 Each constant comes from one small graph timed in ONNX Runtime CPU (median of repeated runs, the time of a
 one-MatMul graph subtracted, so only the work is left): per-node dispatch from 41 chained [1, 64] x [64, 64]
 MatMul nodes; copy bandwidth from a 1024x1024 Transpose; pre-packed and unpacked GEMM throughput from a
-[256, 1024] x [1024, 1024] MatMul and a [8, 256, 256] x [8, 256, 256] batched MatMul; weight streaming from
+[256, 1024] x [1024, 1024] MatMul and a [8, 256, 256] x [8, 256, 256] batched MatMul; the fixed cost of an
+Einsum ``...ki,kio->...ko`` from a [1, 8, 16] x [8, 16, 16] one; weight streaming from
 a [1, 4096] x [4096, 4096] MatMul; per-element costs of Gather (last axis) and GatherElements on [64, 2048].
 Prints a ``CostModel(...)`` line to paste into ``MEASURED``.
 """
@@ -74,6 +75,9 @@ def main() -> None:
     batched = rng.standard_normal((8, 256, 256)).astype(np.float32)
     unpacked = work(graph([helper.make_node("MatMul", ["x", "B"], ["y"])], [8, 256, 256], [("B", batched)]),
                     [8, 256, 256])
+    small = rng.standard_normal((8, 16, 16)).astype(np.float32)
+    einsum = work(graph([helper.make_node("Einsum", ["x", "B"], ["y"], equation="...ki,kio->...ko")], [1, 8, 16],
+                        [("B", small)]), [1, 8, 16])
     big = rng.standard_normal((4096, 4096)).astype(np.float32)
     stream = work(graph([helper.make_node("MatMul", ["x", "B"], ["y"])], [1, 4096], [("B", big)]), [1, 4096])
     perm = rng.permutation(2048).astype(np.int64)
@@ -86,7 +90,7 @@ def main() -> None:
     print(f"CostModel(node_us={node_us:.2f}, copy_gbps={copy_gbps:.1f}, "
           f"weight_gbps={4 * 4096 * 4096 / stream / 1e3:.1f}, "
           f"packed_gflops={2 * 256 * 1024 * 1024 / packed / 1e3:.1f}, "
-          f"unpacked_gflops={2 * 8 * 256 ** 3 / unpacked / 1e3:.1f}, "
+          f"unpacked_gflops={2 * 8 * 256 ** 3 / unpacked / 1e3:.1f}, einsum_us={einsum:.1f}, "
           f"gather_ns={gather * 1e3 / (64 * 2048):.2f}, gather_elements_ns={elements * 1e3 / (64 * 2048):.2f})")
 
 

@@ -3,8 +3,10 @@
 Rule, per node (times in microseconds, summed over the graph):
 - every node costs ``node_us`` (dispatch; a Reshape, Shape or Squeeze costs nothing more: it aliases);
 - MatMul / Gemm / Einsum / Conv: ``max(2 * MACs / throughput, weight bytes / weight_gbps)``, the
-  throughput ``packed_gflops`` when the weight is a 2-D constant ONNX Runtime pre-packs once (MatMul, Gemm),
-  ``unpacked_gflops`` otherwise (batched 3-D weights, Einsum, Conv: packed again at every run);
+  throughput ``packed_gflops`` when the weight is a 2-D constant second operand ONNX Runtime pre-packs once
+  (MatMul, Gemm), ``unpacked_gflops`` otherwise (3-D weights, weights on the left, Conv: packed again at
+  every run); an Einsum adds ``einsum_us`` and two copies of its operand and result (it plans and
+  transposes inside at every run);
 - Gather: ``gather_ns`` per copy call (one per index and position before the axis: a last-axis Gather
   makes one per element, a row Gather one per row) plus its bytes as a copy; GatherElements:
   ``gather_elements_ns`` per element;
@@ -43,6 +45,7 @@ class CostModel:
     weight_gbps: float
     packed_gflops: float
     unpacked_gflops: float
+    einsum_us: float
     gather_ns: float
     gather_elements_ns: float
 
@@ -65,13 +68,17 @@ class CostModel:
         op = node.op_type
         if op in ALIASES:
             return 0.0
+        moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)
         if op in COUNTED:
-            weight = next((n for n in node.input[1:2] if n in constants), None)
+            weight = next((n for n in node.input[:2] if n in constants), None)
             macs = node_macs(node, shapes)
-            packed = op in ("MatMul", "Gemm") and weight is not None and len(shapes.get(weight, [])) == 2
+            packed = op in ("MatMul", "Gemm") and weight == node.input[1] and len(shapes.get(weight, [])) == 2
             gflops = self.packed_gflops if packed else self.unpacked_gflops
             weight_bytes = 4 * size(weight) if weight is not None else 0
-            return max(2e-3 * macs / gflops, 1e-3 * weight_bytes / self.weight_gbps)
+            compute = max(2e-3 * macs / gflops, 1e-3 * weight_bytes / self.weight_gbps)
+            if op == "Einsum":  # it transposes its operand and its result inside, like two Transpose nodes
+                return compute + self.einsum_us + 2e-3 * 4 * moved / self.copy_gbps
+            return compute
         if op == "Gather":  # one copy call per index and outer position, then the bytes
             data = shapes.get(node.input[0]) or [0]
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(data)
@@ -79,12 +86,11 @@ class CostModel:
             return 1e-3 * self.gather_ns * calls + 2e-3 * 4 * size(node.output[0]) / self.copy_gbps
         if op == "GatherElements":
             return 1e-3 * self.gather_elements_ns * size(node.output[0])
-        moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)
         return 1e-3 * 4 * moved / self.copy_gbps
 
 
-MEASURED = CostModel(node_us=1.5, copy_gbps=8.0, weight_gbps=20.0, packed_gflops=80.0, unpacked_gflops=50.0,
-                     gather_ns=10.0, gather_elements_ns=2.0)
+MEASURED = CostModel(node_us=0.72, copy_gbps=3.8, weight_gbps=6.3, packed_gflops=47.7, unpacked_gflops=31.4,
+                     einsum_us=7.6, gather_ns=18.6, gather_elements_ns=2.08)  # medians of 3 runs, machine busy
 
 
 def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], root: "gs.Graph",

@@ -54,7 +54,9 @@ class NodeReport:
                         speedup=None if candidate.speedup is None else round(candidate.speedup, 3),
                         form=candidate.form,
                         estimated=None if candidate.estimated is None else round(candidate.estimated, 3),
-                        costs=[asdict(c) for c in candidate.costs] or None)
+                        costs=[{**asdict(c), "estimated": round(c.estimated, 3),
+                                "measured": None if c.measured is None else round(c.measured, 3)}
+                               for c in candidate.costs] or None)
         return row
 
 
