@@ -33,7 +33,6 @@ class Builder:
         shape = op.node.inputs[0].shape
         self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
         self.nodes: list[gs.Node] = []
-        self._leading: Optional[gs.Variable] = None
 
     def constant(self, suffix: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(f"{self.prefix}/{suffix}", np.ascontiguousarray(values))
@@ -95,23 +94,19 @@ class Builder:
         """``Reshape(x, shape)`` with a constant target (0 copies the input's dim, -1 is inferred)."""
         return self.emit("Reshape", suffix, [x, self.constant(f"{suffix}_shape", index(shape))])
 
-    def leading_shape(self) -> gs.Variable:
-        """The shape of the node's input without its last dim, computed once per node."""
-        if self._leading is None:
-            x = self.op.node.inputs[0]
-            if (self.op.graph.opset or 0) >= 15:
-                self._leading = self.emit("Shape", "lead_shape", [x], {"end": -1})
-            else:
-                shape = self.emit("Shape", "shape_in", [x])
-                self._leading = self.emit("Slice", "lead_shape", [shape, self.constant("lead_start", index([0])),
-                                                                  self.constant("lead_end", index([-1]))])
-        return self._leading
+    def leading_shape(self, x, suffix: str) -> gs.Variable:
+        """The shape of ``x`` without its last dim."""
+        if (self.op.graph.opset or 0) >= 15:
+            return self.emit("Shape", suffix, [x], {"end": -1})
+        shape = self.emit("Shape", f"{suffix}_full", [x])
+        return self.emit("Slice", suffix, [shape, self.constant(f"{suffix}_start", index([0])),
+                                           self.constant(f"{suffix}_end", index([-1]))])
 
     def gather_features(self, x, indices: np.ndarray, suffix: str, output: Optional[gs.Variable] = None):
-        """``x[..., indices]`` as ``GatherElements`` (module rule); ``x`` has the node input's leading dims."""
+        """``x[..., indices]`` as ``GatherElements`` (module rule); ``x`` has the node input's rank."""
         rank = self.rank
         idx = self.constant(f"{suffix}_idx", index(indices).reshape((1,) * (rank - 1) + (-1,)))
-        shape = self.emit("Concat", f"{suffix}_shape", [self.leading_shape(),
+        shape = self.emit("Concat", f"{suffix}_shape", [self.leading_shape(x, f"{suffix}_lead"),
                                                         self.constant(f"{suffix}_width", index([len(indices)]))],
                           {"axis": 0})
         expanded = self.emit("Expand", f"{suffix}_expand", [idx, shape])

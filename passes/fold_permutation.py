@@ -140,6 +140,7 @@ class Folding:
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     cols: dict[str, np.ndarray] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # producer node -> why its space was left alone
+    links: dict[str, str] = field(default_factory=dict)  # consumer -> producer, spaces with one (planned) reader
 
     def apply(self) -> None:
         """Write the relabelled weights, biases and per-feature constants into the graph (new tensors; the
@@ -185,6 +186,8 @@ def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
         if shared:
             folding.refused[producer.node.name] = f"weight of {shared[0]} is shared"
             continue
+        if len(space.consumers) == 1 and {producer.node.name, space.consumers[0].node.name} <= set(plans):
+            folding.links[space.consumers[0].node.name] = producer.node.name
         best, best_score = None, 0
         for order in _wanted_orders(space, folding.plans):
             score = _score(space, order, folding.plans)

@@ -35,6 +35,8 @@ from onnx_decomp_passes import Form
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
+# per chained side, what KeepBlockLayout removes from a block form: (nodes, copies of the activations)
+CHAIN_SAVES = {"batched": (2, 1), "einsum": (1, 0)}
 ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Dropout"}
 
 
@@ -94,9 +96,18 @@ MEASURED = CostModel(node_us=0.72, copy_gbps=3.8, weight_gbps=6.3, packed_gflops
 
 
 def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], root: "gs.Graph",
-                     model: CostModel = MEASURED) -> float:
-    """Estimated dense/rewritten time ratio of the candidate's node alone in ``form`` at ``x_shape``."""
+                     linked: tuple[bool, bool] = (False, False), model: CostModel = MEASURED) -> float:
+    """Estimated dense/rewritten time ratio of the candidate's node alone in ``form`` at ``x_shape``; a
+    ``linked`` side (input, output) of a chained form does without its layout change (``CHAIN_SAVES``)."""
     dense, rewritten = one_node_models(candidate, form, x_shape, root)
     dtype = helper.tensor_dtype_to_np_dtype(dense.graph.input[0].type.tensor_type.elem_type)
     spec = [InputSpec("x", np.dtype(dtype), tuple(x_shape))]
-    return model.graph_us(dense, spec) / model.graph_us(rewritten, spec)
+    rewritten_us = model.graph_us(rewritten, spec)
+    saved = CHAIN_SAVES.get(form.name)
+    if saved is not None:
+        n_out, n_in = candidate.op.shape
+        rows = int(np.prod(x_shape[:-1]))
+        for side, width in zip(linked, (n_in, n_out)):
+            if side:
+                rewritten_us -= saved[0] * model.node_us + saved[1] * 2e-3 * 4 * rows * width / model.copy_gbps
+    return model.graph_us(dense, spec) / max(rewritten_us, model.node_us)

@@ -4,7 +4,9 @@ Runtime measures fastest.
 Rule: a candidate is judged in the feature order permutation folding gives it (``plan_folding`` over every
 candidate that passes the MAC gate, as the rewrite will fold them), at every batch size the gate names
 (``GateConfig.batches``: the first dim of every input whose first dim is symbolic; none named: the input
-shapes as given), with shapes inferred through computed shapes (data propagation). Every form of
+shapes as given), with shapes inferred through computed shapes (data propagation). A side where the node
+and its neighbour have matching blocks in order (``chain_links``) is credited with what a chain saves there
+(``cost.estimate``), assuming the neighbour takes the same form. Every form of
 ``GateConfig.forms`` whose check passes is estimated at every batch size (``cost.estimate``); the chosen form
 has the best worst-case estimated speedup. With ``tune`` every such form is also timed (``cost.timing``) and
 the best worst-case measured speedup wins. With the time gate the chosen form is timed at every batch size and
@@ -22,7 +24,8 @@ from onnx_decomp.cost.estimate import estimate_speedup
 from onnx_decomp.cost.timing import measure_speedup
 from onnx_decomp.decisions import Candidate, FormCost
 from onnx_decomp.io.shapes import InputSpec, concrete_shapes
-from onnx_decomp_passes import FORMS_BY_NAME, plan_folding
+from onnx_decomp_passes import FORMS_BY_NAME, BlockPlan, plan_folding
+from onnx_decomp_passes.forms.blocks import block_layout
 
 
 def batch_specs(ctx: ModelContext, batch: int) -> list[InputSpec]:
@@ -34,13 +37,29 @@ def batch_specs(ctx: ModelContext, batch: int) -> list[InputSpec]:
             for spec in ctx.specs]
 
 
+def chain_links(plans: dict[str, BlockPlan], links: dict[str, str]) -> dict[str, tuple[bool, bool]]:
+    """Node -> (input linked, output linked): the sides where a producer and its one consumer have matching
+    blocks in order after folding, so that block forms stay in block layout between them (``KeepBlockLayout``)."""
+    linked: dict[str, tuple[bool, bool]] = {}
+    for consumer, producer in links.items():
+        out, into = block_layout(plans[producer]), block_layout(plans[consumer])
+        if isinstance(out, str) or isinstance(into, str):
+            continue
+        if out.out_order and into.in_order and (out.k, out.b_out) == (into.k, into.b_in):
+            linked[producer] = (linked.get(producer, (False, False))[0], True)
+            linked[consumer] = (True, linked.get(consumer, (False, False))[1])
+    return linked
+
+
 class FormChooser:
     """Chooses the form of each candidate of one model (module rule)."""
 
     def __init__(self, ctx: ModelContext, gate: GateConfig, session: SessionConfig, candidates: list[Candidate]):
         self.ctx, self.gate, self.session = ctx, gate, session
         eligible = {c.op.node.name: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
-        self.folded = plan_folding(ctx.graph, eligible).plans if eligible else {}
+        folding = plan_folding(ctx.graph, eligible)
+        self.folded = folding.plans
+        self.linked = chain_links(folding.plans, folding.links)
         specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
         self.shapes = {b: concrete_shapes(ctx.proto, s, data_prop=True) for b, s in specs.items()}
 
@@ -61,7 +80,8 @@ class FormChooser:
         if x_shapes is None:  # nothing to estimate at: the first form that applies
             return replace(candidate, form=forms[0].name)
         root = self.ctx.graph
-        costs = [FormCost(form.name, batch, estimate_speedup(candidate, form, shape, root),
+        linked = self.linked.get(op.node.name, (False, False))
+        costs = [FormCost(form.name, batch, estimate_speedup(candidate, form, shape, root, linked),
                           measure_speedup(candidate, form, shape, root, self.session) if self.gate.tune else None)
                  for form in forms for batch, shape in x_shapes.items()]
 

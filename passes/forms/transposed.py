@@ -42,8 +42,8 @@ class Transposed(BlockForm):
         if lead == 1:
             y = b.reshape(y, [slots, -1], "y_slots")
         else:
-            shape = b.emit("Concat", "y_slots_shape", [b.constant("n_slots", index([slots])), b.leading_shape()],
-                           {"axis": 0})
+            lead_dims = b.leading_shape(op.node.inputs[0], "lead_shape")
+            shape = b.emit("Concat", "y_slots_shape", [b.constant("n_slots", index([slots])), lead_dims], {"axis": 0})
             y = b.emit("Reshape", "y_slots", [y, shape])
         if not layout.out_order:
             y = b.emit("Gather", "unpermute", [y, b.constant("unpermute_idx", index(layout.out_index))], {"axis": 0})
