@@ -10,9 +10,9 @@ shuffles W's rows and columns: the model's input and output are graph input and 
 be folded and the block forms gather at run time; "contiguous" leaves them in place, which is also what
 folding gives a hidden permutation between two weighted layers. Per batch size all models run interleaved in
 one process (``onnx_decomp.cost.timing.interleaved_times``, median of per-round ratios, ONNX Runtime CPU,
-``--threads`` intra-op threads, ``--no-spin``: idle threads block). Columns: the FLOP reduction, the speedup
-of each form, and "decompose": what ``onnx-decomp decompose --batch B`` (time gate, cost-model form) writes,
-its form (or "dense" when the gate keeps the node) and its efficiency (speedup / FLOP reduction). With
+``--threads`` intra-op threads, idle threads blocking unless ``--spin``). Columns: the FLOP reduction, the
+speedup of each form, and "decompose": what ``onnx-decomp decompose --batch B`` (time gate, cost-model form)
+writes, its form (or "dense" when the gate keeps the node) and its efficiency (speedup / FLOP reduction). With
 ``--mlp``: the MLP decomposed by ``onnx-decomp decompose --batch 1,64`` and timed by ``onnx-decomp bench``'s
 driver, and with branches only.
 """
@@ -121,15 +121,15 @@ def main() -> None:
     parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of interleaved rounds per cell")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-spin", action="store_true", help="idle intra-op threads block (SessionConfig.spin)")
+    parser.add_argument("--spin", action="store_true", help="idle intra-op threads spin (SessionConfig.spin)")
     parser.add_argument("--quick", action="store_true", help="d = 1024, 2048; k = 8; batch 1, 64")
     parser.add_argument("--mlp", action="store_true", help="the 4-layer MLP end to end instead")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.blocks, args.batches = [1024, 2048], [8], [1, 64]
-    config = SessionConfig("cpu", threads=args.threads, spin=not args.no_spin)
+    config = SessionConfig("cpu", threads=args.threads, spin=args.spin)
     print(f"ONNX Runtime {ort.__version__}, CPU, {args.threads} intra-op threads"
-          f"{', not spinning' if args.no_spin else ''}")
+          f"{', spinning' if args.spin else ', not spinning'}")
     if args.mlp:
         mlp_table(args, config)
     else:

@@ -18,8 +18,9 @@ def add_parser(commands) -> None:
                         help="batch sizes: the first dim of inputs whose first dim is symbolic (default 1,64)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime intra-op threads (default: ONNX Runtime's, one per core)")
-    parser.add_argument("--no-spin", action="store_true",
-                        help="idle intra-op threads block instead of spinning (steadier on a busy machine)")
+    parser.add_argument("--spin", action="store_true",
+                        help="let idle intra-op threads spin (ONNX Runtime's default for one session; here the "
+                        "other sessions' spinning threads take the cores of the one timed, so off by default)")
     parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
                         help="where the sessions run (default cpu; cuda fails clearly without a GPU)")
     parser.add_argument("--peer", choices=PEERS, help="also time both models quantized by ONNX Runtime's "
@@ -33,7 +34,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options.check_output_folders(args.json, args.plot)
-    session = SessionConfig(args.provider, args.threads, spin=not args.no_spin)
+    session = SessionConfig(args.provider, args.threads, spin=args.spin)
     report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget)
     print(report.format())
     if args.json:

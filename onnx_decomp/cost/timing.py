@@ -3,13 +3,15 @@
 Rule: the candidate's node is cut out as a one-node model at its concrete input shape, rewritten in a form
 (``cost.isolate``), and both models run interleaved after a warm-up; the speedup is the median over samples
 of dense time / rewritten time. A sample runs each model enough times to last about ``GROUP_S`` (the first
-model's time; microsecond nodes need groups), and which model goes first rotates. ``interleaved_times``
+model's time; microsecond nodes need groups), and which model goes first rotates. Timing sessions do not
+spin (``SessionConfig.spin``): an idle session's spinning threads would take the cores of the one timed. ``interleaved_times``
 does the same for any number of models (``onnx-decomp bench``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import time
 from typing import TYPE_CHECKING, Sequence
 
@@ -64,7 +66,7 @@ def measure_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], ro
     """Measured dense/rewritten time ratio of the candidate's node alone in ``form`` at input shape
     ``x_shape``."""
     models = one_node_models(candidate, form, x_shape, root)
-    sessions = [make_session(model, session) for model in models]
+    sessions = [make_session(model, replace(session, spin=False)) for model in models]
     dtype = np.dtype(candidate.op.node.inputs[0].dtype or candidate.op.weight.dtype)
     x = np.random.default_rng(seed).standard_normal(x_shape).astype(dtype)
     return median_speedup(*sessions, {"x": x})
