@@ -4,8 +4,8 @@ Rule: the candidate's node is cut out as a one-node model at its concrete input 
 (``cost.isolate``), and both models run interleaved after a warm-up; the speedup is the median over samples
 of dense time / rewritten time. A sample runs each model enough times to last about ``GROUP_S`` (the first
 model's time; microsecond nodes need groups), and which model goes first rotates. Timing sessions do not
-spin (``SessionConfig.spin``): an idle session's spinning threads would take the cores of the one timed. ``interleaved_times``
-does the same for any number of models (``onnx-decomp bench``).
+spin (``SessionConfig.spin``): an idle session's spinning threads would take the cores of the one timed.
+``interleaved_times`` does the same for any number of models (``onnx-decomp bench``).
 """
 
 from __future__ import annotations
