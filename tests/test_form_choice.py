@@ -4,12 +4,14 @@ form, every named batch size is judged, and a rewrite is never kept slower than 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
 import onnx_decomp
 from conftest import hidden_blocks, make_model, op_types, run, tensor, value
 from onnx_decomp import GateConfig
+from onnx_decomp.cli import main
 from onnx_decomp.config import FORMS
 from onnx_decomp.errors import UnsupportedConstructError
 
@@ -70,3 +72,13 @@ def test_batch_sizes_set_symbolic_first_dims_only(rng):
         GateConfig(batches=(0,))
     with pytest.raises(UnsupportedConstructError, match="form"):
         GateConfig(forms=("dense",))
+
+
+@pytest.mark.parametrize("option", [["--forms", "dense"], ["--batch", "0,64"], ["--batch", "x"]])
+def test_bad_form_or_batch_options_exit_2(tmp_path, rng, capsys, option):
+    path = tmp_path / "m.onnx"
+    onnx.save(matmul(contiguous(16, 2, rng)), path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["decompose", str(path), str(tmp_path / "out.onnx"), *option])
+    assert exit_info.value.code == 2 and option[0] in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()

@@ -2,7 +2,7 @@
 
 Rule, per node: a candidate is kept dense unless its plan does at least ``min_flop_reduction`` times fewer
 multiply-accumulates than the dense weight (default 2: below that the extra nodes and permutations cost
-more than they save, tools/bench_decompose.py). Its form is chosen by ``planning.forms``. With
+more than they save, tools/bench_forms.py). Its form is chosen by ``planning.forms``. With
 ``kind="time"`` (default) it is rewritten only when ONNX Runtime measures the node's rewrite in that form at
 least ``min_speedup`` times faster at every batch size named (or the model's input shapes) (``cost.timing``;
 default 1.1, above the run-to-run noise of a shared machine); ``kind="cost"`` asks the same of the cost
