@@ -14,7 +14,7 @@ from conftest import hidden_blocks, make_model, tensor, value
 from onnx_decomp.cli import main
 
 FIELDS = {"dense", "decomposed", "onnxruntime", "provider", "intra_op_threads", "spin", "cpu_count", "peer",
-          "rounds", "results"}
+          "clock", "rounds", "results"}
 RESULT_FIELDS = {"batch", "model", "samples_ms", "median_ms", "speedup", "matmul_flops", "flop_reduction",
                  "efficiency"}
 
@@ -32,12 +32,13 @@ def models(tmp_path, rng):
 
 def test_bench_json_is_complete_and_consistent(tmp_path, models, capfd):
     out, plot = tmp_path / "b.json", tmp_path / "b.png"
-    code = main(["bench", *map(str, models), "--batch", "1,8", "--threads", "1", "--peer", "int8",
+    code = main(["bench", *map(str, models), "--batch", "1,8", "--threads", "1", "--peer", "int8", "--clock", "cpu",
                  "--budget", "0.05", "--json", str(out), "--plot", str(plot)])
     printed = capfd.readouterr().out
     assert code == 0 and "intra-op threads 1" in printed and "decomposed+int8" in printed
     data = json.loads(out.read_text())
     assert set(data) == FIELDS and data["provider"] == "cpu" and data["intra_op_threads"] == 1
+    assert data["clock"] == "cpu" and data["spin"] is False
     assert [(r["batch"], r["model"]) for r in data["results"]] == [
         (b, m) for b in (1, 8) for m in ("dense", "dense+int8", "decomposed", "decomposed+int8")]
     for batch in (1, 8):
@@ -55,7 +56,7 @@ def test_bench_json_is_complete_and_consistent(tmp_path, models, capfd):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("case", ["cuda", "mismatch", "folder"])
+@pytest.mark.parametrize("case", ["cuda", "mismatch", "folder", "clock"])
 def test_bench_errors_are_one_line_and_write_nothing(tmp_path, models, rng, capfd, case):
     args = [*map(str, models), "--budget", "0.01", "--json", str(tmp_path / "b.json")]
     if case == "cuda":
@@ -65,10 +66,13 @@ def test_bench_errors_are_one_line_and_write_nothing(tmp_path, models, rng, capf
                            [value("y", ["batch", 64])])
         onnx.save(other, tmp_path / "other.onnx")
         args[1] = str(tmp_path / "other.onnx")
+    elif case == "clock":
+        args += ["--clock", "cpu", "--threads", "2"]
     else:
         args[-1] = str(tmp_path / "missing" / "b.json")
     code = main(["bench", *args])
     err = capfd.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("onnx-decomp: error:")
-    assert {"cuda": "CUDA", "mismatch": "different inputs", "folder": "does not exist"}[case] in err
+    assert {"cuda": "CUDA", "mismatch": "different inputs", "folder": "does not exist",
+            "clock": "--threads 1"}[case] in err
     assert not (tmp_path / "b.json").exists()

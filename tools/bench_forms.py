@@ -10,7 +10,8 @@ shuffles W's rows and columns: the model's input and output are graph input and 
 be folded and the block forms gather at run time; "contiguous" leaves them in place, which is also what
 folding gives a hidden permutation between two weighted layers. Per batch size all models run interleaved in
 one process (``onnx_decomp.cost.timing.interleaved_times``, median of per-round ratios, ONNX Runtime CPU,
-``--threads`` intra-op threads, idle threads blocking unless ``--spin``). Columns: the FLOP reduction, the
+``--threads`` intra-op threads, idle threads blocking unless ``--spin``; ``--clock cpu``: the timing thread's
+CPU time with one thread, which the machine's other work does not inflate). Columns: the FLOP reduction, the
 speedup of each form, and "decompose": what ``onnx-decomp decompose --batch B`` (time gate, cost-model form)
 writes, its form (or "dense" when the gate keeps the node) and its efficiency (speedup / FLOP reduction). With
 ``--mlp``: the MLP decomposed by ``onnx-decomp decompose --batch 1,64`` and timed by ``onnx-decomp bench``'s
@@ -67,7 +68,8 @@ def forms_table(args, config: SessionConfig) -> None:
                                                            gate=GateConfig(batches=(batch,)), validation=UNCHECKED)
                     node = report.nodes[0]
                     feed = {"x": rng.standard_normal((batch, d)).astype(np.float32)}
-                    times = interleaved_times([*sessions, make_session(chosen, config)], feed, args.budget, 1000)
+                    times = interleaved_times([*sessions, make_session(chosen, config)], feed, args.budget, 1000,
+                                              clock=args.clock)
                     ratios = np.median(times[:, :1] / times[:, 1:], axis=0)
                     form = node.form if node.action == "rewrite" else "dense"
                     rows[batch].append((d, k, layout, float(k), *ratios[:-1], form, ratios[-1], ratios[-1] / k))
@@ -109,7 +111,8 @@ def mlp_table(args, config: SessionConfig) -> None:
             model, report = onnx_decomp.decompose(paths["dense"], gate=gate, session=config, validation=UNCHECKED)
             print(f"{name}: forms {[n.form for n in report.nodes]}, {report.after.nodes} nodes")
             onnx.save(model, paths[name])
-            print(bench(paths["dense"], paths[name], args.batches, config, budget_s=args.budget).format())
+            print(bench(paths["dense"], paths[name], args.batches, config, budget_s=args.budget,
+                        clock=args.clock).format())
 
 
 def main() -> None:
@@ -122,14 +125,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of interleaved rounds per cell")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spin", action="store_true", help="idle intra-op threads spin (SessionConfig.spin)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the timing thread's CPU time with one intra-op thread (steady on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="d = 1024, 2048; k = 8; batch 1, 64")
     parser.add_argument("--mlp", action="store_true", help="the 4-layer MLP end to end instead")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.blocks, args.batches = [1024, 2048], [8], [1, 64]
+    if args.clock == "cpu":
+        args.threads = 1
     config = SessionConfig("cpu", threads=args.threads, spin=args.spin)
     print(f"ONNX Runtime {ort.__version__}, CPU, {args.threads} intra-op threads"
-          f"{', spinning' if args.spin else ', not spinning'}")
+          f"{', spinning' if args.spin else ', not spinning'}, {args.clock} clock")
     if args.mlp:
         mlp_table(args, config)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from onnx_decomp.cli import options
 from onnx_decomp.config import PROVIDERS, SessionConfig
+from onnx_decomp.cost.timing import CLOCKS
 from onnx_decomp.drivers.bench import BUDGET_S, PEERS, bench
 
 
@@ -25,6 +26,9 @@ def add_parser(commands) -> None:
                         help="where the sessions run (default cpu; cuda fails clearly without a GPU)")
     parser.add_argument("--peer", choices=PEERS, help="also time both models quantized by ONNX Runtime's "
                         "quantize_dynamic (int8 weights)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed time (default); cpu: the timing thread's CPU time, steady on a busy "
+                        "machine (needs --threads 1)")
     parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="S",
                         help="seconds of interleaved rounds per batch size (default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -35,7 +39,8 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     options.check_output_folders(args.json, args.plot)
     session = SessionConfig(args.provider, args.threads, spin=args.spin)
-    report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget)
+    report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget,
+                   clock=args.clock)
     print(report.format())
     if args.json:
         report.write_json(args.json)

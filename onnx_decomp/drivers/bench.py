@@ -20,7 +20,7 @@ import onnx
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.cost.model_stats import model_stats
-from onnx_decomp.cost.timing import interleaved_times
+from onnx_decomp.cost.timing import CLOCKS, interleaved_times
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
 from onnx_decomp.io.shapes import InputSpec, concrete_shapes, input_specs
@@ -52,10 +52,16 @@ def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
 
 def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], session: SessionConfig = SessionConfig(),
           peer: Optional[str] = None, budget_s: float = BUDGET_S, max_rounds: int = MAX_ROUNDS,
-          min_rounds: int = MIN_ROUNDS, seed: int = 0) -> BenchReport:
-    """Time the models of the module rule; ``peer="int8"`` adds both models quantized by ONNX Runtime."""
+          min_rounds: int = MIN_ROUNDS, seed: int = 0, clock: str = "wall") -> BenchReport:
+    """Time the models of the module rule; ``peer="int8"`` adds both models quantized by ONNX Runtime;
+    ``clock="cpu"`` counts CPU time (``cost.timing.interleaved_times``) and needs one intra-op thread."""
     if peer is not None and peer not in PEERS:
         raise UnsupportedConstructError(f"--peer must be one of {PEERS}, got {peer!r}")
+    if clock not in CLOCKS:
+        raise UnsupportedConstructError(f"--clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (session.threads != 1 or session.provider != "cpu"):
+        raise UnsupportedConstructError("--clock cpu counts the calling thread's CPU time: it needs --threads 1 "
+                                        "and --provider cpu")
     ort = onnxruntime()
     floats = {"dense": load_model(dense), "decomposed": load_model(decomposed)}
     if _interface(floats["dense"]) != _interface(floats["decomposed"]):
@@ -69,13 +75,13 @@ def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], sessi
         models["decomposed+int8"] = quantize_int8(floats["decomposed"])
     sessions = [make_session(model, session) for model in models.values()]
     report = BenchReport(model_label(dense), model_label(decomposed), ort.__version__, session_device(sessions[0]),
-                         session.threads, session.spin, os.cpu_count() or 1, peer, 0)
+                         session.threads, session.spin, os.cpu_count() or 1, peer, clock, 0)
     rng = np.random.default_rng(seed)
     for batch in batches:
         specs = _batch_specs(floats["dense"], batch)
         flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops
                  for name, model in floats.items()}
-        times = interleaved_times(sessions, random_inputs(specs, rng), budget_s, max_rounds, min_rounds)
+        times = interleaved_times(sessions, random_inputs(specs, rng), budget_s, max_rounds, min_rounds, clock)
         report.rounds = max(report.rounds, len(times))
         for i, name in enumerate(models):
             model_flops = flops[name.split("+")[0]]

@@ -3,12 +3,12 @@ efficiency; a console table, JSON, and a PNG of speedup against FLOP reduction.
 
 JSON fields: ``dense`` and ``decomposed`` (paths), ``onnxruntime`` (version), ``provider`` (where the sessions
 really ran), ``intra_op_threads`` (null: ONNX Runtime's default), ``spin`` (idle intra-op threads spin),
-``cpu_count``, ``peer`` ("int8" or null), ``rounds`` (interleaved rounds per batch size), ``results[]``:
-``batch``, ``model`` (dense, dense+int8, decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run,
-one per round, rounds aligned across models), ``median_ms``, ``speedup`` (median over rounds of the dense
-sample / this model's sample), ``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8
-peer counts its float source's), ``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup /
-flop_reduction).
+``cpu_count``, ``peer`` ("int8" or null), ``clock`` ("wall", or "cpu": the timing thread's CPU time),
+``rounds`` (interleaved rounds per batch size), ``results[]``: ``batch``, ``model`` (dense, dense+int8,
+decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run, one per round, rounds aligned across
+models), ``median_ms``, ``speedup`` (median over rounds of the dense sample / this model's sample),
+``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8 peer counts its float source's),
+``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup / flop_reduction).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class BenchReport:
     spin: bool
     cpu_count: int
     peer: Optional[str]
+    clock: str
     rounds: int
     results: list[BenchResult] = field(default_factory=list)
 
@@ -76,7 +77,7 @@ class BenchReport:
         rows = [("batch", "model", "median ms", "speedup", "FLOPs /", "efficiency")]
         rows += [(r.batch, r.model, f"{r.median_ms:.4g}", f"{r.speedup:.2f}x", f"{r.flop_reduction:.2f}",
                   f"{r.efficiency:.2f}") for r in self.results]
-        spin = "" if self.spin else " (not spinning)"
+        spin = ("" if self.spin else " (not spinning)") + (", CPU time" if self.clock == "cpu" else "")
         return "\n".join([f"ONNX Runtime {self.onnxruntime} on {self.provider}, intra-op threads {threads}{spin}; "
                           f"median of {self.rounds} interleaved rounds per batch size",
                           table(rows),
