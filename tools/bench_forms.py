@@ -14,8 +14,8 @@ one process (``onnx_decomp.cost.timing.interleaved_times``, median of per-round 
 CPU time with one thread, which the machine's other work does not inflate). Columns: the FLOP reduction, the
 speedup of each form, and "decompose": what ``onnx-decomp decompose --batch B`` (time gate, cost-model form)
 writes, its form (or "dense" when the gate keeps the node) and its efficiency (speedup / FLOP reduction). With
-``--mlp``: the MLP decomposed by ``onnx-decomp decompose --batch 1,64`` and timed by ``onnx-decomp bench``'s
-driver, and with branches only.
+``--mlp``: the MLP decomposed by ``onnx-decomp decompose --batch 1,64``, with ``--tune``, and with branches
+only, each timed by ``onnx-decomp bench``'s driver.
 """
 
 from __future__ import annotations
@@ -103,9 +103,10 @@ def mlp(d: int, k: int, layers: int, rng) -> onnx.ModelProto:
 def mlp_table(args, config: SessionConfig) -> None:
     dense = mlp(2048, 8, 4, np.random.default_rng(0))
     with tempfile.TemporaryDirectory() as folder:
-        paths = {name: Path(folder) / f"{name}.onnx" for name in ("dense", "decompose", "branches")}
+        paths = {name: Path(folder) / f"{name}.onnx" for name in ("dense", "decompose", "tune", "branches")}
         onnx.save(dense, paths["dense"])
         gates = {"decompose": GateConfig(batches=tuple(args.batches)),
+                 "tune": GateConfig(batches=tuple(args.batches), tune=True),
                  "branches": GateConfig(batches=tuple(args.batches), forms=("branches",))}
         for name, gate in gates.items():
             model, report = onnx_decomp.decompose(paths["dense"], gate=gate, session=config, validation=UNCHECKED)

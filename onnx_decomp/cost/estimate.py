@@ -2,18 +2,19 @@
 
 Rule, per node (times in microseconds, summed over the graph):
 - every node costs ``node_us`` (dispatch; a Reshape, Shape or Squeeze costs nothing more: it aliases);
-- MatMul / Gemm / Einsum / Conv: ``max(2 * MACs / throughput, weight bytes / weight_gbps)``, the
-  throughput ``packed_gflops`` when the weight is a 2-D constant second operand ONNX Runtime pre-packs once
-  (MatMul, Gemm), ``unpacked_gflops`` otherwise (3-D weights, weights on the left, Conv: packed again at
-  every run); an Einsum adds ``einsum_us`` and two copies of its operand and result (it plans and
+- MatMul / Gemm / Einsum / Conv: ``max(2 * MACs / gemm_gflops, weight bytes / weight_gbps)``, plus the
+  second operand's bytes over ``pack_gbps`` when it is packed at every run: not for a 2-D constant weight
+  (ONNX Runtime packs it once at load) nor a single-row product (GEMV), but for 3-D weights, activations on
+  the right (the transposed form), Einsum, and a Conv's kernel; an Einsum adds ``einsum_us`` and two copies of its operand and result (it plans and
   transposes inside at every run);
 - Gather: ``gather_ns`` per copy call (one per index and position before the axis: a last-axis Gather
   makes one per element, a row Gather one per row) plus its bytes as a copy; GatherElements:
   ``gather_elements_ns`` per element;
 - anything else (Transpose, Concat, Slice, Split, Add, Relu, Expand, ...): bytes read and written over
-  ``copy_gbps``.
+  ``copy_gbps`` (a Slice or Split reads only what it writes).
 ``MEASURED`` holds the constants ``python tools/calibrate_cost.py`` measured on this project's 2-core machine
-(ONNX Runtime 1.32 CPU, 2 intra-op threads); the model ranks forms, the timing gate and ``--tune`` measure.
+(ONNX Runtime 1.32 CPU, one intra-op thread, its CPU time; the median of three runs per constant);
+the model ranks forms, the timing gate and ``--tune`` measure.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class CostModel:
     node_us: float
     copy_gbps: float
     weight_gbps: float
-    packed_gflops: float
-    unpacked_gflops: float
+    gemm_gflops: float
+    pack_gbps: float
     einsum_us: float
     gather_ns: float
     gather_elements_ns: float
@@ -71,13 +72,13 @@ class CostModel:
         if op in ALIASES:
             return 0.0
         moved = sum(size(n) for n in [*node.input, *node.output] if n and n not in constants)
+        if op in ("Slice", "Split"):  # reads only what it writes
+            moved = 2 * sum(size(n) for n in node.output)
         if op in COUNTED:
             weight = next((n for n in node.input[:2] if n in constants), None)
-            macs = node_macs(node, shapes)
-            packed = op in ("MatMul", "Gemm") and weight == node.input[1] and len(shapes.get(weight, [])) == 2
-            gflops = self.packed_gflops if packed else self.unpacked_gflops
             weight_bytes = 4 * size(weight) if weight is not None else 0
-            compute = max(2e-3 * macs / gflops, 1e-3 * weight_bytes / self.weight_gbps)
+            compute = max(2e-3 * node_macs(node, shapes) / self.gemm_gflops, 1e-3 * weight_bytes / self.weight_gbps)
+            compute += 1e-3 * 4 * self._packed_elements(node, shapes, constants) / self.pack_gbps
             if op == "Einsum":  # it transposes its operand and its result inside, like two Transpose nodes
                 return compute + self.einsum_us + 2e-3 * 4 * moved / self.copy_gbps
             return compute
@@ -91,8 +92,20 @@ class CostModel:
         return 1e-3 * 4 * moved / self.copy_gbps
 
 
-MEASURED = CostModel(node_us=0.72, copy_gbps=3.8, weight_gbps=6.3, packed_gflops=47.7, unpacked_gflops=31.4,
-                     einsum_us=7.6, gather_ns=18.6, gather_elements_ns=2.08)  # medians of 3 runs, machine busy
+    @staticmethod
+    def _packed_elements(node: onnx.NodeProto, shapes: Mapping[str, list], constants: set) -> int:
+        """Elements of the second GEMM operand packed at every run: none for a 2-D constant MatMul/Gemm weight
+        (packed once at load) or a single-row product (a GEMV reads it as it is); a Conv packs its kernel."""
+        a, b = shapes.get(node.input[0]) or [1], shapes.get(node.input[1]) or []
+        if node.op_type == "Conv":
+            return int(np.prod(b)) if b else 0
+        rows = int(np.prod(a[:-2])) if node.op_type == "Einsum" else (a[-2] if len(a) > 1 else 1)
+        prepacked = node.op_type in ("MatMul", "Gemm") and node.input[1] in constants and len(b) == 2
+        return 0 if prepacked or rows <= 1 or not b or None in b else int(np.prod(b))
+
+
+MEASURED = CostModel(node_us=0.70, copy_gbps=49.2, weight_gbps=14.2, gemm_gflops=94.0, pack_gbps=34.1,
+                     einsum_us=6.6, gather_ns=8.24, gather_elements_ns=0.73)
 
 
 def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], root: "gs.Graph",
