@@ -15,7 +15,7 @@ from onnx_decomp.errors import UnsupportedConstructError
 
 GATES = ("time", "flops", "cost")
 FORMS = ("branches", "batched", "transposed", "einsum", "grouped_conv")  # onnx_decomp_passes.FORMS_BY_NAME
-DEFAULT_FORMS = ("branches", "batched", "transposed")
+DEFAULT_FORMS = ("branches", "batched")
 PROVIDERS = ("auto", "cpu", "cuda")
 FDR_SCOPES = ("tensor", "model")
 EDGE_MODES = ("entries", "grouped")
