@@ -16,10 +16,17 @@ from onnx_decomp.cli import analyze, decompose, inspect
 from onnx_decomp.errors import DecompError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other error of the tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for module in (inspect, analyze, decompose):
         module.add_parser(commands)
     return parser

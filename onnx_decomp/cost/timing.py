@@ -17,7 +17,8 @@ import numpy as np
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.decisions import Candidate
 from onnx_decomp.io.graph import export_graph
-from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp.io.shapes import InputSpec
+from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session
 from onnx_decomp_passes import BlockRewrite, one_node_graph
 
 if TYPE_CHECKING:
@@ -58,8 +59,10 @@ def measure_speedup(candidate: Candidate, x_shape: Sequence[int], root: "gs.Grap
     dense, rewritten = (one_node_graph(op, x_shape, dtype, root) for _ in range(2))
     BlockRewrite({op.node.name: candidate.plan})(rewritten)
     sessions = [make_session(export_graph(graph), session) for graph in (dense, rewritten)]
-    x = np.random.default_rng(seed).standard_normal(x_shape).astype(dtype)
-    return median_speedup(*sessions, {"x": x})
+    feed = random_inputs([InputSpec("x", dtype, tuple(x_shape))], np.random.default_rng(seed))
+    for one in sessions:  # a failure at this shape is one line, not a traceback from the timing loop
+        run_session(one, feed, what=f"node {op.node.name} alone at input shape {list(x_shape)}")
+    return median_speedup(*sessions, feed)
 
 
 def node_timer(root: "gs.Graph", shapes: Mapping[str, list], session: SessionConfig) -> Timer:

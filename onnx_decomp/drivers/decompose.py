@@ -31,13 +31,13 @@ Session = Union[str, SessionConfig]
 
 
 def _report(ctx: ModelContext, decisions: list[Decision]) -> Report:
-    return Report(ctx.label, decisions, model_stats(ctx.proto, ctx.shapes), notes=ctx.notes)
+    return Report(ctx.label, decisions, model_stats(ctx.scoped, ctx.shapes), notes=ctx.notes)
 
 
 def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = "time",
-            session: Session = "auto") -> Report:
+            session: Session = "auto", inline_functions: bool = False) -> Report:
     """Report every MatMul/Gemm with a constant weight, its blocks and whether the gate would rewrite it."""
-    ctx = ModelContext.load(model, input_shapes)
+    ctx = ModelContext.load(model, input_shapes, inline_functions)
     return _report(ctx, plan_nodes(ctx, GateConfig.of(gate), SessionConfig.of(session)))
 
 
@@ -54,16 +54,18 @@ def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
 
 def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = "time",
               support: Union[str, Support] = "exact", session: Session = "auto",
-              validation: Optional[ValidationConfig] = None) -> tuple[onnx.ModelProto, Report]:
+              validation: Optional[ValidationConfig] = None,
+              inline_functions: bool = False) -> tuple[onnx.ModelProto, Report]:
     """Rewrite every MatMul/Gemm whose support splits into blocks that pass the gate; prove it in ONNX Runtime.
 
     ``support``: ``"exact"`` (the nonzero pattern, lossless) or ``"confirmed"`` (what the statistical
     analysis confirms, lossy), or a ``planning.support.Support``. ``validation`` (default: 3 random input
     sets, the support's tolerance) with ``check=0`` and no inputs skips the proof (noted in the report).
+    ``inline_functions`` inlines model-local functions first, so that their MatMul/Gemm can be rewritten.
     """
     gate, session, support = GateConfig.of(gate), SessionConfig.of(session), support_of(support)
     validation = validation or ValidationConfig()
-    ctx = ModelContext.load(model, input_shapes)
+    ctx = ModelContext.load(model, input_shapes, inline_functions)
     decisions = plan_nodes(ctx, gate, session, support.masks(ctx))
     report = _report(ctx, decisions)
     rewritten = _rewrite(ctx, decisions)

@@ -1,4 +1,9 @@
-"""Reading, checking and writing ONNX models: external data, atomic writes, one error family."""
+"""Reading, checking and writing ONNX models: external data, atomic writes, one error family.
+
+Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
+included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
+and every external tensor's bytes lie inside its file at a valid offset.
+"""
 
 from __future__ import annotations
 
@@ -45,18 +50,47 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
             yield from (attribute.t for attribute in node.attribute if attribute.HasField("t"))
 
 
+def _external_info(tensor: onnx.TensorProto) -> external_data_helper.ExternalDataInfo:
+    """The tensor's external-data record; an unreadable or negative offset or length is an invalid model."""
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)
+    except ValueError:
+        info = None
+    if info is None or (info.offset or 0) < 0 or (info.length or 0) < 0:
+        fields = {entry.key: entry.value for entry in tensor.external_data}
+        raise InvalidModelError(f"tensor {tensor.name!r}: bad external-data record (offset "
+                                f"{fields.get('offset', '-')!r}, length {fields.get('length', '-')!r})")
+    return info
+
+
 def _check_external_sizes(model: onnx.ModelProto, base_dir: Path) -> None:
     """Every external tensor's bytes must exist in its file (a truncated .data file is an error)."""
     for tensor in iter_tensors(model.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        info = _external_info(tensor)
         path = base_dir / info.location
         if not path.is_file():
             raise InvalidModelError(f"external data file {path} (tensor {tensor.name!r}) not found")
         needed = (info.offset or 0) + (info.length or 0)
         if info.length and path.stat().st_size < needed:
             raise InvalidModelError(f"external data file {path} is truncated (tensor {tensor.name!r})")
+
+
+def model_files(path: Union[str, os.PathLike], role: str = "the input model") -> list[tuple[Path, str]]:
+    """The model file and the external-data files it names: every file that reading it touches, with what
+    it is (for ``io.outputs``). A file that is not a readable model lists itself only."""
+    path = Path(path)
+    files = [(path, role)]
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: load_model says why
+        return files
+    for tensor in iter_tensors(proto.graph):
+        if external_data_helper.uses_external_data(tensor):
+            location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+            files.append((path.parent / location, f"the external data of {role}"))
+    return list(dict.fromkeys(files))
 
 
 def load_model(model: ModelLike) -> onnx.ModelProto:
@@ -75,9 +109,9 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     try:
         if path is not None:
             external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        onnx.checker.check_model(str(path) if path is not None and is_large(proto) else proto)
-    except (OSError, onnx.checker.ValidationError) as error:
-        message = (str(error).strip() or type(error).__name__).splitlines()[0]
+        onnx.checker.check_model(str(path) if path is not None and is_large(proto) else proto, full_check=True)
+    except (OSError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        message = " ".join((str(error).strip() or type(error).__name__).split())
         raise InvalidModelError(f"{path or 'model'}: invalid ONNX model: {message}") from None
     return proto
 

@@ -46,6 +46,10 @@ def input_specs(model: onnx.ModelProto, overrides: InputShapes = None,
                 raise UnsupportedConstructError(
                     f"--input-shape {value.name}: rank {len(shape)} given, the input has rank {len(dims)}"
                 )
+            for axis, (dim, size) in enumerate(zip(dims, shape)):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise UnsupportedConstructError(f"--input-shape {value.name}: dim {axis} is fixed to "
+                                                    f"{dim.dim_value} in the model, {size} given")
         else:
             shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
             free = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
@@ -78,6 +82,8 @@ def _inferred_skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpe
         opset_imports=model.opset_import, ir_version=model.ir_version,
     )
     skeleton.functions.extend(model.functions)
+    for subgraph in list(iter_graphs(skeleton.graph))[1:]:
+        del subgraph.value_info[:]  # stale annotations (symbolic dims) would shadow the concrete outer shapes
     return onnx.shape_inference.infer_shapes(skeleton)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import GateConfig, SessionConfig
@@ -45,7 +46,8 @@ def decide(candidate: Candidate, gate: GateConfig, timer: Optional[Timer]) -> De
 
 def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> list[Decision]:
     """A decision for every MatMul/Gemm with a constant operand: skipped ones with their reason, the others
-    judged on the plan of their support (``masks[weight]``, else the nonzero pattern)."""
+    judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
+    else the nonzero pattern)."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
     timer = node_timer(ctx.graph, ctx.shapes, session) if gate.kind == "time" else None
     plans: dict[tuple, BlockPlan] = {}
@@ -53,8 +55,11 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
         if (ctx.graph.opset or 0) < MIN_OPSET:
             decisions.append(Decision(op, Action.SKIP, f"opset {ctx.graph.opset} < {MIN_OPSET}"))
             continue
-        key = (op.weight.name, op.layout)
+        key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
         if key not in plans:
-            plans[key] = plan_from_support(masks[op.weight.name] if masks is not None else op.matrix() != 0)
+            if not np.isfinite(op.matrix()).all():
+                ctx.notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
+            mask = None if masks is None else masks.get(op.weight.name)  # no mask: not analysed (NaN)
+            plans[key] = plan_from_support(op.matrix() != 0 if mask is None else mask)
         decisions.append(decide(Candidate(op, plans[key]), gate, timer))
     return decisions

@@ -17,7 +17,7 @@ import onnx
 from onnx_decomp.config import SessionConfig, Tolerance, ValidationConfig
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.shapes import InputSpec
-from onnx_decomp.runtime.sessions import make_session, ort_message, random_inputs, session_device
+from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session, session_device
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
         return OutputDiff(name, gap, gap, gap, gap == 0.0)
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     error = np.nan_to_num(np.where(np.isnan(e) & np.isnan(a), 0.0, np.abs(a - e)), nan=np.inf)
-    rel = error / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    rel = error / np.maximum(np.abs(np.nan_to_num(e)), np.finfo(np.float64).tiny)
     rel_l2 = float(np.linalg.norm(error) / max(np.linalg.norm(np.nan_to_num(e)), np.finfo(np.float64).tiny))
     if tolerance.rel_l2 is not None:
         ok = rel_l2 <= tolerance.rel_l2
@@ -75,15 +75,15 @@ def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, specs: Seque
             raise UnsupportedConstructError(
                 f"--inputs has {sorted(config.inputs)}, the model takes {sorted(expected)}")
         input_sets = [{name: config.inputs[name] for name in expected}]  # other arrays (labels) are ignored
+        what = "the inputs given (--inputs)"
     else:
         rng = np.random.default_rng(config.seed)
         input_sets = (random_inputs(specs, rng) for _ in range(config.check))
+        what = ("the inputs drawn at random (if the model needs real values or sizes, pass --inputs data.npz "
+                "or --input-shape NAME:D1,D2)")
     diffs: dict[str, list[OutputDiff]] = {name: [] for name in names}
     for inputs in input_sets:
-        try:
-            pairs = zip(names, reference.run(names, inputs), candidate.run(names, inputs))
-        except Exception as error:  # onnxruntime's own exception types (wrong shape or dtype, ...)
-            raise UnsupportedConstructError(f"ONNX Runtime failed on the inputs: {ort_message(error)}") from None
+        pairs = zip(names, run_session(reference, inputs, names, what), run_session(candidate, inputs, names, what))
         for name, expected, actual in pairs:
             diffs[name].append(_diff(name, expected, actual, tolerance))
     result = ValidationResult(session_device(candidate), len(next(iter(diffs.values()), [])), tolerance, [
