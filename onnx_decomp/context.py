@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import onnx
+import onnx.inliner
 
 from onnx_decomp.io.graph import import_graph, overridable_initializers
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
@@ -28,7 +29,7 @@ class ModelContext:
 
     proto: onnx.ModelProto
     label: str
-    source: Optional[Path]
+    source: Optional[Path]  # the file; its external data stays there and is read when used
     graph: "gs.Graph"
     specs: list[InputSpec]
     ops: list[LinearOp]
@@ -40,20 +41,25 @@ class ModelContext:
              inline_functions: bool = False) -> "ModelContext":
         """Load and check ``model`` (a path or a ModelProto), resolve input shapes, normalise the graph;
         with ``inline_functions``, model-local functions are inlined first (``onnx.inliner``)."""
-        proto = load_model(model)
+        source = None if isinstance(model, onnx.ModelProto) else Path(model)
+        proto = load_model(model, external_data=False)
         if inline_functions and proto.functions:
             proto = onnx.inliner.inline_local_functions(proto)
         notes: list[str] = []
         specs = input_specs(proto, input_shapes, notes)
-        graph = import_graph(proto)
+        graph = import_graph(proto, None if source is None else source.parent)
         ops, skipped = find_linear_ops(graph)
         overridable = set(overridable_initializers(proto))
         skipped += [Skipped(node.name, node.op, graph.name, "weight is a graph input with a default value "
                             "(overridable at run time)")
                     for node in graph.nodes if node.op in ("MatMul", "Gemm") and len(node.inputs) > 1
                     and node.inputs[1].name in overridable]
-        source = None if isinstance(model, onnx.ModelProto) else Path(model)
         return cls(proto, model_label(model), source, graph, specs, ops, skipped, notes)
+
+    @property
+    def base_dir(self) -> Optional[Path]:
+        """Where the proto's external-data references point (the model file's folder)."""
+        return None if self.source is None else self.source.parent
 
     @cached_property
     def scoped(self) -> onnx.ModelProto:

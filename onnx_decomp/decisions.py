@@ -20,11 +20,12 @@ class Action(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A block plan proposed for one op, with its measured speedup once timed (dense time / rewritten
-    time of the node alone)."""
+    """A block plan proposed for one op, the fraction of its weight's entries that are nonzero, and its
+    measured speedup once timed (dense time / rewritten time of the node alone)."""
 
     op: LinearOp
     plan: BlockPlan
+    density: float
     speedup: Optional[float] = None
 
     @property

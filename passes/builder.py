@@ -46,6 +46,7 @@ class Builder:
 
     def __init__(self, op: LinearOp, shared: dict, names: NameTable):
         self.op, self.shared, self.names, self.prefix = op, shared, names, op.node.name
+        self._matrix = None
         shape = op.node.inputs[0].shape
         self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
         self.nodes: list[gs.Node] = []
@@ -92,7 +93,9 @@ class Builder:
         op = self.op
         key = (id(op.weight), op.layout, id(op.graph) if op.cast else None, rows.tobytes(), cols.tobytes())
         if key not in self.shared:
-            block = self.constant(f"W{k}", op.layout.from_matrix(op.matrix()[np.ix_(rows, cols)]))
+            if self._matrix is None:
+                self._matrix = op.matrix()  # loaded once per node, released with the builder
+            block = self.constant(f"W{k}", op.layout.from_matrix(self._matrix[np.ix_(rows, cols)]))
             if op.cast is not None:
                 block = self.emit("Cast", f"W{k}_cast", [block], {"to": op.cast.attrs["to"]})
             self.shared[key] = block

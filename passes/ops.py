@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -64,8 +65,8 @@ class LinearOp:
         return (rows, cols) if self.layout is Layout.OUT_IN else (cols, rows)
 
     def matrix(self) -> np.ndarray:
-        """The weight as ``W[n_out, n_in]`` (a view, no copy)."""
-        return self.layout.to_matrix(self.weight.values)
+        """The weight as ``W[n_out, n_in]`` (``stored_values``: a fresh load of a lazy weight, else a view)."""
+        return self.layout.to_matrix(stored_values(self.weight))
 
     @property
     def node_name(self) -> str:
@@ -78,6 +79,13 @@ class LinearOp:
     @property
     def graph_name(self) -> str:
         return self.graph.name
+
+
+def stored_values(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values, loaded for this caller alone while they are still lazy: onnx-graphsurgeon's
+    ``values`` would keep a second copy of every weight beside the ModelProto's own."""
+    lazy = tensor._values
+    return lazy.load() if isinstance(lazy, LazyValues) else tensor.values
 
 
 @dataclass
@@ -212,7 +220,7 @@ def one_node_graph(op: LinearOp, x_shape: Sequence[int], dtype, root: gs.Graph) 
     """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
     its weight and bias; opset and IR version of ``root``, the graph ``op`` belongs to at the top."""
     x, y = gs.Variable("x", dtype, list(x_shape)), gs.Variable("y", dtype)
-    weights = [gs.Constant(t.name, t.values) for t in (op.weight, op.bias) if t is not None]
+    weights = [gs.Constant(t.name, stored_values(t)) for t in (op.weight, op.bias) if t is not None]
     node = gs.Node(op.node.op, op.node.name, dict(op.node.attrs), [x, *weights], [y])
     return gs.Graph([node], [x], [y], opset=root.opset, ir_version=root.ir_version,
                     import_domains=root.import_domains)

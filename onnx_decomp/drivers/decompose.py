@@ -18,7 +18,7 @@ from onnx_decomp.cost.model_stats import model_stats
 from onnx_decomp.decisions import Decision, plans_to_apply
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
-from onnx_decomp.io.model_io import ModelLike, check_model
+from onnx_decomp.io.model_io import ModelLike, check_model, load_references
 from onnx_decomp.io.shapes import InputShapes, concrete_shapes
 from onnx_decomp.planning.gate import plan_nodes
 from onnx_decomp.planning.support import Support, support_of
@@ -47,8 +47,8 @@ def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
         PassManager([BlockRewrite(plans_to_apply(decisions))])(ctx.graph)
     except PassError as error:
         raise UnsupportedConstructError(str(error)) from None
-    rewritten = export_graph(ctx.graph, like=ctx.proto)
-    check_model(rewritten)
+    rewritten = export_graph(ctx.graph, like=ctx.proto)  # weights kept dense stay references to their files
+    check_model(rewritten, ctx.base_dir)
     return rewritten
 
 
@@ -75,12 +75,13 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     if support.note:
         report.notes.append(support.note)
     if validation.check > 0 or validation.inputs is not None:
-        report.validation = validate(ctx.proto, rewritten, ctx.specs, validation,
-                                     support.tolerance(validation.tolerance), session)
+        report.validation = validate(ctx.source or ctx.proto, rewritten, ctx.specs, validation,
+                                     support.tolerance(validation.tolerance), session, ctx.base_dir)
         if not report.validation.ok:
             error = ValidationError("rewritten model differs from the original in ONNX Runtime (see table)")
             error.report = report
             raise error
     else:
         report.notes.append("validation skipped (--check 0): the rewrite is unproven")
+    load_references(rewritten, ctx.base_dir)  # the caller gets a self-contained model
     return rewritten, report

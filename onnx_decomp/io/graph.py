@@ -11,8 +11,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+from pathlib import Path
+
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.numpy_helper import to_array
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnx_decomp.io.scopes import unique_scoped_names
@@ -50,16 +54,30 @@ def _without_overridable(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
+class TensorValues(LazyValues):
+    """A constant's values read from its TensorProto, or from the file it references under ``base_dir``, in
+    one copy, each time they are asked for (the back end reads them through ``stored_values``)."""
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Optional[Path]):
+        super().__init__(tensor)
+        self.base_dir = str(base_dir or "")
+
+    def load(self):
+        return to_array(self.tensor, self.base_dir)
+
+
+def import_graph(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> gs.Graph:
     """The model as a graph (module rules) whose tensors carry their inferred types (the rewrite needs
     ranks; inferred on the weight-free skeleton, so at any model size), Constant weights folded and node
-    names unique."""
+    names unique; constants referencing external data are read from files under ``base_dir`` when used."""
     model = _without_overridable(unique_scoped_names(model))
     with _quiet():
         graph = gs.import_onnx(model)
     types = symbolic_types(model)
     for subgraph in all_graphs(graph):
         for tensor in subgraph.tensors().values():
+            if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):
+                tensor._values = TensorValues(tensor._values.tensor, base_dir)
             if isinstance(tensor, gs.Variable) and tensor.name in types:
                 dtype, shape = types[tensor.name]
                 tensor.dtype = tensor.dtype if tensor.dtype is not None else dtype

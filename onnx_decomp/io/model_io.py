@@ -3,6 +3,10 @@
 Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
 included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
 and every external tensor's bytes lie inside its file at a valid offset.
+
+Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
+and be read one at a time when needed; writing a model that holds such references copies their bytes into
+its own external-data file tensor by tensor, and never copies the model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import external_data_helper
 
 from onnx_decomp.io.atomic import staged_output
@@ -23,6 +28,7 @@ from onnx_decomp.errors import InvalidModelError
 logger = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the model file
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 
@@ -93,8 +99,9 @@ def model_files(path: Union[str, os.PathLike], role: str = "the input model") ->
     return list(dict.fromkeys(files))
 
 
-def load_model(model: ModelLike) -> onnx.ModelProto:
-    """Load a path (with its external data) or take a ModelProto; raise InvalidModelError if unusable."""
+def load_model(model: ModelLike, external_data: bool = True) -> onnx.ModelProto:
+    """Load a path or take a ModelProto; raise InvalidModelError if unusable. A file's external data is read
+    into the proto, or with ``external_data=False`` left on disk as references (module rule)."""
     if isinstance(model, onnx.ModelProto):
         proto, path = model, None
     else:
@@ -107,9 +114,9 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
             raise InvalidModelError(f"{path}: not an ONNX model ({type(error).__name__})") from None
         _check_external_sizes(proto, path.parent)
     try:
-        if path is not None:
+        onnx.checker.check_model(str(path) if path is not None else proto, full_check=True)
+        if path is not None and external_data:
             external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        onnx.checker.check_model(str(path) if path is not None and is_large(proto) else proto, full_check=True)
     except (OSError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         message = " ".join((str(error).strip() or type(error).__name__).split())
         raise InvalidModelError(f"{path or 'model'}: invalid ONNX model: {message}") from None
@@ -118,15 +125,71 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
 
 def is_large(model: onnx.ModelProto) -> bool:
     """True when the model cannot be serialized as one protobuf (over 2 GiB)."""
-    return model.ByteSize() > PROTOBUF_LIMIT
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except EncodeError:  # the protobuf runtime refuses even to size a message past its limit
+        return True
+
+
+def load_references(model: onnx.ModelProto, base_dir: Optional[Path]) -> None:
+    """Read every referenced tensor's bytes (files under ``base_dir``) into the model itself."""
+    if base_dir is not None and has_external_data(model):
+        external_data_helper.load_external_data_for_model(model, str(base_dir))
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """True when some tensor of the model is a reference to a file."""
+    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model.graph))
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """The bytes a tensor's external-data record points to, in a file under ``base_dir``."""
+    info = _external_info(tensor)
+    with open(base_dir / info.location, "rb") as handle:
+        handle.seek(info.offset or 0)
+        return handle.read(info.length) if info.length else handle.read()
+
+
+def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]) -> None:
+    """``path`` plus ``<name>.data`` holding every tensor's raw bytes of at least ``EXTERNAL_THRESHOLD`` and
+    every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
+    at a time, so no copy of the model is made and ``model`` is as it was afterwards (tensors stored in typed
+    fields rather than raw bytes stay inline)."""
+    location = path.name + ".data"
+    moved: list[tuple[onnx.TensorProto, Optional[bytes], list, bool]] = []  # tensor, raw, record, location set
+    try:
+        with open(path.with_name(location), "wb") as data:
+            for tensor in iter_tensors(model.graph):
+                reference = external_data_helper.uses_external_data(tensor)
+                if not reference and not (tensor.HasField("raw_data") and
+                                          len(tensor.raw_data) >= EXTERNAL_THRESHOLD):
+                    continue
+                raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
+                moved.append((tensor, None if reference else raw, [(e.key, e.value) for e in tensor.external_data],
+                              tensor.HasField("data_location")))
+                record = {"location": location, "offset": str(data.tell()), "length": str(len(raw))}
+                data.write(raw)
+                del raw, tensor.external_data[:]
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record.items())
+        with open(path, "wb") as handle:
+            handle.write(model.SerializeToString())
+    finally:
+        for tensor, raw, record, had_location in moved:
+            del tensor.external_data[:]
+            tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record)
+            if raw is not None:
+                tensor.raw_data = raw
+            if had_location:
+                tensor.data_location = onnx.TensorProto.EXTERNAL if record else onnx.TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
 
 
 def _write(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
     if external_data:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # save_model strips the tensors it moves out of the proto it is given
-        onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        _write_external(model, path, None)
     else:
         onnx.save_model(model, str(path))
 
@@ -143,22 +206,28 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike],
 
 
 @contextmanager
-def model_source(model: onnx.ModelProto) -> Iterator[Union[bytes, str]]:
-    """What onnx.checker and ONNX Runtime take: bytes, or a temporary path for models over 2 GiB."""
-    if not is_large(model):
+def model_source(model: ModelLike, base_dir: Optional[Path] = None) -> Iterator[Union[bytes, str]]:
+    """What onnx.checker and ONNX Runtime take: a model file's path as it is, the bytes of a ModelProto, or
+    a temporary path with external data for a ModelProto over 2 GiB or holding references to files under
+    ``base_dir``."""
+    if not isinstance(model, onnx.ModelProto):
+        yield str(model)
+        return
+    if not is_large(model) and not has_external_data(model):
         yield model.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnx-decomp-") as folder:
         path = Path(folder) / "model.onnx"
-        _write(model, path, external_data=True)
+        _write_external(model, path, base_dir)
         yield str(path)
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker with full shape inference; InvalidModelError on failure."""
+def check_model(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> None:
+    """onnx.checker with full shape inference (references resolved under ``base_dir``); InvalidModelError
+    on failure."""
     try:
-        if is_large(model):
-            with model_source(model) as path:
+        if is_large(model) or has_external_data(model):
+            with model_source(model, base_dir) as path:
                 onnx.checker.check_model(path, full_check=True)
         else:
             onnx.checker.check_model(model, full_check=True)

@@ -10,6 +10,7 @@ the count: deterministic, but blind to runtime costs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -20,7 +21,7 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.timing import Timer, node_timer
 from onnx_decomp.decisions import Action, Candidate, Decision
 from onnx_decomp.planning.support import Masks
-from onnx_decomp_passes import MIN_OPSET, BlockPlan, plan_from_support
+from onnx_decomp_passes import MIN_OPSET, LinearOp, plan_from_support
 
 
 def decide(candidate: Candidate, gate: GateConfig, timer: Optional[Timer]) -> Decision:
@@ -50,16 +51,23 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
     else the nonzero pattern)."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
     timer = node_timer(ctx.graph, ctx.shapes, session) if gate.kind == "time" else None
-    plans: dict[tuple, BlockPlan] = {}
+    candidates: dict[tuple, Candidate] = {}
     for op in tqdm(ctx.ops, desc="planning", unit="node", disable=None, leave=False):
         if (ctx.graph.opset or 0) < MIN_OPSET:
             decisions.append(Decision(op, Action.SKIP, f"opset {ctx.graph.opset} < {MIN_OPSET}"))
             continue
         key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
-        if key not in plans:
-            if not np.isfinite(op.matrix()).all():
-                ctx.notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
-            mask = None if masks is None else masks.get(op.weight.name)  # no mask: not analysed (NaN)
-            plans[key] = plan_from_support(op.matrix() != 0 if mask is None else mask)
-        decisions.append(decide(Candidate(op, plans[key]), gate, timer))
+        if key not in candidates:
+            candidates[key] = _candidate(op, None if masks is None else masks.get(op.weight.name), ctx.notes)
+        decisions.append(decide(replace(candidates[key], op=op), gate, timer))
     return decisions
+
+
+def _candidate(op: LinearOp, mask: Optional[np.ndarray], notes: list[str]) -> Candidate:
+    """The plan of ``mask`` (None: the nonzero pattern; a weight the analysis left out has no mask), from
+    one read of the weight."""
+    matrix = op.matrix()
+    nonzero = matrix != 0
+    if not np.isfinite(matrix).all():
+        notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
+    return Candidate(op, plan_from_support(nonzero if mask is None else mask), float(nonzero.mean()))

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.errors import DecompError, UnsupportedConstructError
-from onnx_decomp.io.model_io import model_source
+from onnx_decomp.io.model_io import ModelLike, model_source
 from onnx_decomp.io.shapes import InputSpec
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -41,8 +42,9 @@ def ort_message(error: Exception) -> str:
     return re.sub(r"^\S+\.(cc|h):\d+ .*?\) ", "", message)
 
 
-def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()):
-    """An InferenceSession on the configured provider (module rule) and thread count."""
+def make_session(model: ModelLike, config: SessionConfig = SessionConfig(), base_dir: Optional[Path] = None):
+    """An InferenceSession of a ModelProto (its external-data references under ``base_dir``) or a model file,
+    on the configured provider (module rule) and thread count."""
     ort = onnxruntime()
     has_cuda = CUDA in ort.get_available_providers()
     if config.provider == "cuda" and not has_cuda:
@@ -55,7 +57,7 @@ def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()
     options.log_severity_level = FATAL_ONLY
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
-    with model_source(model) as source:
+    with model_source(model, base_dir) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types

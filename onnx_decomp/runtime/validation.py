@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 
 from onnx_decomp.config import SessionConfig, Tolerance, ValidationConfig
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.model_io import ModelLike
 from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session, session_device
 
@@ -63,11 +64,12 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
     return OutputDiff(name, float(error.max(initial=0.0)), float(rel.max(initial=0.0)), rel_l2, ok)
 
 
-def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, specs: Sequence[InputSpec],
-             config: ValidationConfig, tolerance: Tolerance,
-             session: SessionConfig = SessionConfig()) -> ValidationResult:
-    """Run both models (module rule); random inputs follow ``specs``."""
-    reference, candidate = make_session(original, session), make_session(rewritten, session)
+def validate(original: ModelLike, rewritten: ModelLike, specs: Sequence[InputSpec],
+             config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
+             base_dir: Optional[Path] = None) -> ValidationResult:
+    """Run both models (module rule); random inputs follow ``specs``; the rewritten model's external-data
+    references lie under ``base_dir``."""
+    reference, candidate = make_session(original, session), make_session(rewritten, session, base_dir)
     names = [o.name for o in reference.get_outputs()]
     if config.inputs is not None:
         expected = {i.name for i in reference.get_inputs()}
