@@ -108,6 +108,14 @@ def test_invalid_graphs(tmp_path, rng, refused):
         refused("invalid ONNX model", "decompose", tmp_path / name, tmp_path / "out.onnx")
 
 
+def test_duplicate_node_names_cannot_be_validated(tmp_path, rng, refused):
+    from test_unusual_models import duplicate_node_names
+
+    path = tmp_path / "twice_named.onnx"
+    onnx.save(duplicate_node_names(rng)[0], path)
+    refused("two nodes with same node name", "decompose", path, tmp_path / "out.onnx", "--gate", "flops")
+
+
 def test_unknown_custom_domain_cannot_run(tmp_path, rng, refused):
     model = blocked_model(rng)
     model.graph.node.insert(0, helper.make_node("Mystery", ["x"], ["x2"], domain="com.example"))

@@ -72,6 +72,26 @@ def test_existing_names_that_look_generated_are_never_replaced(rng):
     assert len(nodes) == len(set(nodes)) and len(tensors) == len(set(tensors))
 
 
+def duplicate_node_names(rng):
+    """``relu(x @ A) @ B`` with both MatMuls named ``fc``: onnx's checker accepts it, ONNX Runtime does not."""
+    a, b = (hidden_blocks(rng, [(4, 4), (4, 4)])[0].T.copy() for _ in range(2))
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["h"], name="fc"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "B"], ["y"], name="fc")]
+    return make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], [tensor("A", a), tensor("B", b)]), a, b
+
+
+def test_duplicate_node_names_are_told_apart(rng):
+    """Plans and reports name nodes, so the graph renames repeats; the result runs in ONNX Runtime."""
+    model, a, b = duplicate_node_names(rng)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+
+    rewritten, report = decompose(model)
+
+    assert sorted(d.node for d in report.planned) == ["fc", "fc_0"]
+    assert op_types(rewritten).count("MatMul") == 4
+    np.testing.assert_allclose(run(rewritten, {"x": x})[0], np.maximum(x @ a, 0) @ b, rtol=RTOL, atol=ATOL)
+
+
 def test_a_weight_that_is_also_a_graph_input_is_left_alone(rng):
     w, _ = hidden_blocks(rng, [(4, 4), (4, 4)])
     model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="mm")],

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             model, report = decompose(args.input, input_shapes=options.input_shapes(args),
                                       gate=options.gate_config(args), session=options.session_config(args),
                                       support=support_of(args.support, options.analysis_config(args)),
-                                      validation=validation, inline_functions=args.inline_functions)
+                                      validation=validation, inline_functions=args.inline_functions,
+                                      references=True)
         except DecompError as error:
             if getattr(error, "report", None) is not None:
                 print(error.report.format())
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             print(report.format())
             print("onnx-decomp: nothing to rewrite (--require-change); nothing written", file=sys.stderr)
             return EXIT_NO_CHANGE
-        save_model(model, model_path, external_data=args.save_as_external_data or None)
+        save_model(model, model_path, external_data=args.save_as_external_data or None,
+                   base_dir=args.input.parent)
         if json_path is not None:
             report.write_json(json_path)
         outputs.commit()

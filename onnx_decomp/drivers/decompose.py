@@ -54,14 +54,17 @@ def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
 
 def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = "time",
               support: Union[str, Support] = "exact", session: Session = "auto",
-              validation: Optional[ValidationConfig] = None,
-              inline_functions: bool = False) -> tuple[onnx.ModelProto, Report]:
+              validation: Optional[ValidationConfig] = None, inline_functions: bool = False,
+              references: bool = False) -> tuple[onnx.ModelProto, Report]:
     """Rewrite every MatMul/Gemm whose support splits into blocks that pass the gate; prove it in ONNX Runtime.
 
     ``support``: ``"exact"`` (the nonzero pattern, lossless) or ``"confirmed"`` (what the statistical
     analysis confirms, lossy), or a ``planning.support.Support``. ``validation`` (default: 3 random input
     sets, the support's tolerance) with ``check=0`` and no inputs skips the proof (noted in the report).
     ``inline_functions`` inlines model-local functions first, so that their MatMul/Gemm can be rewritten.
+    With ``references`` (a model loaded from a file), weights the rewrite keeps stay references to the
+    input's external data: write the result with ``save_model(model, path, base_dir=<input's folder>)``,
+    which copies them tensor by tensor (a large model is then never held in memory).
     """
     gate, session, support = GateConfig.of(gate), SessionConfig.of(session), support_of(support)
     validation = validation or ValidationConfig()
@@ -83,5 +86,6 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
             raise error
     else:
         report.notes.append("validation skipped (--check 0): the rewrite is unproven")
-    load_references(rewritten, ctx.base_dir)  # the caller gets a self-contained model
+    if not references:
+        load_references(rewritten, ctx.base_dir)  # the caller gets a self-contained model
     return rewritten, report

@@ -187,21 +187,20 @@ def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]
                 tensor.ClearField("data_location")
 
 
-def _write(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
-    if external_data:
-        _write_external(model, path, None)
-    else:
-        onnx.save_model(model, str(path))
-
-
-def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike],
-               external_data: Optional[bool] = None) -> None:
+def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external_data: Optional[bool] = None,
+               base_dir: Optional[Path] = None) -> None:
     """Write atomically (``atomic.staged_output``). ``external_data=None`` writes one file unless the
-    model is over 2 GiB; external data goes to ``<name>.data`` beside the model."""
+    model is over 2 GiB or holds references to files under ``base_dir`` (whose bytes are then copied into
+    the new file tensor by tensor); external data goes to ``<name>.data`` beside the model."""
     if external_data is None:
-        external_data = is_large(model)
+        external_data = is_large(model) or has_external_data(model)
+    if not external_data:
+        load_references(model, base_dir)
     with staged_output(path) as staged:
-        _write(model, staged, external_data)
+        if external_data:
+            _write_external(model, staged, base_dir)
+        else:
+            onnx.save_model(model, str(staged))
     logger.info("wrote %s%s", path, " (+ external data)" if external_data else "")
 
 

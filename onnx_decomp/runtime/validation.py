@@ -68,8 +68,9 @@ def validate(original: ModelLike, rewritten: ModelLike, specs: Sequence[InputSpe
              config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
              base_dir: Optional[Path] = None) -> ValidationResult:
     """Run both models (module rule); random inputs follow ``specs``; the rewritten model's external-data
-    references lie under ``base_dir``."""
-    reference, candidate = make_session(original, session), make_session(rewritten, session, base_dir)
+    references lie under ``base_dir``. The original runs first and its session is gone before the rewritten
+    one is made, so a large model's weights are held by one ONNX Runtime session at a time."""
+    reference = make_session(original, session)
     names = [o.name for o in reference.get_outputs()]
     if config.inputs is not None:
         expected = {i.name for i in reference.get_inputs()}
@@ -80,15 +81,17 @@ def validate(original: ModelLike, rewritten: ModelLike, specs: Sequence[InputSpe
         what = "the inputs given (--inputs)"
     else:
         rng = np.random.default_rng(config.seed)
-        input_sets = (random_inputs(specs, rng) for _ in range(config.check))
+        input_sets = [random_inputs(specs, rng) for _ in range(config.check)]
         what = ("the inputs drawn at random (if the model needs real values or sizes, pass --inputs data.npz "
                 "or --input-shape NAME:D1,D2)")
+    references = [run_session(reference, inputs, names, what) for inputs in input_sets]
+    del reference
+    candidate = make_session(rewritten, session, base_dir)
     diffs: dict[str, list[OutputDiff]] = {name: [] for name in names}
-    for inputs in input_sets:
-        pairs = zip(names, run_session(reference, inputs, names, what), run_session(candidate, inputs, names, what))
-        for name, expected, actual in pairs:
+    for inputs, outputs in zip(input_sets, references):
+        for name, expected, actual in zip(names, outputs, run_session(candidate, inputs, names, what)):
             diffs[name].append(_diff(name, expected, actual, tolerance))
-    result = ValidationResult(session_device(candidate), len(next(iter(diffs.values()), [])), tolerance, [
+    result = ValidationResult(session_device(candidate), len(input_sets), tolerance, [
         OutputDiff(name, max(d.max_abs for d in ds), max(d.max_rel for d in ds), max(d.rel_l2 for d in ds),
                    all(d.ok for d in ds))
         for name, ds in diffs.items()
