@@ -3,15 +3,15 @@
 Rules on import: tensor names are made unique across scopes first (``io.scopes``); an initializer that is
 also a graph input (overridable at run time; IR < 4 lists every initializer so) enters the graph as a plain
 input, so no pass treats it as a constant weight, and ``export_graph`` puts its default value back, so the
-model's interface and defaults are unchanged. onnx-graphsurgeon's own warnings are silenced while it works.
+model's interface and defaults are unchanged. Constant values are read when used, not kept (``TensorValues``),
+so a large model's weights are held once. onnx-graphsurgeon's own warnings are silenced while it works.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
-
 from pathlib import Path
+from typing import Iterator, Optional
 
 import onnx
 import onnx_graphsurgeon as gs

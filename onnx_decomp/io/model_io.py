@@ -190,8 +190,9 @@ def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external_data: Optional[bool] = None,
                base_dir: Optional[Path] = None) -> None:
     """Write atomically (``atomic.staged_output``). ``external_data=None`` writes one file unless the
-    model is over 2 GiB or holds references to files under ``base_dir`` (whose bytes are then copied into
-    the new file tensor by tensor); external data goes to ``<name>.data`` beside the model."""
+    model is over 2 GiB or holds references to files under ``base_dir``; external data goes to
+    ``<name>.data`` beside the model, references copied into it tensor by tensor (``external_data=False``
+    reads them into the model first)."""
     if external_data is None:
         external_data = is_large(model) or has_external_data(model)
     if not external_data:
