@@ -153,6 +153,25 @@ def test_matmul_inside_a_local_function_is_reported_or_inlined(rng):
     assert_same_outputs(model, kept, [{"x": x}])
 
 
+def test_every_tensor_in_external_data_even_shape_constants(tmp_path, rng):
+    """``size_threshold=0`` puts a Reshape's target shape in the data file too: neither onnx's checker nor
+    ONNX Runtime can read it from there, so it is read in before checking, inference and validation."""
+    w, blocks = hidden_blocks(rng, [(8, 8)] * 4)
+    model = make_model([helper.make_node("Reshape", ["x", "shape"], ["x2"]),
+                        helper.make_node("MatMul", ["x2", "B"], ["y"], name="mm")], [value("x", ["N", 4, 8])],
+                       [value("y", ["N", 32])], [tensor("shape", np.array([-1, 32], np.int64)), tensor("B", w.T.copy())])
+    path = tmp_path / "all_external.onnx"
+    onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), path,  # save_model strips its argument
+                    save_as_external_data=True, location="all.data", size_threshold=0)
+    x = rng.standard_normal((3, 4, 8)).astype(np.float32)
+
+    rewritten, report = onnx_decomp.decompose(path, gate=ANY_BLOCKS)
+
+    assert report.validation.ok and report.after.matmul_flops * blocks == report.before.matmul_flops
+    assert ["Transpose", "Gather", "Transpose"] == op_types(rewritten)[1:4]  # the rank was known: row gathers
+    assert_same_outputs(model, rewritten, [{"x": x}])
+
+
 def test_flops_inside_an_if_body_are_counted_after_the_rewrite(rng):
     w = np.kron(np.eye(2), np.ones((4, 4))).astype(np.float32)
     then = helper.make_graph([helper.make_node("MatMul", ["x", "B"], ["t"])], "then", [], [value("t", ["N", 8])])

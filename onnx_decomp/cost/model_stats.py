@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_decomp.io.model_io import iter_graphs, iter_tensors
+from onnx_decomp.io.walk import iter_graphs, iter_tensors
 
 
 @dataclass

@@ -48,7 +48,7 @@ def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
     except PassError as error:
         raise UnsupportedConstructError(str(error)) from None
     rewritten = export_graph(ctx.graph, like=ctx.proto)  # weights kept dense stay references to their files
-    check_model(rewritten, ctx.base_dir)
+    check_model(rewritten)
     return rewritten
 
 
@@ -78,7 +78,7 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     if support.note:
         report.notes.append(support.note)
     if validation.check > 0 or validation.inputs is not None:
-        report.validation = validate(ctx.source or ctx.proto, rewritten, ctx.specs, validation,
+        report.validation = validate(ctx.proto, rewritten, ctx.specs, validation,
                                      support.tolerance(validation.tolerance), session, ctx.base_dir)
         if not report.validation.ok:
             error = ValidationError("rewritten model differs from the original in ONNX Runtime (see table)")

@@ -2,7 +2,9 @@
 
 Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
 included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
-and every external tensor's bytes lie inside its file at a valid offset.
+and every external tensor's bytes lie inside its file at a valid offset. A model holding references to
+external data, or over 2 GiB, is checked as its weight-free skeleton (``io.shapes.skeleton``: large weights
+as typed inputs, small tensors read in), which the checker can hold at any size.
 
 Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
 and be read one at a time when needed; writing a model that holds such references copies their bytes into
@@ -18,12 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+import numpy as np
 import onnx
 from google.protobuf.message import EncodeError
 from onnx import external_data_helper
 
-from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.errors import InvalidModelError
+from onnx_decomp.io.atomic import staged_output
+from onnx_decomp.io.shapes import SMALL_TENSOR, skeleton
+from onnx_decomp.io.walk import iter_graphs, iter_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +40,6 @@ ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 def model_label(model: ModelLike) -> str:
     """How reports name a model: its path, or ``<ModelProto>``."""
     return "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
-
-
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (If/Loop/Scan bodies) at any depth."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from iter_graphs(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from iter_graphs(subgraph)
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and Constant-node tensor in ``graph`` and its subgraphs."""
-    for one in iter_graphs(graph):
-        yield from one.initializer
-        for node in one.node:
-            yield from (attribute.t for attribute in node.attribute if attribute.HasField("t"))
 
 
 def _external_info(tensor: onnx.TensorProto) -> external_data_helper.ExternalDataInfo:
@@ -114,13 +100,19 @@ def load_model(model: ModelLike, external_data: bool = True) -> onnx.ModelProto:
             raise InvalidModelError(f"{path}: not an ONNX model ({type(error).__name__})") from None
         _check_external_sizes(proto, path.parent)
     try:
-        onnx.checker.check_model(str(path) if path is not None else proto, full_check=True)
-        if path is not None and external_data:
-            external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        if path is not None:
+            load_references(proto, path.parent, max_elements=None if external_data else SMALL_TENSOR)
+        _full_check(proto)
     except (OSError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         message = " ".join((str(error).strip() or type(error).__name__).split())
         raise InvalidModelError(f"{path or 'model'}: invalid ONNX model: {message}") from None
     return proto
+
+
+def _full_check(model: onnx.ModelProto) -> None:
+    """onnx.checker's full check of the model, or of its skeleton (module rule)."""
+    onnx.checker.check_model(skeleton(model) if has_external_data(model) or is_large(model) else model,
+                             full_check=True)
 
 
 def is_large(model: onnx.ModelProto) -> bool:
@@ -131,10 +123,17 @@ def is_large(model: onnx.ModelProto) -> bool:
         return True
 
 
-def load_references(model: onnx.ModelProto, base_dir: Optional[Path]) -> None:
-    """Read every referenced tensor's bytes (files under ``base_dir``) into the model itself."""
-    if base_dir is not None and has_external_data(model):
-        external_data_helper.load_external_data_for_model(model, str(base_dir))
+def load_references(model: onnx.ModelProto, base_dir: Optional[Path], max_elements: Optional[int] = None) -> None:
+    """Read the bytes of every referenced tensor (of at most ``max_elements`` elements, if given) from its
+    file under ``base_dir`` into the model itself."""
+    if base_dir is None:
+        return
+    for tensor in iter_tensors(model.graph):
+        if external_data_helper.uses_external_data(tensor) and \
+                (max_elements is None or int(np.prod(tensor.dims)) <= max_elements):
+            external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
@@ -151,8 +150,8 @@ def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
 
 
 def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]) -> None:
-    """``path`` plus ``<name>.data`` holding every tensor's raw bytes of at least ``EXTERNAL_THRESHOLD`` and
-    every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
+    """``path`` plus ``<name>.data`` holding the raw bytes of every tensor of at least ``EXTERNAL_THRESHOLD``
+    bytes and ``SMALL_TENSOR`` elements and every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
     at a time, so no copy of the model is made and ``model`` is as it was afterwards (tensors stored in typed
     fields rather than raw bytes stay inline)."""
     location = path.name + ".data"
@@ -161,9 +160,9 @@ def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]
         with open(path.with_name(location), "wb") as data:
             for tensor in iter_tensors(model.graph):
                 reference = external_data_helper.uses_external_data(tensor)
-                if not reference and not (tensor.HasField("raw_data") and
-                                          len(tensor.raw_data) >= EXTERNAL_THRESHOLD):
-                    continue
+                if not reference and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
+                                          and int(np.prod(tensor.dims)) > SMALL_TENSOR):
+                    continue  # small tensors stay inline: shape inference (ONNX Runtime's too) reads them
                 raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
                 moved.append((tensor, None if reference else raw, [(e.key, e.value) for e in tensor.external_data],
                               tensor.HasField("data_location")))
@@ -222,14 +221,9 @@ def model_source(model: ModelLike, base_dir: Optional[Path] = None) -> Iterator[
         yield str(path)
 
 
-def check_model(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> None:
-    """onnx.checker with full shape inference (references resolved under ``base_dir``); InvalidModelError
-    on failure."""
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker's full check with strict shape inference (``_full_check``); InvalidModelError on failure."""
     try:
-        if is_large(model) or has_external_data(model):
-            with model_source(model, base_dir) as path:
-                onnx.checker.check_model(path, full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
+        _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise InvalidModelError(f"rewritten model fails onnx.checker: {error}") from None

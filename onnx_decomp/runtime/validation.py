@@ -67,10 +67,10 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
 def validate(original: ModelLike, rewritten: ModelLike, specs: Sequence[InputSpec],
              config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
              base_dir: Optional[Path] = None) -> ValidationResult:
-    """Run both models (module rule); random inputs follow ``specs``; the rewritten model's external-data
-    references lie under ``base_dir``. The original runs first and its session is gone before the rewritten
-    one is made, so a large model's weights are held by one ONNX Runtime session at a time."""
-    reference = make_session(original, session)
+    """Run both models (module rule); random inputs follow ``specs``; external-data references of either lie
+    under ``base_dir``. The original runs first and its session is gone before the rewritten one is made, so a
+    large model's weights are held by one ONNX Runtime session at a time."""
+    reference = make_session(original, session, base_dir)
     names = [o.name for o in reference.get_outputs()]
     if config.inputs is not None:
         expected = {i.name for i in reference.get_inputs()}

@@ -24,7 +24,8 @@ from onnx_decomp.config import AnalysisConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import InvalidModelError, UnsupportedConstructError
 from onnx_decomp.io.atomic import staged_output
-from onnx_decomp.io.model_io import ModelLike, iter_tensors, load_model
+from onnx_decomp.io.model_io import ModelLike, load_model
+from onnx_decomp.io.walk import iter_tensors
 from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.report.analysis import AnalysisReport, ChainAnalysis, TensorAnalysis
 from onnx_decomp.stats.criterion import bh_threshold, grouped_edge_p_values, storey_pi0
