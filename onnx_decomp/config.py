@@ -4,6 +4,7 @@ A bad value raises ``UnsupportedConstructError`` with one line when the object i
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,15 @@ def _one_of(option: str, value, choices: tuple) -> None:
         raise UnsupportedConstructError(f"{option} must be one of {choices}, got {value!r}")
 
 
+def _at_least(option: str, value, minimum: float, strict: bool = False) -> None:
+    """``value`` is a finite number ``>= minimum`` (``>`` when ``strict``)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > minimum if strict else
+                                                                       value >= minimum)
+    if not ok:
+        raise UnsupportedConstructError(f"{option} must be a number {'>' if strict else '>='} {minimum:g}, "
+                                        f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Where ONNX Runtime runs, for the timing gate, validation and benchmarks alike: ``provider`` (``auto``
@@ -39,8 +49,8 @@ class SessionConfig:
 
     def __post_init__(self):
         _one_of("provider", self.provider, PROVIDERS)
-        if self.threads is not None and self.threads < 1:
-            raise UnsupportedConstructError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None:
+            _at_least("--threads", self.threads, 1)
 
     @classmethod
     def of(cls, value: Union[str, "SessionConfig"]) -> "SessionConfig":
@@ -66,6 +76,8 @@ class GateConfig:
 
     def __post_init__(self):
         _one_of("gate", self.kind, GATES)
+        _at_least("--min-flop-reduction", self.min_flop_reduction, 0, strict=True)
+        _at_least("--min-speedup", self.min_speedup, 0, strict=True)
         object.__setattr__(self, "forms", tuple(self.forms))
         object.__setattr__(self, "batches", tuple(int(b) for b in self.batches))
         if not self.forms:
@@ -90,6 +102,12 @@ class Tolerance:
     atol: float = 1e-4
     rel_l2: Optional[float] = None
 
+    def __post_init__(self):
+        _at_least("--rtol", self.rtol, 0)
+        _at_least("--atol", self.atol, 0)
+        if self.rel_l2 is not None:
+            _at_least("--tolerance", self.rel_l2, 0)
+
     def describe(self) -> str:
         if self.rel_l2 is not None:
             return f"relative L2 <= {self.rel_l2:g}"
@@ -106,6 +124,10 @@ class ValidationConfig:
     seed: int = 0
     tolerance: Optional[Tolerance] = None
     inputs: Optional[Mapping[str, np.ndarray]] = None
+
+    def __post_init__(self):
+        _at_least("--check", self.check, 0)
+        _at_least("--seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

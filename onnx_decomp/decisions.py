@@ -31,12 +31,14 @@ class FormCost:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A block plan proposed for one op; once a form is chosen (``planning.forms``): the form, the plan in
-    the feature order permutation folding gives it (``folded``, what runs), the cost of every form looked at,
-    and the measured speedup the gate judges (the worst over the batch sizes)."""
+    """A block plan proposed for one op and the fraction of its weight's entries that are nonzero; once a form
+    is chosen (``planning.forms``): the form, the plan in the feature order permutation folding gives it
+    (``folded``, what runs), the cost of every form looked at, and the measured speedup the gate judges (the
+    worst over the batch sizes)."""
 
     op: LinearOp
     plan: BlockPlan
+    density: float
     speedup: Optional[float] = None
     form: Optional[str] = None
     folded: Optional[BlockPlan] = None

@@ -8,7 +8,8 @@ its features by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) 
 everywhere at once: ``Q``'s weight rows and bias, the per-feature constants, and every consumer's weight
 columns. So a space is refused, and left as it is, when any tensor in it is a graph output or is read by
 any other node (a residual Add, LayerNorm, Reshape, a node in a subgraph), when a weight to reorder is
-shared with another node (folding would copy it), or when a constant does not broadcast per feature.
+shared with another node (folding would copy it) or stored behind a Cast, or when a constant does not
+broadcast per feature.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .builder import Builder
+from .builder import Builder, NameTable
 from .forms.blocks import block_layout
 from .infra import Pass, PassResult
 from .ops import BROADCAST_CONSTANT, ELEMENTWISE, LinearOp, all_graphs, find_linear_ops
@@ -142,30 +143,31 @@ class Folding:
     refused: dict[str, str] = field(default_factory=dict)  # producer node -> why its space was left alone
     links: dict[str, str] = field(default_factory=dict)  # consumer -> producer, spaces with one (planned) reader
 
-    def apply(self) -> None:
-        """Write the relabelled weights, biases and per-feature constants into the graph (new tensors; the
-        old ones are left to whoever else reads them)."""
+    def apply(self, graph: gs.Graph) -> None:
+        """Write the relabelled weights, biases and per-feature constants into ``graph`` (new tensors, named
+        afresh; the old ones are left to whoever else reads them)."""
+        names = NameTable(graph)
+
+        def builder(op: LinearOp) -> Builder:
+            return Builder(op, {}, names)
+
         ops = {}
         for space, order in self.spaces:
             ops[space.producer.node.name] = space.producer
             ops.update({c.node.name: c for c in space.consumers})
             for node, i in space.constants:
                 values = node.inputs[i].values
-                node.inputs[i] = _builder(space.producer).constant(f"{node.name}_folded{i}", values[..., order])
+                node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values[..., order])
             bias = space.producer.bias
             if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
-                space.producer.node.inputs[2] = _builder(space.producer).constant("C_folded", bias.values[..., order])
+                space.producer.node.inputs[2] = builder(space.producer).constant("C_folded", bias.values[..., order])
         for name, op in ops.items():
             matrix = op.matrix()
             if name in self.rows:
                 matrix = matrix[self.rows[name]]
             if name in self.cols:
                 matrix = matrix[:, self.cols[name]]
-            op.node.inputs[1] = _builder(op).constant("W_folded", op.layout.from_matrix(matrix))
-
-
-def _builder(op: LinearOp) -> Builder:
-    return Builder(op, {})
+            op.node.inputs[1] = builder(op).constant("W_folded", op.layout.from_matrix(matrix))
 
 
 def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
@@ -183,8 +185,10 @@ def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
             continue
         members = [producer, *space.consumers]
         shared = [op.node.name for op in members if uses.get(id(op.weight), 0) > 1]
-        if shared:
-            folding.refused[producer.node.name] = f"weight of {shared[0]} is shared"
+        cast = [op.node.name for op in members if op.cast is not None]
+        if shared or cast:
+            folding.refused[producer.node.name] = (f"weight of {shared[0]} is shared" if shared else
+                                                   f"weight of {cast[0]} is stored behind a Cast")
             continue
         if len(space.consumers) == 1 and {producer.node.name, space.consumers[0].node.name} <= set(plans):
             folding.links[space.consumers[0].node.name] = producer.node.name
@@ -240,7 +244,7 @@ class FoldPermutation(Pass):
 
     def call(self, graph: gs.Graph) -> PassResult:
         folding = plan_folding(graph, self.plans)
-        folding.apply()
+        folding.apply(graph)
         self.plans, self.refused = folding.plans, folding.refused
         for space, _ in folding.spaces:
             logger.debug("folded a permutation of %d features between %s and %s", space.n,

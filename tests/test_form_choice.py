@@ -42,7 +42,7 @@ def test_cost_gate_estimates_every_form_at_every_batch_and_keeps_the_best(rng):
 def test_tune_times_every_form_and_keeps_the_fastest_measured(rng):
     model = matmul(contiguous(256, 4, rng))
     out, report = onnx_decomp.decompose(model, gate=GateConfig(tune=True, forms=("branches", "batched"),
-                                                               batches=(4,), min_speedup=0.0))
+                                                               batches=(4,), min_speedup=1e-6))
     node = report.nodes[0]
     measured = {c["form"]: c["measured"] for c in node.costs}
     assert set(measured) == {"branches", "batched"} and None not in measured.values()
@@ -78,7 +78,7 @@ def test_batch_sizes_set_symbolic_first_dims_only(rng):
 def test_bad_form_or_batch_options_exit_2(tmp_path, rng, capsys, option):
     path = tmp_path / "m.onnx"
     onnx.save(matmul(contiguous(16, 2, rng)), path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["decompose", str(path), str(tmp_path / "out.onnx"), *option])
-    assert exit_info.value.code == 2 and option[0] in capsys.readouterr().err
+    code = main(["decompose", str(path), str(tmp_path / "out.onnx"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and option[0] in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()

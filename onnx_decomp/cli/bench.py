@@ -9,6 +9,8 @@ from onnx_decomp.cli import options
 from onnx_decomp.config import PROVIDERS, SessionConfig
 from onnx_decomp.cost.timing import CLOCKS
 from onnx_decomp.drivers.bench import BUDGET_S, PEERS, bench
+from onnx_decomp.io.model_io import model_files
+from onnx_decomp.io.outputs import StagedWrites
 
 
 def add_parser(commands) -> None:
@@ -37,13 +39,18 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options.check_output_folders(args.json, args.plot)
-    session = SessionConfig(args.provider, args.threads, spin=args.spin)
-    report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget,
-                   clock=args.clock)
+    """Outputs are checked and staged before any timing (``io.outputs``) and written only at the end."""
+    reads = [*model_files(args.input), *model_files(args.decomposed, "the decomposed model")]
+    with StagedWrites(reads) as outputs:
+        json_path = outputs.file(args.json) if args.json else None
+        plot_path = outputs.file(args.plot) if args.plot else None
+        session = SessionConfig(args.provider, args.threads, spin=args.spin)
+        report = bench(args.input, args.decomposed, args.batch, session, peer=args.peer, budget_s=args.budget,
+                       clock=args.clock)
+        if json_path is not None:
+            report.write_json(json_path)
+        if plot_path is not None:
+            report.plot(plot_path)
+        outputs.commit()
     print(report.format())
-    if args.json:
-        report.write_json(args.json)
-    if args.plot:
-        report.plot(args.plot)
     return 0

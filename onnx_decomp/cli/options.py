@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from onnx_decomp.errors import DecompError
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, PROVIDERS, AnalysisConfig, GateConfig,
                                 SessionConfig)
+from onnx_decomp.io.model_io import model_files
 
 
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -50,6 +50,8 @@ def model_options() -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
     group.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    group.add_argument("--inline-functions", action="store_true",
+                       help="inline model-local functions first, so that MatMul/Gemm inside them are seen")
     return group
 
 
@@ -117,15 +119,9 @@ def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> An
                           edges or EDGE_MODES[0])
 
 
-def emit(report, json_path: Optional[Path]) -> None:
-    """Print the report's table; write its JSON where asked."""
-    print(report.format())
-    if json_path:
-        report.write_json(json_path)
-
-
-def check_output_folders(*paths: Optional[Path]) -> None:
-    """Fail before any work when an output's folder does not exist."""
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise DecompError(f"{path.parent}: output folder does not exist")
+def model_reads(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The files a run reads besides its data: the input model, an init reference, and their external data."""
+    reads = model_files(args.input)
+    if getattr(args, "init_reference", None) is not None:
+        reads += model_files(args.init_reference, "the --init-reference model")
+    return reads

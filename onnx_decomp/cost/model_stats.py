@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from onnx_decomp.io.model_io import iter_graphs, iter_tensors
+from onnx_decomp.io.walk import iter_graphs, iter_tensors
 
 
 @dataclass

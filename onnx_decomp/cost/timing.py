@@ -20,7 +20,8 @@ import numpy as np
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.cost.isolate import one_node_models
 from onnx_decomp.decisions import Candidate
-from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp.io.shapes import InputSpec
+from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session
 from onnx_decomp_passes import Form
 
 if TYPE_CHECKING:
@@ -74,5 +75,7 @@ def measure_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], ro
     models = one_node_models(candidate, form, x_shape, root)
     sessions = [make_session(model, replace(session, spin=False)) for model in models]
     dtype = np.dtype(candidate.op.node.inputs[0].dtype or candidate.op.weight.dtype)
-    x = np.random.default_rng(seed).standard_normal(x_shape).astype(dtype)
-    return median_speedup(*sessions, {"x": x})
+    feed = random_inputs([InputSpec("x", dtype, tuple(x_shape))], np.random.default_rng(seed))
+    for one in sessions:  # a failure at this shape is one line, not a traceback from the timing loop
+        run_session(one, feed, what=f"node {candidate.op.node.name} alone at input shape {list(x_shape)}")
+    return median_speedup(*sessions, feed)

@@ -12,8 +12,10 @@ deterministic, but blind to runtime costs.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import GateConfig, SessionConfig
@@ -21,7 +23,7 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Action, Candidate, Decision
 from onnx_decomp.planning.forms import FormChooser
 from onnx_decomp.planning.support import Masks
-from onnx_decomp_passes import MIN_OPSET, BlockPlan, plan_from_support
+from onnx_decomp_passes import MIN_OPSET, LinearOp, plan_from_support
 
 
 def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
@@ -47,19 +49,30 @@ def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate],
 
 def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> list[Decision]:
     """A decision for every MatMul/Gemm with a constant operand: skipped ones with their reason, the others
-    judged on the plan of their support (``masks[weight]``, else the nonzero pattern)."""
+    judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
+    else the nonzero pattern)."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
-    plans: dict[tuple, BlockPlan] = {}
-    candidates = []
+    candidates: dict[tuple, Candidate] = {}
+    ops = []
     for op in ctx.ops:
         if (ctx.graph.opset or 0) < MIN_OPSET:
             decisions.append(Decision(op, Action.SKIP, f"opset {ctx.graph.opset} < {MIN_OPSET}"))
             continue
-        key = (op.weight.name, op.layout)
-        if key not in plans:
-            plans[key] = plan_from_support(masks[op.weight.name] if masks is not None else op.matrix() != 0)
-        candidates.append(Candidate(op, plans[key]))
-    choose = FormChooser(ctx, gate, session, candidates)
-    for candidate in tqdm(candidates, desc="planning", unit="node", disable=None, leave=False):
+        key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
+        if key not in candidates:
+            candidates[key] = _candidate(op, None if masks is None else masks.get(op.weight.name), ctx.notes)
+        ops.append(replace(candidates[key], op=op))
+    choose = FormChooser(ctx, gate, session, ops)
+    for candidate in tqdm(ops, desc="planning", unit="node", disable=None, leave=False):
         decisions.append(decide(candidate, gate, choose))
     return decisions
+
+
+def _candidate(op: LinearOp, mask: Optional[np.ndarray], notes: list[str]) -> Candidate:
+    """The plan of ``mask`` (None: the nonzero pattern; a weight the analysis left out has no mask), from
+    one read of the weight."""
+    matrix = op.matrix()
+    nonzero = matrix != 0
+    if not np.isfinite(matrix).all():
+        notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
+    return Candidate(op, plan_from_support(nonzero if mask is None else mask), float(nonzero.mean()))

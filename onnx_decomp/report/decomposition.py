@@ -7,8 +7,6 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Union
 
-import numpy as np
-
 from onnx_decomp.cost.model_stats import ModelStats
 from onnx_decomp.decisions import Decision
 from onnx_decomp.io.atomic import write_text
@@ -44,12 +42,11 @@ class NodeReport:
         subject, candidate = decision.subject, decision.candidate
         row = cls(subject.node_name, subject.op_type, subject.graph_name, decision.action.value, decision.reason)
         if isinstance(subject, LinearOp):
-            values = subject.weight.values
-            row = replace(row, weight=subject.weight.name, shape=list(subject.shape),
-                        density=float(np.count_nonzero(values)) / values.size)
+            row = replace(row, weight=subject.weight.name, shape=list(subject.shape))
         if candidate is not None:
             plan = candidate.plan
-            row = replace(row, blocks=len(plan.branches), constant_outputs=len(plan.constant_rows),
+            row = replace(row, density=candidate.density, blocks=len(plan.branches),
+                          constant_outputs=len(plan.constant_rows),
                         unused_inputs=len(plan.unused_cols), flop_reduction=round(plan.flop_reduction, 3),
                         speedup=None if candidate.speedup is None else round(candidate.speedup, 3),
                         form=candidate.form,

@@ -28,7 +28,7 @@ class Batched(BlockForm):
         lead = b.rank - 1
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
         x = b.emit("Transpose", "x_block_major", [x], {"perm": [lead, *range(lead), lead + 1]})
-        weights = b.shared_constant(
+        weights = b.shared_weight(
             (*layout.weights_key(b.op, self.name), lead), "W_blocks",
             lambda: stacked_weights(b.op, layout).reshape(layout.k, *[1] * (lead - 1), layout.b_in, layout.b_out))
         y = b.emit("MatMul", "y_blocks", [x, weights])

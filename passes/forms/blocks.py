@@ -47,7 +47,7 @@ class BlockLayout:
         return self.k * self.b_out == self.plan.n_out and np.array_equal(self.out_index, np.arange(self.plan.n_out))
 
     def weights_key(self, op: LinearOp, form: str) -> tuple:
-        """What determines a form's stacked weights besides the weight tensor (``Builder.shared_constant``)."""
+        """What determines a form's stacked weights besides the weight tensor (``Builder.shared_weight``)."""
         return (form, self.k, self.b_in, self.b_out, self.in_index.tobytes(), self.out_index.tobytes(),
                 op.node.attrs.get("alpha", 1.0) if op.node.op == "Gemm" else 1.0)
 

@@ -34,7 +34,7 @@ class BlockEinsum(BlockForm):
         layout = self.layout(plan)
         lead = b.rank - 1
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
-        weights = b.shared_constant(layout.weights_key(b.op, self.name),
+        weights = b.shared_weight(layout.weights_key(b.op, self.name),
                                     "W_blocks", lambda: stacked_weights(b.op, layout))
         y = b.emit("Einsum", "y_blocks", [x, weights], {"equation": "...ki,kio->...ko"})
         finish(b, layout, b.reshape(y, [0] * lead + [-1], "y_slots"))

@@ -47,7 +47,7 @@ class GroupedConv(BlockForm):
             stacked = stacked_weights(b.op, layout).transpose(0, 2, 1)
             return stacked.reshape(layout.k * layout.b_out, layout.b_in, *[1] * lead)
 
-        weights = b.shared_constant((*layout.weights_key(b.op, self.name), lead),
+        weights = b.shared_weight((*layout.weights_key(b.op, self.name), lead),
                                     "W_groups", kernel)
         y = b.emit("Conv", "y_groups", [x, weights], {"group": layout.k, "kernel_shape": [1] * lead})
         y = b.emit("Squeeze", "y_channels", [y, axis0])

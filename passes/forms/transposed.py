@@ -35,7 +35,7 @@ class Transposed(BlockForm):
         if not layout.in_order:
             x = b.emit("Gather", "x_slots", [x, b.constant("x_slots_idx", index(layout.in_index))], {"axis": 0})
         x = b.reshape(x, [layout.k, layout.b_in, -1], "x_blocks")
-        weights = b.shared_constant(layout.weights_key(op, self.name), "W_blocks",
+        weights = b.shared_weight(layout.weights_key(op, self.name), "W_blocks",
                                     lambda: np.ascontiguousarray(stacked_weights(op, layout).transpose(0, 2, 1)))
         y = b.emit("MatMul", "y_blocks", [weights, x])
         slots = layout.k * layout.b_out
