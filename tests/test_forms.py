@@ -122,3 +122,17 @@ def test_decompose_reports_the_form_and_counts_its_flops(rng, form):
                                         input_shapes={"x": [2, 5, 32]})
     assert report.nodes[0].form == form and report.validation.ok
     assert report.after.matmul_flops == report.before.matmul_flops // 4 == 2 * 10 * 32 * 32 // 4
+
+
+@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "grouped_conv"])
+def test_block_forms_keep_a_weight_stored_behind_a_cast(rng, form):
+    """A float16 weight cast to float32 at run time: the stacked blocks stay float16 behind their own Cast."""
+    w, _ = hidden_blocks(rng, [(4, 4)] * 3, dtype=np.float16)
+    nodes = [helper.make_node("Cast", ["B16"], ["B"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")]
+    model = make_model(nodes, [value("x", ["N", 12])], [value("y", ["N", 12])], [tensor("B16", w.T.copy())])
+    out, report = onnx_decomp.decompose(model, gate=GateConfig("flops", forms=(form,)))
+    assert report.nodes[0].form == form and report.validation.ok
+    assert {t.data_type for t in out.graph.initializer if len(t.dims) >= 3} == {onnx.TensorProto.FLOAT16}
+    x = rng.standard_normal((3, 12)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], x @ w.astype(np.float32).T, rtol=RTOL, atol=ATOL)
