@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.cost.model_stats import model_stats
@@ -77,7 +78,7 @@ def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], sessi
     report = BenchReport(model_label(dense), model_label(decomposed), ort.__version__, session_device(sessions[0]),
                          session.threads, session.spin, os.cpu_count() or 1, peer, clock, 0)
     rng = np.random.default_rng(seed)
-    for batch in batches:
+    for batch in tqdm(batches, desc="bench", unit="batch size", disable=None, leave=False):
         specs = _batch_specs(floats["dense"], batch)
         flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops
                  for name, model in floats.items()}
