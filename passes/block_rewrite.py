@@ -1,15 +1,16 @@
 """The block rewrite pass: every planned MatMul/Gemm is replaced by the first form that can execute its plan.
 
-Rule: for each ``node name -> BlockPlan``, the forms are asked in order (``forms.DEFAULT_FORMS`` unless
-given); the first whose ``check`` returns no reason emits the replacement, which writes the node's original
-output tensor; the node is removed, and so is a Cast that fed it its weight once nothing else reads the
-Cast. Touched graphs are topologically sorted. New names are unique in the model (``builder.NameTable``).
+Rule: for each ``node name -> BlockPlan``, the form named for the node in ``chosen`` emits the replacement
+(it must apply); other nodes ask the forms in order (``forms.DEFAULT_FORMS`` unless given) and the first whose
+``check`` returns no reason emits it. The replacement writes the node's original output tensor; the node is
+removed, and so is a Cast that fed it its weight once nothing else reads the Cast. Touched graphs are
+topologically sorted. New names are unique in the model (``builder.NameTable``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -27,8 +28,9 @@ MIN_OPSET = 11
 class BlockRewrite(Pass):
     __doc__ = __doc__
 
-    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS):
-        self.plans, self.forms = dict(plans), tuple(forms)
+    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS,
+                 chosen: Optional[Mapping[str, Form]] = None):
+        self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
 
     def requires(self, graph: gs.Graph) -> None:
         if self.plans and (graph.opset or 0) < MIN_OPSET:
@@ -75,7 +77,7 @@ class BlockRewrite(Pass):
 
     def _form(self, op: LinearOp, plan: BlockPlan) -> Form:
         reasons = []
-        for form in self.forms:
+        for form in [self.chosen[op.node.name]] if op.node.name in self.chosen else self.forms:
             reason = form.check(op, plan)
             if reason is None:
                 return form

@@ -7,6 +7,9 @@ never the name of an existing tensor or node, in any graph); a feature permutati
 faster than strided last-axis elements, design.md section 6), a last-axis ``Gather`` otherwise; a contiguous
 range is a ``Slice``; branch weights are shared between nodes that use the same weight with the same plan;
 a weight stored behind a ``Cast`` keeps its stored type, each branch weight gets its own ``Cast``.
+``gather_features`` is the other way to pick features: ``GatherElements`` with its indices broadcast to the
+input's leading dims (``Expand``), several times cheaper than either Gather at batch 1 and 64 (README, "The
+rewrite and what it costs"); it may repeat or drop features.
 """
 
 from __future__ import annotations
@@ -106,3 +109,37 @@ class Builder:
         c = self.op.bias.values
         part = c[..., rows] if c.ndim and c.shape[-1] == self.op.shape[0] else c
         return (part * scale).astype(c.dtype)
+
+    def shared_weight(self, key: tuple, suffix: str, make):
+        """The weight ``make()`` (values in the stored type, after a Cast as the node's own weight) for ``key``,
+        made once and shared with the other users of the same weight tensor asking for the same key."""
+        op = self.op
+        key = (id(op.weight), op.layout, id(op.graph) if op.cast else None, *key)
+        if key not in self.shared:
+            weight = self.constant(suffix, make())
+            if op.cast is not None:
+                weight = self.emit("Cast", f"{suffix}_cast", [weight], {"to": op.cast.attrs["to"]})
+            self.shared[key] = weight
+        return self.shared[key]
+
+    def reshape(self, x, shape, suffix: str) -> gs.Variable:
+        """``Reshape(x, shape)`` with a constant target (0 copies the input's dim, -1 is inferred)."""
+        return self.emit("Reshape", suffix, [x, self.constant(f"{suffix}_shape", index(shape))])
+
+    def leading_shape(self, x, suffix: str) -> gs.Variable:
+        """The shape of ``x`` without its last dim."""
+        if (self.op.graph.opset or 0) >= 15:
+            return self.emit("Shape", suffix, [x], {"end": -1})
+        shape = self.emit("Shape", f"{suffix}_full", [x])
+        return self.emit("Slice", suffix, [shape, self.constant(f"{suffix}_start", index([0])),
+                                           self.constant(f"{suffix}_end", index([-1]))])
+
+    def gather_features(self, x, indices: np.ndarray, suffix: str, output: Optional[gs.Variable] = None):
+        """``x[..., indices]`` as ``GatherElements`` (module rule); ``x`` has the node input's rank."""
+        rank = self.rank
+        idx = self.constant(f"{suffix}_idx", index(indices).reshape((1,) * (rank - 1) + (-1,)))
+        shape = self.emit("Concat", f"{suffix}_shape", [self.leading_shape(x, f"{suffix}_lead"),
+                                                        self.constant(f"{suffix}_width", index([len(indices)]))],
+                          {"axis": 0})
+        expanded = self.emit("Expand", f"{suffix}_expand", [idx, shape])
+        return self.emit("GatherElements", suffix, [x, expanded], {"axis": -1}, output)

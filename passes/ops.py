@@ -185,7 +185,7 @@ def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
 
 
 ELEMENTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Tanh", "Sigmoid", "HardSigmoid",
-               "Softplus", "Softsign", "Erf", "Identity", "Dropout"}
+               "Softplus", "Softsign", "Erf", "Identity", "Dropout", "Cast"}
 BROADCAST_CONSTANT = {"Add", "Sub", "Mul", "Div"}
 
 

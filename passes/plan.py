@@ -12,6 +12,7 @@ any weight entry outside ``(branch.rows x branch.cols)`` of its row's branch is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -91,6 +92,15 @@ class BlockPlan:
     def output_order(self) -> np.ndarray:
         """Output rows in the order the rewrite concatenates them: branches, then constant rows."""
         return np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
+
+    def relabeled(self, rows: Optional[np.ndarray] = None, cols: Optional[np.ndarray] = None) -> "BlockPlan":
+        """The same plan after the outputs were reordered so that new row ``i`` is old row ``rows[i]`` (and
+        inputs likewise by ``cols``); branches ordered by their first input column."""
+        row_pos = np.argsort(rows) if rows is not None else np.arange(self.n_out)
+        col_pos = np.argsort(cols) if cols is not None else np.arange(self.n_in)
+        branches = sorted((Branch(row_pos[b.rows], col_pos[b.cols]) for b in self.branches),
+                          key=lambda b: (b.cols[0], b.rows[0]))
+        return BlockPlan(self.n_out, self.n_in, tuple(branches), row_pos[self.constant_rows])
 
     def mask(self) -> np.ndarray:
         """The ``[n_out, n_in]`` Boolean support the plan keeps."""

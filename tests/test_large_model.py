@@ -29,7 +29,8 @@ def test_external_data_model_is_decomposed_validated_and_written_from_disk(tmp_p
         assert (weight_bytes >= 2**31) == LARGE  # past the protobuf limit, 2**31 - 1
         files = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.iterdir()}
 
-        rewritten, report = onnx_decomp.decompose(path, gate=GateConfig("flops"), input_shapes={"x": [2, WIDTH]},
+        rewritten, report = onnx_decomp.decompose(path, gate=GateConfig("flops", forms=("branches",)),
+                                                  input_shapes={"x": [2, WIDTH]},
                                                   validation=ValidationConfig(check=1))
         onnx_decomp.save_model(rewritten, outputs / "out.onnx", external_data=True)
 

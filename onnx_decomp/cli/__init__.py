@@ -1,4 +1,5 @@
-"""Command line: ``onnx-decomp inspect IN``, ``onnx-decomp decompose IN OUT``, ``onnx-decomp analyze IN``.
+"""Command line: ``onnx-decomp inspect IN``, ``onnx-decomp decompose IN OUT``, ``onnx-decomp analyze IN``,
+``onnx-decomp bench DENSE DECOMPOSED``.
 
 Exit codes: 0 success; 1 the rewritten model failed validation; 2 bad input or usage;
 3 ``--require-change`` and nothing was rewritten. On any failure nothing is written.
@@ -12,7 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from onnx_decomp.cli import analyze, decompose, inspect
+from onnx_decomp.cli import analyze, bench, decompose, inspect
 from onnx_decomp.errors import DecompError
 
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for module in (inspect, analyze, decompose):
+    for module in (inspect, analyze, decompose, bench):
         module.add_parser(commands)
     return parser
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, GATES, PROVIDERS, AnalysisConfig, GateConfig,
+from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, PROVIDERS, AnalysisConfig, GateConfig,
                                 SessionConfig)
 from onnx_decomp.io.model_io import model_files
 
@@ -21,6 +21,28 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if not sep or not name or not shape or min(shape) < 0:
         raise argparse.ArgumentTypeError(f"expected NAME:D1,D2,... got {text!r}")
     return name, shape
+
+
+def _names(choices: tuple):
+    """A parser of ``a,b`` lists of names from ``choices``."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n for n in text.split(",") if n)
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected names from {','.join(choices)}, got {text!r}")
+        return names
+    return parse
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """``1,64,256`` -> ``(1, 64, 256)``, every size at least 1."""
+    try:
+        sizes = tuple(int(n) for n in text.split(",") if n)
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64,256, got {text!r}")
+    return sizes
 
 
 def model_options() -> argparse.ArgumentParser:
@@ -42,12 +64,22 @@ def planning_options() -> argparse.ArgumentParser:
                        "dims are 1)")
     group.add_argument("--gate", choices=GATES, default=defaults.kind,
                        help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
-                       "(default); flops: by multiply-accumulate count alone (deterministic)")
+                       "(default); cost: if the cost model estimates it faster (deterministic, no timing); "
+                       "flops: by multiply-accumulate count alone (deterministic)")
     group.add_argument("--min-flop-reduction", type=float, default=defaults.min_flop_reduction, metavar="X",
                        help="candidates need X times fewer multiply-accumulates than the dense weight "
                        "(default %(default)s)")
     group.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
                        help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
+    group.add_argument("--forms", type=_names(FORMS), default=defaults.forms, metavar="F1,F2",
+                       help=f"rewrite forms to choose from, of {','.join(FORMS)} (default "
+                       f"{','.join(defaults.forms)})")
+    group.add_argument("--tune", action="store_true",
+                       help="time every applicable form in ONNX Runtime and keep the fastest (default: the cost "
+                       "model's estimate picks the form)")
+    group.add_argument("--batch", type=batch_sizes, default=defaults.batches, metavar="B1,B2",
+                       help="judge every node at these batch sizes (the first dim of inputs whose first dim is "
+                       "symbolic); a rewrite must be faster at all of them")
     group.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
                        help="ONNX Runtime provider for timing and validation (auto: CUDA if a session really "
                        "gets it, else CPU)")
@@ -75,7 +107,7 @@ def input_shapes(args: argparse.Namespace) -> dict:
 
 
 def gate_config(args: argparse.Namespace) -> GateConfig:
-    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup)
+    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup, args.forms, args.tune, args.batch)
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:

@@ -1,10 +1,10 @@
 """The decompose and inspect drivers: load once, plan every node through the gate, rewrite, check, validate.
 
-Rule: ``inspect`` stops after the decisions; ``decompose`` rewrites the nodes decided for rewriting
-(``onnx_decomp_passes.BlockRewrite``), checks the result with ``onnx.checker`` (full check, strict shape
-inference) and proves it against the original in ONNX Runtime; a mismatch raises ``ValidationError``
-carrying the report.
-"""
+Rule: ``inspect`` stops after the decisions; ``decompose`` folds their permutations into neighbouring weights
+(``FoldPermutation``), rewrites the nodes decided for rewriting in their chosen forms (``BlockRewrite``),
+keeps chains in block layout (``KeepBlockLayout``), checks the result with ``onnx.checker`` (full check,
+strict shape inference) and proves it against the original in ONNX Runtime; a mismatch raises
+``ValidationError`` carrying the report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import onnx
 from onnx_decomp.config import GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.model_stats import model_stats
-from onnx_decomp.decisions import Decision, plans_to_apply
+from onnx_decomp.decisions import Decision, forms_to_apply, plans_to_apply
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import ModelLike, check_model, load_references
@@ -24,7 +24,8 @@ from onnx_decomp.planning.gate import plan_nodes
 from onnx_decomp.planning.support import Support, support_of
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.runtime.validation import validate
-from onnx_decomp_passes import BlockRewrite, PassError, PassManager
+from onnx_decomp_passes import (FORMS_BY_NAME, BlockRewrite, FoldPermutation, KeepBlockLayout, PassError,
+                                PassManager)
 
 Gate = Union[str, GateConfig]
 Session = Union[str, SessionConfig]
@@ -42,9 +43,13 @@ def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = 
 
 
 def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
-    """The model with every node decided for rewriting replaced (consumes ``ctx.graph``), checked."""
+    """The model with every node decided for rewriting replaced in its chosen form (consumes ``ctx.graph``):
+    permutations folded into neighbouring weights first, chains kept in block layout after; checked."""
+    fold = FoldPermutation(plans_to_apply(decisions))
     try:
-        PassManager([BlockRewrite(plans_to_apply(decisions))])(ctx.graph)
+        fold(ctx.graph)
+        chosen = {name: FORMS_BY_NAME[form] for name, form in forms_to_apply(decisions).items()}
+        PassManager([BlockRewrite(fold.plans, chosen=chosen), KeepBlockLayout()])(ctx.graph)
     except PassError as error:
         raise UnsupportedConstructError(str(error)) from None
     rewritten = export_graph(ctx.graph, like=ctx.proto)  # weights kept dense stay references to their files
@@ -72,7 +77,7 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     decisions = plan_nodes(ctx, gate, session, support.masks(ctx))
     report = _report(ctx, decisions)
     rewritten = _rewrite(ctx, decisions)
-    report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs))
+    report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs, data_prop=True))
     if not report.planned:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if support.note:

@@ -83,27 +83,30 @@ def skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]] = None
     return result
 
 
-def _inferred_skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]]) -> onnx.ModelProto:
-    """The skeleton at ``specs`` (the model's own input shapes when None), shape-inferred from scratch."""
+def _inferred_skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]],
+                       data_prop: bool = False) -> onnx.ModelProto:
+    """The skeleton at ``specs`` (the model's own input shapes when None), shape-inferred from scratch
+    (``data_prop``: through shapes computed in the graph too)."""
     bare = skeleton(model, specs)
     for graph in iter_graphs(bare.graph):
         del graph.value_info[:]  # stale annotations (symbolic dims) would shadow the concrete outer shapes
-    return onnx.shape_inference.infer_shapes(bare)
+    return onnx.shape_inference.infer_shapes(bare, data_prop=data_prop)
 
 
-def _typed_values(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]]):
+def _typed_values(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]], data_prop: bool = False):
     """Every value of the inferred skeleton and its subgraphs, with its tensor type, by name."""
-    for graph in iter_graphs(_inferred_skeleton(model, specs).graph):
+    for graph in iter_graphs(_inferred_skeleton(model, specs, data_prop).graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
             if value.type.HasField("tensor_type"):
                 yield value.name, value.type.tensor_type
 
 
-def concrete_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> dict[str, list]:
+def concrete_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec], data_prop: bool = False) -> dict[str, list]:
     """Every tensor's inferred shape at ``specs`` (None for a dim inference could not resolve), over the
-    graph and its subgraphs; initializers included."""
+    graph and its subgraphs; initializers included. ``data_prop`` also follows shapes computed in the graph
+    (Shape -> Concat -> Expand)."""
     shapes = {t.name: list(t.dims) for graph in iter_graphs(model.graph) for t in graph.initializer}
-    for name, tensor_type in _typed_values(model, specs):
+    for name, tensor_type in _typed_values(model, specs, data_prop):
         shapes[name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     return shapes
 

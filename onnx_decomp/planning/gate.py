@@ -2,46 +2,48 @@
 
 Rule, per node: a candidate is kept dense unless its plan does at least ``min_flop_reduction`` times fewer
 multiply-accumulates than the dense weight (default 2: below that the extra nodes and permutations cost
-more than they save, tools/bench_decompose.py). With ``kind="time"`` (default) it is rewritten only when
-ONNX Runtime measures the node's rewrite at least ``min_speedup`` times faster at the model's input shapes
-(``cost.timing``; default 1.1, above the run-to-run noise of a shared machine); ``kind="flops"`` stops after
-the count: deterministic, but blind to runtime costs.
+more than they save, tools/bench_forms.py). Its form is chosen by ``planning.forms``. With
+``kind="time"`` (default) it is rewritten only when ONNX Runtime measures the node's rewrite in that form at
+least ``min_speedup`` times faster at every batch size named (or the model's input shapes) (``cost.timing``;
+default 1.1, above the run-to-run noise of a shared machine); ``kind="cost"`` asks the same of the cost
+model's estimate (``cost.estimate``: deterministic, no timing); ``kind="flops"`` stops after the count:
+deterministic, but blind to runtime costs.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.cost.timing import Timer, node_timer
 from onnx_decomp.decisions import Action, Candidate, Decision
+from onnx_decomp.planning.forms import FormChooser
 from onnx_decomp.planning.support import Masks
 from onnx_decomp_passes import MIN_OPSET, LinearOp, plan_from_support
 
 
-def decide(candidate: Candidate, gate: GateConfig, timer: Optional[Timer]) -> Decision:
-    """The module rule for one candidate (``timer`` is used with ``kind="time"``)."""
+def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
+    """The module rule for one candidate; ``choose`` picks its form (``planning.forms``) and, with
+    ``kind="time"``, measures it."""
     plan = candidate.plan
     if plan.flop_reduction < gate.min_flop_reduction:
         dense = len(plan.branches) == 1 and plan.flop_reduction == 1.0
         reason = "dense: one block" if dense else \
             f"{plan.flop_reduction:.2f}x fewer MACs < {gate.min_flop_reduction:g}x"
         return Decision(candidate.op, Action.KEEP, reason, candidate)
+    candidate = choose(candidate)
     if gate.kind == "flops":
         return Decision(candidate.op, Action.REWRITE, "", candidate)
-    speedup = timer(candidate)
+    speedup, verb = (candidate.speedup, "measured") if gate.kind == "time" else (candidate.estimated, "estimated")
     if speedup is None:
-        return Decision(candidate.op, Action.KEEP, "not timed: input shape unknown (use --input-shape)",
+        return Decision(candidate.op, Action.KEEP, f"not {verb}: input shape unknown (use --input-shape)",
                         candidate)
-    candidate = candidate.timed(speedup)
     if speedup < gate.min_speedup:
-        return Decision(candidate.op, Action.KEEP, f"measured {speedup:.2f}x < {gate.min_speedup:g}x",
-                        candidate)
+        return Decision(candidate.op, Action.KEEP, f"{verb} {speedup:.2f}x < {gate.min_speedup:g}x", candidate)
     return Decision(candidate.op, Action.REWRITE, "", candidate)
 
 
@@ -50,16 +52,19 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
     judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
     else the nonzero pattern)."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
-    timer = node_timer(ctx.graph, ctx.shapes, session) if gate.kind == "time" else None
     candidates: dict[tuple, Candidate] = {}
-    for op in tqdm(ctx.ops, desc="planning", unit="node", disable=None, leave=False):
+    ops = []
+    for op in ctx.ops:
         if (ctx.graph.opset or 0) < MIN_OPSET:
             decisions.append(Decision(op, Action.SKIP, f"opset {ctx.graph.opset} < {MIN_OPSET}"))
             continue
         key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
         if key not in candidates:
             candidates[key] = _candidate(op, None if masks is None else masks.get(op.weight.name), ctx.notes)
-        decisions.append(decide(replace(candidates[key], op=op), gate, timer))
+        ops.append(replace(candidates[key], op=op))
+    choose = FormChooser(ctx, gate, session, ops)
+    for candidate in tqdm(ops, desc="planning", unit="node", disable=None, leave=False):
+        decisions.append(decide(candidate, gate, choose))
     return decisions
 
 

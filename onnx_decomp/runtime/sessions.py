@@ -57,6 +57,8 @@ def make_session(model: ModelLike, config: SessionConfig = SessionConfig(), base
     options.log_severity_level = FATAL_ONLY
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
+    if not config.spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with model_source(model, base_dir) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
