@@ -4,6 +4,7 @@ A bad value raises ``UnsupportedConstructError`` with one line when the object i
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import numpy as np
 
 from onnx_decomp.errors import UnsupportedConstructError
 
-GATES = ("time", "flops")
+GATES = ("time", "flops", "cost")
+FORMS = ("branches", "batched", "transposed", "einsum", "grouped_conv")  # onnx_decomp_passes.FORMS_BY_NAME
+DEFAULT_FORMS = ("branches", "batched")
 PROVIDERS = ("auto", "cpu", "cuda")
 FDR_SCOPES = ("tensor", "model")
 EDGE_MODES = ("entries", "grouped")
@@ -24,19 +27,30 @@ def _one_of(option: str, value, choices: tuple) -> None:
         raise UnsupportedConstructError(f"{option} must be one of {choices}, got {value!r}")
 
 
+def _at_least(option: str, value, minimum: float, strict: bool = False) -> None:
+    """``value`` is a finite number ``>= minimum`` (``>`` when ``strict``)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > minimum if strict else
+                                                                       value >= minimum)
+    if not ok:
+        raise UnsupportedConstructError(f"{option} must be a number {'>' if strict else '>='} {minimum:g}, "
+                                        f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Where ONNX Runtime runs, for the timing gate, validation and benchmarks alike: ``provider`` (``auto``
-    takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``) and intra-op
-    ``threads`` (None: ONNX Runtime's default, one per core)."""
+    takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``), intra-op ``threads``
+    (None: ONNX Runtime's default, one per core) and whether idle intra-op threads ``spin`` (ONNX Runtime's
+    default; off, several sessions timed in turn in one process do not take each other's cores)."""
 
     provider: str = "auto"
     threads: Optional[int] = None
+    spin: bool = True
 
     def __post_init__(self):
         _one_of("provider", self.provider, PROVIDERS)
-        if self.threads is not None and self.threads < 1:
-            raise UnsupportedConstructError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None:
+            _at_least("--threads", self.threads, 1)
 
     @classmethod
     def of(cls, value: Union[str, "SessionConfig"]) -> "SessionConfig":
@@ -47,14 +61,31 @@ class SessionConfig:
 class GateConfig:
     """The cost gate (``planning.gate``): a candidate needs ``min_flop_reduction`` times fewer
     multiply-accumulates than dense; with ``kind="time"`` it must also run ``min_speedup`` times faster in
-    ONNX Runtime at the model's input shapes; ``kind="flops"`` decides on the count alone."""
+    ONNX Runtime, with ``kind="cost"`` be estimated so by the cost model (``cost.estimate``), at every batch
+    size in ``batches`` (the first dim of inputs whose first dim is symbolic; empty: the input shapes as
+    given); ``kind="flops"`` decides on the count alone. Each rewritten node takes the form among ``forms``
+    the cost model estimates fastest, or with ``tune`` the one ONNX Runtime measures fastest
+    (``planning.forms``)."""
 
     kind: str = "time"
     min_flop_reduction: float = 2.0
     min_speedup: float = 1.1
+    forms: tuple[str, ...] = DEFAULT_FORMS
+    tune: bool = False
+    batches: tuple[int, ...] = ()
 
     def __post_init__(self):
         _one_of("gate", self.kind, GATES)
+        _at_least("--min-flop-reduction", self.min_flop_reduction, 0, strict=True)
+        _at_least("--min-speedup", self.min_speedup, 0, strict=True)
+        object.__setattr__(self, "forms", tuple(self.forms))
+        object.__setattr__(self, "batches", tuple(int(b) for b in self.batches))
+        if not self.forms:
+            raise UnsupportedConstructError("forms: name at least one rewrite form")
+        for form in self.forms:
+            _one_of("form", form, FORMS)
+        if any(b < 1 for b in self.batches):
+            raise UnsupportedConstructError(f"batch sizes must be at least 1, got {list(self.batches)}")
 
     @classmethod
     def of(cls, value: Union[str, "GateConfig"]) -> "GateConfig":
@@ -70,6 +101,12 @@ class Tolerance:
     rtol: float = 1e-3
     atol: float = 1e-4
     rel_l2: Optional[float] = None
+
+    def __post_init__(self):
+        _at_least("--rtol", self.rtol, 0)
+        _at_least("--atol", self.atol, 0)
+        if self.rel_l2 is not None:
+            _at_least("--tolerance", self.rel_l2, 0)
 
     def describe(self) -> str:
         if self.rel_l2 is not None:
@@ -87,6 +124,10 @@ class ValidationConfig:
     seed: int = 0
     tolerance: Optional[Tolerance] = None
     inputs: Optional[Mapping[str, np.ndarray]] = None
+
+    def __post_init__(self):
+        _at_least("--check", self.check, 0)
+        _at_least("--seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Reports and JSON are rendered from these (``report``); drivers act on ``Decision
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
 from onnx_decomp_passes import BlockPlan, LinearOp, Skipped
@@ -20,13 +20,36 @@ class Action(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class FormCost:
+    """One rewrite form of one candidate at one batch size (None: the input shapes as given): dense time /
+    rewritten time of the node alone, estimated by the cost model and, once timed, measured."""
+
+    form: str
+    batch: Optional[int]
+    estimated: float
+    measured: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """A block plan proposed for one op, with its measured speedup once timed (dense time / rewritten
-    time of the node alone)."""
+    """A block plan proposed for one op and the fraction of its weight's entries that are nonzero; once a form
+    is chosen (``planning.forms``): the form, the plan in the feature order permutation folding gives it
+    (``folded``, what runs), the cost of every form looked at, and the measured speedup the gate judges (the
+    worst over the batch sizes)."""
 
     op: LinearOp
     plan: BlockPlan
+    density: float
     speedup: Optional[float] = None
+    form: Optional[str] = None
+    folded: Optional[BlockPlan] = None
+    costs: tuple[FormCost, ...] = ()
+
+    @property
+    def estimated(self) -> Optional[float]:
+        """The chosen form's worst estimated speedup over the batch sizes (None before a choice)."""
+        values = [c.estimated for c in self.costs if c.form == self.form]
+        return min(values) if values else None
 
     @property
     def macs(self) -> int:
@@ -37,8 +60,6 @@ class Candidate:
     def flop_reduction(self) -> float:
         return self.plan.flop_reduction
 
-    def timed(self, speedup: float) -> "Candidate":
-        return replace(self, speedup=speedup)
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,11 @@ class Decision:
 def plans_to_apply(decisions: Sequence[Decision]) -> dict[str, BlockPlan]:
     """Node name -> plan, for every decision to rewrite."""
     return {d.node: d.candidate.plan for d in decisions if d.rewrite}
+
+
+def forms_to_apply(decisions: Sequence[Decision]) -> dict[str, str]:
+    """Node name -> chosen form name, for every decision to rewrite that has one."""
+    return {d.node: d.candidate.form for d in decisions if d.rewrite and d.candidate.form}
 
 
 class Verdict(str, enum.Enum):

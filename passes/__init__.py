@@ -4,9 +4,12 @@ Installed as ``onnx_decomp_passes`` (the folder is ``passes/``). Knows nothing o
 imports ``onnx_decomp``.
 """
 
+from .block_chains import KeepBlockLayout
 from .block_rewrite import MIN_OPSET, BlockRewrite
 from .builder import Builder
-from .forms import DEFAULT_FORMS, Branches, Form
+from .forms import (ALL_FORMS, DEFAULT_FORMS, FORMS_BY_NAME, Batched, BlockEinsum, Branches, Form, GroupedConv,
+                    Transposed)
+from .fold_permutation import FoldPermutation, Folding, plan_folding
 from .infra import Pass, PassError, PassManager, PassResult
 from .normalize import FoldConstantNodes, UniqueNodeNames
 from .ops import Layout, LinearOp, Skipped, all_graphs, find_chains, find_linear_ops, one_node_graph
@@ -16,6 +19,8 @@ __all__ = [
     "Pass", "PassError", "PassManager", "PassResult",
     "BlockPlan", "Branch", "plan_from_support",
     "Layout", "LinearOp", "Skipped", "all_graphs", "find_linear_ops", "find_chains", "one_node_graph",
-    "Builder", "Form", "Branches", "DEFAULT_FORMS", "BlockRewrite", "MIN_OPSET",
+    "Builder", "Form", "Branches", "Batched", "BlockEinsum", "GroupedConv", "Transposed", "DEFAULT_FORMS",
+    "ALL_FORMS", "FORMS_BY_NAME", "BlockRewrite", "MIN_OPSET", "FoldPermutation", "Folding", "plan_folding",
+    "KeepBlockLayout",
     "FoldConstantNodes", "UniqueNodeNames",
 ]

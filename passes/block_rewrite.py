@@ -1,22 +1,23 @@
 """The block rewrite pass: every planned MatMul/Gemm is replaced by the first form that can execute its plan.
 
-Rule: for each ``node name -> BlockPlan``, the forms are asked in order (``forms.DEFAULT_FORMS`` unless
-given); the first whose ``check`` returns no reason emits the replacement, which writes the node's original
-output tensor; the node is removed. Touched graphs are topologically sorted. Branch weights are shared
-between nodes that use the same initializer with the same plan.
+Rule: for each ``node name -> BlockPlan``, the form named for the node in ``chosen`` emits the replacement
+(it must apply); other nodes ask the forms in order (``forms.DEFAULT_FORMS`` unless given) and the first whose
+``check`` returns no reason emits it. The replacement writes the node's original output tensor; the node is
+removed, and so is a Cast that fed it its weight once nothing else reads the Cast. Touched graphs are
+topologically sorted. New names are unique in the model (``builder.NameTable``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import onnx_graphsurgeon as gs
 
-from .builder import Builder
+from .builder import Builder, NameTable
 from .forms import DEFAULT_FORMS, Form
 from .infra import Pass, PassError, PassResult
-from .ops import LinearOp, find_linear_ops
+from .ops import LinearOp, all_graphs, find_linear_ops
 from .plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ MIN_OPSET = 11
 class BlockRewrite(Pass):
     __doc__ = __doc__
 
-    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS):
-        self.plans, self.forms = dict(plans), tuple(forms)
+    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS,
+                 chosen: Optional[Mapping[str, Form]] = None):
+        self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
 
     def requires(self, graph: gs.Graph) -> None:
         if self.plans and (graph.opset or 0) < MIN_OPSET:
@@ -41,6 +43,7 @@ class BlockRewrite(Pass):
 
     def call(self, graph: gs.Graph) -> PassResult:
         shared: dict = {}
+        names = NameTable(graph)
         ops = {op.node.name: op for op in find_linear_ops(graph)[0]}
         missing = sorted(set(self.plans) - set(ops))
         if missing:
@@ -51,7 +54,7 @@ class BlockRewrite(Pass):
             if (plan.n_out, plan.n_in) != op.shape:
                 raise PassError(f"{name}: plan is {plan.n_out}x{plan.n_in}, weight is {op.shape}")
             form = self._form(op, plan)
-            builder = Builder(op, shared)
+            builder = Builder(op, shared, names)
             form.emit(builder, plan)
             op.graph.nodes.extend(builder.nodes)
             op.node.inputs.clear()
@@ -60,14 +63,21 @@ class BlockRewrite(Pass):
             touched.add(id(op.graph))
             logger.debug("%s: %s form, %d branches, %d constant rows, %.1fx fewer MACs", name, form.name,
                          len(plan.branches), len(plan.constant_rows), plan.flop_reduction)
-        for subgraph in [graph, *graph.subgraphs(recursive=True)]:
+        casts = {id(ops[name].cast) for name in self.plans if ops[name].cast is not None}
+        for subgraph in all_graphs(graph):
+            dead = [n for n in subgraph.nodes if id(n) in casts and not n.outputs[0].outputs
+                    and n.outputs[0] not in subgraph.outputs]
+            for node in dead:
+                node.inputs.clear()
+                node.outputs.clear()
+                subgraph.nodes.remove(node)
             if id(subgraph) in touched:
                 subgraph.toposort(recurse_subgraphs=False)
         return PassResult(graph, bool(self.plans))
 
     def _form(self, op: LinearOp, plan: BlockPlan) -> Form:
         reasons = []
-        for form in self.forms:
+        for form in [self.chosen[op.node.name]] if op.node.name in self.chosen else self.forms:
             reason = form.check(op, plan)
             if reason is None:
                 return form

@@ -1,10 +1,15 @@
 """Emission of the nodes that replace one MatMul/Gemm: naming, constants, and the index vocabulary
 (select a set of features, slice a range, permute) every rewrite form is written in.
 
-Rules: every new node and tensor is named ``<node>/<suffix>``; a feature permutation is
+Rules: every new node and tensor is named ``<node>/<suffix>``, made unique in the model (``NameTable``:
+never the name of an existing tensor or node, in any graph); a feature permutation is
 ``Transpose -> Gather(axis=0) -> Transpose`` when the rank is known (ONNX Runtime gathers whole rows far
 faster than strided last-axis elements, design.md section 6), a last-axis ``Gather`` otherwise; a contiguous
-range is a ``Slice``; branch weights are shared between nodes that use the same weight with the same plan.
+range is a ``Slice``; branch weights are shared between nodes that use the same weight with the same plan;
+a weight stored behind a ``Cast`` keeps its stored type, each branch weight gets its own ``Cast``.
+``gather_features`` is the other way to pick features: ``GatherElements`` with its indices broadcast to the
+input's leading dims (``Expand``), several times cheaper than either Gather at batch 1 and 64 (README, "The
+rewrite and what it costs"); it may repeat or drop features.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ops import LinearOp
+from .ops import LinearOp, all_graphs
 
 
 def index(values) -> np.ndarray:
@@ -22,23 +27,42 @@ def index(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
+class NameTable:
+    """The names a model uses, tensors and nodes of every graph; ``fresh`` hands out new ones."""
+
+    def __init__(self, graph: gs.Graph):
+        self.used = set()
+        for subgraph in all_graphs(graph):
+            self.used |= set(subgraph.tensors()) | {node.name for node in subgraph.nodes}
+
+    def fresh(self, name: str) -> str:
+        """``name``, or ``name_<n>`` with the smallest n that is free; reserved from now on."""
+        candidate, n = name, 0
+        while candidate in self.used:
+            candidate, n = f"{name}_{n}", n + 1
+        self.used.add(candidate)
+        return candidate
+
+
 class Builder:
     """Collects the nodes that replace ``op``; ``shared`` caches branch weights across nodes."""
 
-    def __init__(self, op: LinearOp, shared: dict):
-        self.op, self.shared, self.prefix = op, shared, op.node.name
+    def __init__(self, op: LinearOp, shared: dict, names: NameTable):
+        self.op, self.shared, self.names, self.prefix = op, shared, names, op.node.name
+        self._matrix = None
         shape = op.node.inputs[0].shape
         self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
         self.nodes: list[gs.Node] = []
 
     def constant(self, suffix: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(f"{self.prefix}/{suffix}", np.ascontiguousarray(values))
+        return gs.Constant(self.names.fresh(f"{self.prefix}/{suffix}"), np.ascontiguousarray(values))
 
     def emit(self, op_type: str, suffix: str, inputs, attrs=None,
              output: Optional[gs.Variable] = None) -> gs.Variable:
         """Append one node; returns its (single) output."""
-        output = output if output is not None else gs.Variable(f"{self.prefix}/{suffix}")
-        self.nodes.append(gs.Node(op_type, f"{self.prefix}/{suffix}", attrs or {}, list(inputs), [output]))
+        name = self.names.fresh(f"{self.prefix}/{suffix}")
+        output = output if output is not None else gs.Variable(name)
+        self.nodes.append(gs.Node(op_type, name, attrs or {}, list(inputs), [output]))
         return output
 
     def select(self, x, cols: np.ndarray, n_in: int, suffix: str):
@@ -66,12 +90,18 @@ class Builder:
         rows = self.emit("Gather", suffix, [front, indices], {"axis": 0})
         return self.emit("Transpose", f"{suffix}_back", [rows], {"perm": [*range(1, rank), 0]}, output)
 
-    def branch_weight(self, rows: np.ndarray, cols: np.ndarray, k: int) -> gs.Constant:
-        """``W[rows, cols]`` in the node's own layout, shared with other users of the same weight."""
-        key = (self.op.weight.name, self.op.layout, rows.tobytes(), cols.tobytes())
+    def branch_weight(self, rows: np.ndarray, cols: np.ndarray, k: int):
+        """``W[rows, cols]`` in the node's own layout (and type, after its Cast), shared with other users of
+        the same weight tensor in the same graph."""
+        op = self.op
+        key = (id(op.weight), op.layout, id(op.graph) if op.cast else None, rows.tobytes(), cols.tobytes())
         if key not in self.shared:
-            block = self.op.matrix()[np.ix_(rows, cols)]
-            self.shared[key] = self.constant(f"W{k}", self.op.layout.from_matrix(block))
+            if self._matrix is None:
+                self._matrix = op.matrix()  # loaded once per node, released with the builder
+            block = self.constant(f"W{k}", op.layout.from_matrix(self._matrix[np.ix_(rows, cols)]))
+            if op.cast is not None:
+                block = self.emit("Cast", f"W{k}_cast", [block], {"to": op.cast.attrs["to"]})
+            self.shared[key] = block
         return self.shared[key]
 
     def bias_part(self, rows: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -79,3 +109,37 @@ class Builder:
         c = self.op.bias.values
         part = c[..., rows] if c.ndim and c.shape[-1] == self.op.shape[0] else c
         return (part * scale).astype(c.dtype)
+
+    def shared_weight(self, key: tuple, suffix: str, make):
+        """The weight ``make()`` (values in the stored type, after a Cast as the node's own weight) for ``key``,
+        made once and shared with the other users of the same weight tensor asking for the same key."""
+        op = self.op
+        key = (id(op.weight), op.layout, id(op.graph) if op.cast else None, *key)
+        if key not in self.shared:
+            weight = self.constant(suffix, make())
+            if op.cast is not None:
+                weight = self.emit("Cast", f"{suffix}_cast", [weight], {"to": op.cast.attrs["to"]})
+            self.shared[key] = weight
+        return self.shared[key]
+
+    def reshape(self, x, shape, suffix: str) -> gs.Variable:
+        """``Reshape(x, shape)`` with a constant target (0 copies the input's dim, -1 is inferred)."""
+        return self.emit("Reshape", suffix, [x, self.constant(f"{suffix}_shape", index(shape))])
+
+    def leading_shape(self, x, suffix: str) -> gs.Variable:
+        """The shape of ``x`` without its last dim."""
+        if (self.op.graph.opset or 0) >= 15:
+            return self.emit("Shape", suffix, [x], {"end": -1})
+        shape = self.emit("Shape", f"{suffix}_full", [x])
+        return self.emit("Slice", suffix, [shape, self.constant(f"{suffix}_start", index([0])),
+                                           self.constant(f"{suffix}_end", index([-1]))])
+
+    def gather_features(self, x, indices: np.ndarray, suffix: str, output: Optional[gs.Variable] = None):
+        """``x[..., indices]`` as ``GatherElements`` (module rule); ``x`` has the node input's rank."""
+        rank = self.rank
+        idx = self.constant(f"{suffix}_idx", index(indices).reshape((1,) * (rank - 1) + (-1,)))
+        shape = self.emit("Concat", f"{suffix}_shape", [self.leading_shape(x, f"{suffix}_lead"),
+                                                        self.constant(f"{suffix}_width", index([len(indices)]))],
+                          {"axis": 0})
+        expanded = self.emit("Expand", f"{suffix}_expand", [idx, shape])
+        return self.emit("GatherElements", suffix, [x, expanded], {"axis": -1}, output)

@@ -1,8 +1,10 @@
 """Find the MatMul/Gemm nodes whose weight is a constant 2-D float matrix, in the graph and its subgraphs.
 
 Rule: a node qualifies when it is ``MatMul(x, B)`` or ``Gemm(A, B[, C])`` with ``transA=0``, ``B`` a constant
-2-D float tensor, and ``C`` (if any) a constant. Other MatMul/Gemm nodes that hold a constant operand are
-returned as ``Skipped`` with the reason; nodes with no constant operand (activation products) are ignored.
+2-D float16/32/64 tensor, or such a constant behind a ``Cast`` to a float type (fp16 weights computed in
+fp32), and ``C`` (if any) a constant. Other MatMul/Gemm nodes that hold a constant operand, or whose weight
+is computed from constants by another op, are returned as ``Skipped`` with the reason, and so is every
+MatMul/Gemm inside a model-local function; nodes with no constant operand (activation products) are ignored.
 
 Orientation, one vocabulary for the whole package: a weight is the linear map ``y = W x`` with
 ``W [n_out, n_in]``; ``Layout`` says how the stored tensor relates to ``W``.
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -52,6 +56,7 @@ class LinearOp:
     weight: gs.Constant
     layout: Layout
     bias: Optional[gs.Constant] = None  # Gemm's C, unscaled
+    cast: Optional[gs.Node] = None  # the Cast between ``weight`` and the node, if the weight is stored so
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -60,8 +65,8 @@ class LinearOp:
         return (rows, cols) if self.layout is Layout.OUT_IN else (cols, rows)
 
     def matrix(self) -> np.ndarray:
-        """The weight as ``W[n_out, n_in]`` (a view, no copy)."""
-        return self.layout.to_matrix(self.weight.values)
+        """The weight as ``W[n_out, n_in]`` (``stored_values``: a fresh load of a lazy weight, else a view)."""
+        return self.layout.to_matrix(stored_values(self.weight))
 
     @property
     def node_name(self) -> str:
@@ -74,6 +79,13 @@ class LinearOp:
     @property
     def graph_name(self) -> str:
         return self.graph.name
+
+
+def stored_values(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values, loaded for this caller alone while they are still lazy: onnx-graphsurgeon's
+    ``values`` would keep a second copy of every weight beside the ModelProto's own."""
+    lazy = tensor._values
+    return lazy.load() if isinstance(lazy, LazyValues) else tensor.values
 
 
 @dataclass
@@ -92,8 +104,35 @@ def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
     yield from graph.subgraphs(recursive=True)
 
 
-def _is_float(tensor: gs.Constant) -> bool:
-    return any(np.dtype(tensor.dtype) == np.dtype(t) for t in FLOAT_DTYPES)
+def dtype_name(dtype) -> str:
+    """A tensor dtype's name; onnx-graphsurgeon keeps types numpy lacks (bfloat16, ...) as ONNX enums."""
+    if isinstance(dtype, int):
+        return onnx.TensorProto.DataType.Name(dtype).lower()
+    return np.dtype(dtype).name
+
+
+def _is_float(dtype) -> bool:
+    return dtype_name(dtype) in {np.dtype(t).name for t in FLOAT_DTYPES}
+
+
+def _constant_source(tensor) -> "tuple[Optional[gs.Constant], Optional[gs.Node]]":
+    """The constant behind ``tensor``: itself, or the input of the Cast that produces it (with the Cast)."""
+    if isinstance(tensor, gs.Constant):
+        return tensor, None
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if producer is not None and producer.op == "Cast" and isinstance(producer.inputs[0], gs.Constant) \
+            and _is_float(onnx.helper.tensor_dtype_to_np_dtype(producer.attrs["to"])):
+        return producer.inputs[0], producer
+    return None, None
+
+
+def _computed_from_constants(tensor) -> Optional[str]:
+    """The op computing ``tensor`` from constants only (DequantizeLinear, Reshape, ...), if any."""
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if producer is not None and producer.inputs and all(isinstance(t, gs.Constant) or t.is_empty()
+                                                        for t in producer.inputs):
+        return producer.op
+    return None
 
 
 def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
@@ -103,25 +142,30 @@ def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
     inputs = node.inputs
     if len(inputs) < 2:
         return None
-    first_const, weight = isinstance(inputs[0], gs.Constant), inputs[1]
-    if not isinstance(weight, gs.Constant):
-        return skip("constant is the first operand, not the weight") if first_const else None
+    first_const = isinstance(inputs[0], gs.Constant)
+    weight, cast = _constant_source(inputs[1])
+    if weight is None:
+        if first_const:
+            return skip("constant is the first operand, not the weight")
+        computed = _computed_from_constants(inputs[1])
+        return skip(f"weight computed by {computed} from constants (not rewritten)") if computed else None
     if len(weight.shape) != 2:
         return skip(f"{len(weight.shape)}-D constant weight (only 2-D is supported)")
-    if not _is_float(weight):
-        return skip(f"{np.dtype(weight.dtype).name} weight (only float16/32/64; quantized left alone)")
+    if not _is_float(weight.dtype):
+        return skip(f"{dtype_name(weight.dtype)} weight (only float16/32/64; quantized left alone)")
     if node.op == "MatMul":
-        return LinearOp(node, graph, weight, Layout.of(node))
+        return LinearOp(node, graph, weight, Layout.of(node), cast=cast)
     if node.attrs.get("transA", 0):
         return skip("Gemm with transA=1")
     bias = inputs[2] if len(inputs) > 2 and not inputs[2].is_empty() else None
     if bias is not None and not isinstance(bias, gs.Constant):
         return skip("Gemm bias C is not a constant")
-    return LinearOp(node, graph, weight, Layout.of(node), bias=bias)
+    return LinearOp(node, graph, weight, Layout.of(node), bias=bias, cast=cast)
 
 
 def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
-    """Every qualifying MatMul/Gemm in ``graph`` and its subgraphs, and those skipped with a reason."""
+    """Every qualifying MatMul/Gemm in ``graph`` and its subgraphs, and those skipped with a reason
+    (module rule), model-local functions included."""
     found: list[LinearOp] = []
     skipped: list[Skipped] = []
     for subgraph in all_graphs(graph):
@@ -133,11 +177,15 @@ def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
                 found.append(result)
             elif isinstance(result, Skipped):
                 skipped.append(result)
+    for function in graph.functions:
+        skipped += [Skipped(node.name, node.op, f"function {function.name}",
+                            f"inside model-local function {function.name!r} (inline it to rewrite)")
+                    for node in function.nodes if node.op in ("MatMul", "Gemm")]
     return found, skipped
 
 
 ELEMENTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Tanh", "Sigmoid", "HardSigmoid",
-               "Softplus", "Softsign", "Erf", "Identity", "Dropout"}
+               "Softplus", "Softsign", "Erf", "Identity", "Dropout", "Cast"}
 BROADCAST_CONSTANT = {"Add", "Sub", "Mul", "Div"}
 
 
@@ -172,7 +220,7 @@ def one_node_graph(op: LinearOp, x_shape: Sequence[int], dtype, root: gs.Graph) 
     """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
     its weight and bias; opset and IR version of ``root``, the graph ``op`` belongs to at the top."""
     x, y = gs.Variable("x", dtype, list(x_shape)), gs.Variable("y", dtype)
-    weights = [gs.Constant(t.name, t.values) for t in (op.weight, op.bias) if t is not None]
+    weights = [gs.Constant(t.name, stored_values(t)) for t in (op.weight, op.bias) if t is not None]
     node = gs.Node(op.node.op, op.node.name, dict(op.node.attrs), [x, *weights], [y])
     return gs.Graph([node], [x], [y], opset=root.opset, ir_version=root.ir_version,
                     import_domains=root.import_domains)

@@ -12,9 +12,10 @@ any weight entry outside ``(branch.rows x branch.cols)`` of its row's branch is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 
@@ -92,6 +93,15 @@ class BlockPlan:
         """Output rows in the order the rewrite concatenates them: branches, then constant rows."""
         return np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
 
+    def relabeled(self, rows: Optional[np.ndarray] = None, cols: Optional[np.ndarray] = None) -> "BlockPlan":
+        """The same plan after the outputs were reordered so that new row ``i`` is old row ``rows[i]`` (and
+        inputs likewise by ``cols``); branches ordered by their first input column."""
+        row_pos = np.argsort(rows) if rows is not None else np.arange(self.n_out)
+        col_pos = np.argsort(cols) if cols is not None else np.arange(self.n_in)
+        branches = sorted((Branch(row_pos[b.rows], col_pos[b.cols]) for b in self.branches),
+                          key=lambda b: (b.cols[0], b.rows[0]))
+        return BlockPlan(self.n_out, self.n_in, tuple(branches), row_pos[self.constant_rows])
+
     def mask(self) -> np.ndarray:
         """The ``[n_out, n_in]`` Boolean support the plan keeps."""
         keep = np.zeros((self.n_out, self.n_in), dtype=bool)
@@ -100,23 +110,40 @@ class BlockPlan:
         return keep
 
 
+ROW_CHUNK = 1 << 22  # support entries scanned at a time while building the component graph
+
+
+def _component_labels(support: np.ndarray) -> np.ndarray:
+    """Weak components of the bipartite graph rows -> ``n_out + cols``: labels of rows, then columns. The
+    edge list is built a block of rows at a time with int32 indices, so memory follows the entries kept."""
+    n_out, n_in = support.shape
+    step = max(1, ROW_CHUNK // max(n_in, 1))
+    counts = support.sum(axis=1)
+    indices = np.concatenate([np.nonzero(support[start:start + step])[1].astype(np.int32) + n_out
+                              for start in range(0, n_out, step)] or [np.zeros(0, np.int32)])
+    indptr = np.concatenate([[0], np.cumsum(counts), np.full(n_in, counts.sum())]).astype(np.int64)
+    n = n_out + n_in
+    graph = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
+    return connected_components(graph, directed=True, connection="weak")[1]
+
+
 def plan_from_support(support: np.ndarray) -> BlockPlan:
     """Connected components of the bipartite row/column graph of ``support`` (shape ``[n_out, n_in]``).
 
     Each component with at least one entry is a branch; rows without entries are constant rows and
-    columns without entries are unused. Branches are ordered by their first row.
+    columns without entries are unused. Branches are ordered by their first row. A row that reads every
+    input (or a column every output reaches) makes one component at once, as in most trained weights.
     """
     support = np.asarray(support, dtype=bool)
     if support.ndim != 2:
         raise ValueError(f"support must be 2-D, got shape {support.shape}")
     n_out, n_in = support.shape
-    rows, cols = np.nonzero(support)
-    graph = coo_matrix(
-        (np.ones(len(rows), dtype=np.int8), (rows, n_out + cols)), shape=(n_out + n_in,) * 2
-    )
-    _, labels = connected_components(graph, directed=False)
+    live_rows, live_cols = support.any(axis=1), support.any(axis=0)
+    if n_out and n_in and (support.all(axis=1).any() or support.all(axis=0).any()):
+        rows = np.flatnonzero(live_rows)
+        return BlockPlan(n_out, n_in, (Branch(rows, np.flatnonzero(live_cols)),), np.flatnonzero(~live_rows))
+    labels = _component_labels(support)
     row_labels, col_labels = labels[:n_out], labels[n_out:]
-    live_rows = support.any(axis=1)
     branches = [
         Branch(np.flatnonzero((row_labels == label) & live_rows), np.flatnonzero(col_labels == label))
         for label in dict.fromkeys(row_labels[live_rows])

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_decomp import GateConfig
 
 IR_VERSION = 10  # what onnxruntime >= 1.20 loads; onnx's own default may be newer
-ANY_BLOCKS = GateConfig("flops", min_flop_reduction=1.0)  # rewrite whatever splits, untimed
+ANY_BLOCKS = GateConfig("flops", min_flop_reduction=1.0, forms=("branches",))  # whatever splits, untimed
+FLOPS_BRANCHES = GateConfig("flops", forms=("branches",))  # the FLOP gate, one sub-operator per block
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:

@@ -52,10 +52,10 @@ def test_report_json_validates_and_figures_are_pngs(tmp_path, rng, capfd):
     assert [t["null_source"] for t in data["tensors"]] == ["guess", "user", "user"]
     figures = [f for t in data["tensors"] for f in t["figures"]]
     assert len(figures) == 6
-    for figure in figures:
-        with open(figure, "rb") as handle:
+    for figure in figures:  # relative to the report folder
+        with open(out / figure, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-        assert matplotlib.image.imread(figure).shape[0] > 100
+        assert matplotlib.image.imread(out / figure).shape[0] > 100
 
 
 def test_bad_null_is_exit_2_and_writes_nothing(tmp_path, rng, capfd):

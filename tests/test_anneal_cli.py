@@ -47,7 +47,7 @@ def test_without_calibration_data_a_warning_goes_to_stderr_and_the_report(tmp_pa
 
 @pytest.mark.parametrize("extra, message", [
     (["--calib", "{bad}"], "--calib lacks arrays for the model inputs ['input']"),
-    (["--calib", "{missing}"], "no such file"),
+    (["--calib", "{missing}"], "No such file"),
     (["--calib", "{good}", "--metric", "accuracy"], "--metric accuracy needs labels"),
     (["--calib", "{good}", "--labels", "{bad}"], "--labels names no output of the model: ['x']"),
     (["--calib", "{good}", "--support", "confirmed"], "--anneal plans its own support"),

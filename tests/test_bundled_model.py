@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 import onnx_decomp
-from conftest import op_types, run
+from conftest import FLOPS_BRANCHES, op_types, run
 
 MODEL = Path(__file__).parents[1] / "models" / "digits_blocked"
 
@@ -17,7 +17,7 @@ def test_digits_model_middle_layer_splits_into_its_8_blocks_with_accuracy_unchan
     inputs, labels = np.load(MODEL / "calib.npz")["input"], np.load(MODEL / "labels.npz")["logits"]
     original = onnx.load(MODEL / "model.onnx")
 
-    rewritten, report = onnx_decomp.decompose(MODEL / "model.onnx", gate="flops")
+    rewritten, report = onnx_decomp.decompose(MODEL / "model.onnx", gate=FLOPS_BRANCHES)
 
     assert [(n.shape, n.blocks, n.density) for n in report.nodes if n.action == "rewrite"] == [
         ([1024, 1024], 8, 0.125)]

@@ -51,7 +51,8 @@ def blocked(tmp_path, rng):
 
 def test_decompose_writes_validated_model_and_json(tmp_path, blocked, rng, cli):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
-    result = cli("decompose", blocked, out, "--gate", "flops", "--check", 2, "--json", report, "--input-shape", "x:3,32")
+    result = cli("decompose", blocked, out, "--gate", "flops", "--forms", "branches", "--check", 2, "--json", report,
+                 "--input-shape", "x:3,32")
     assert result.returncode == 0, result.stderr
     assert "validation on cpu, 2 input set(s)" in result.stdout
     data = json.loads(report.read_text())
@@ -184,7 +185,8 @@ def test_confirmed_support_is_lossy_and_bounded_by_tolerance(tmp_path, rng, cli)
     exact = cli("decompose", path, out, "--gate", "flops", "--require-change")
     assert exact.returncode == 3  # the noise makes the nonzero pattern dense
 
-    result = cli("decompose", path, out, "--gate", "flops", "--support", "confirmed", "--json", tmp_path / "r.json")
+    result = cli("decompose", path, out, "--gate", "flops", "--forms", "branches", "--support", "confirmed", "--json",
+                 tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["nodes"][0]["blocks"] == 4 and report["validation"]["tolerance"]["rel_l2"] == 0.05

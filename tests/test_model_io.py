@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 import onnx_decomp
-from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from conftest import FLOPS_BRANCHES, hidden_blocks, make_model, op_types, run, tensor, value
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def external_model(tmp_path, rng):
 def test_external_data_in_and_out(tmp_path, external_model, rng):
     path, original = external_model
     snapshot = {p.name: p.read_bytes() for p in path.parent.iterdir()}
-    model, report = onnx_decomp.decompose(path, gate="flops")
+    model, report = onnx_decomp.decompose(path, gate=FLOPS_BRANCHES)
     out = tmp_path / "out.onnx"
     onnx_decomp.save_model(model, out, external_data=True)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import onnx_decomp
-from conftest import op_types, run
+from conftest import FLOPS_BRANCHES, op_types, run
 
 
 pytestmark = pytest.mark.slow  # every test here exports with torch or trains
@@ -37,7 +37,7 @@ def test_exported_blocked_mlp_decomposes_into_its_blocks(tmp_path, dynamo):
                       dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamo else None)
     original = onnx.load(path)
 
-    rewritten, report = onnx_decomp.decompose(path, gate="flops")
+    rewritten, report = onnx_decomp.decompose(path, gate=FLOPS_BRANCHES)
 
     rewritten_nodes = [n for n in report.nodes if n.action == "rewrite"]
     assert [n.blocks for n in rewritten_nodes] == [4]

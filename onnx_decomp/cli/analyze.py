@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from onnx_decomp.cli import options
 from onnx_decomp.config import EDGE_MODES
 from onnx_decomp.context import ModelContext
-from onnx_decomp.errors import DecompError
+from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.stats.analyze import analyze_context
 
 
@@ -25,19 +24,16 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Analyse; a report folder this run created is removed again if the analysis fails."""
     config = options.analysis_config(args, edges=args.edges)
-    created = args.report is not None and not args.report.exists()
-    if args.report is not None:
-        args.report.mkdir(parents=True, exist_ok=True)
-    try:
-        report = analyze_context(ModelContext.load(args.input), config, report_dir=args.report,
-                                 figures=not args.no_figures)
-    except DecompError:
-        if created:
-            shutil.rmtree(args.report, ignore_errors=True)
-        raise
-    if args.report is not None:
-        report.write_json(args.report / "report.json")
-    options.emit(report, args.json)
+    with StagedWrites(options.model_reads(args)) as outputs:
+        report_dir = outputs.folder(args.report) if args.report is not None else None
+        json_path = outputs.file(args.json) if args.json else None
+        ctx = ModelContext.load(args.input, inline_functions=args.inline_functions)
+        report = analyze_context(ctx, config, report_dir=report_dir, figures=not args.no_figures)
+        if report_dir is not None:
+            report.write_json(report_dir / "report.json")
+        if json_path is not None:
+            report.write_json(json_path)
+        outputs.commit()
+    print(report.format())
     return 0

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
-
-import numpy as np
 
 from onnx_decomp.cli import annealing, options
 from onnx_decomp.config import Tolerance, ValidationConfig
 from onnx_decomp.drivers.decompose import decompose
 from onnx_decomp.errors import DecompError
+from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import save_model
+from onnx_decomp.io.outputs import StagedWrites, optional_read
 from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE, SUPPORTS, support_of
 
 EXIT_NO_CHANGE = 3
@@ -48,40 +47,34 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _load_inputs(path: Optional[Path]):
-    """Arrays keyed by input name from an .npz file, or None."""
-    if path is None:
-        return None
-    try:
-        with np.load(path) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise DecompError(f"{path}: cannot read input arrays ({error})") from None
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.output.resolve() == args.input.resolve():
-        raise DecompError(f"{args.output}: output path equals the input; choose another")
-    if not args.output.parent.is_dir():
-        raise DecompError(f"{args.output.parent}: output folder does not exist")
     annealing.check(args)
     if args.anneal:
         return annealing.run(args, EXIT_NO_CHANGE)
-    validation = ValidationConfig(args.check, args.seed, Tolerance(args.rtol, args.atol, args.tolerance),
-                                  _load_inputs(args.inputs))
-    try:
-        model, report = decompose(args.input, input_shapes=options.input_shapes(args),
-                                  gate=options.gate_config(args), session=options.session_config(args),
-                                  support=support_of(args.support, options.analysis_config(args)),
-                                  validation=validation)
-    except DecompError as error:
-        if getattr(error, "report", None) is not None:
-            print(error.report.format())
-        raise
-    if args.require_change and not report.planned:
-        print(report.format())
-        print("onnx-decomp: nothing to rewrite (--require-change); nothing written", file=sys.stderr)
-        return EXIT_NO_CHANGE
-    save_model(model, args.output, external_data=args.save_as_external_data or None)
-    options.emit(report, args.json)
+    reads = [*options.model_reads(args), *optional_read(args.inputs, "the --inputs file")]
+    with StagedWrites(reads) as outputs:
+        model_path = outputs.file(args.output, side_files=[args.output.name + ".data"])
+        json_path = outputs.file(args.json) if args.json else None
+        validation = ValidationConfig(args.check, args.seed, Tolerance(args.rtol, args.atol, args.tolerance),
+                                      None if args.inputs is None else load_arrays(args.inputs))
+        try:
+            model, report = decompose(args.input, input_shapes=options.input_shapes(args),
+                                      gate=options.gate_config(args), session=options.session_config(args),
+                                      support=support_of(args.support, options.analysis_config(args)),
+                                      validation=validation, inline_functions=args.inline_functions,
+                                      references=True)
+        except DecompError as error:
+            if getattr(error, "report", None) is not None:
+                print(error.report.format())
+            raise
+        if args.require_change and not report.planned:
+            print(report.format())
+            print("onnx-decomp: nothing to rewrite (--require-change); nothing written", file=sys.stderr)
+            return EXIT_NO_CHANGE
+        save_model(model, model_path, external_data=args.save_as_external_data or None,
+                   base_dir=args.input.parent)
+        if json_path is not None:
+            report.write_json(json_path)
+        outputs.commit()
+    print(report.format())
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from onnx_decomp.cli import options
 from onnx_decomp.drivers.decompose import inspect
+from onnx_decomp.io.outputs import StagedWrites
 
 
 def add_parser(commands) -> None:
@@ -15,7 +16,12 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect(args.input, input_shapes=options.input_shapes(args), gate=options.gate_config(args),
-                     session=options.session_config(args))
-    options.emit(report, args.json)
+    with StagedWrites(options.model_reads(args)) as outputs:
+        json_path = outputs.file(args.json) if args.json else None
+        report = inspect(args.input, input_shapes=options.input_shapes(args), gate=options.gate_config(args),
+                         session=options.session_config(args), inline_functions=args.inline_functions)
+        if json_path is not None:
+            report.write_json(json_path)
+        outputs.commit()
+    print(report.format())
     return 0

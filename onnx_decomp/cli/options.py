@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, GATES, METRICS, PROVIDERS, AnalysisConfig, AnnealConfig,
-                                GateConfig, SessionConfig)
+from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
+                                AnnealConfig, GateConfig, SessionConfig)
+from onnx_decomp.io.model_io import model_files
 
 
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -22,11 +23,35 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _names(choices: tuple):
+    """A parser of ``a,b`` lists of names from ``choices``."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n for n in text.split(",") if n)
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected names from {','.join(choices)}, got {text!r}")
+        return names
+    return parse
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """``1,64,256`` -> ``(1, 64, 256)``, every size at least 1."""
+    try:
+        sizes = tuple(int(n) for n in text.split(",") if n)
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64,256, got {text!r}")
+    return sizes
+
+
 def model_options() -> argparse.ArgumentParser:
     """The input model and the JSON report."""
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
     group.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    group.add_argument("--inline-functions", action="store_true",
+                       help="inline model-local functions first, so that MatMul/Gemm inside them are seen")
     return group
 
 
@@ -39,12 +64,22 @@ def planning_options() -> argparse.ArgumentParser:
                        "dims are 1)")
     group.add_argument("--gate", choices=GATES, default=defaults.kind,
                        help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
-                       "(default); flops: by multiply-accumulate count alone (deterministic)")
+                       "(default); cost: if the cost model estimates it faster (deterministic, no timing); "
+                       "flops: by multiply-accumulate count alone (deterministic)")
     group.add_argument("--min-flop-reduction", type=float, default=defaults.min_flop_reduction, metavar="X",
                        help="candidates need X times fewer multiply-accumulates than the dense weight "
                        "(default %(default)s)")
     group.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
                        help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
+    group.add_argument("--forms", type=_names(FORMS), default=defaults.forms, metavar="F1,F2",
+                       help=f"rewrite forms to choose from, of {','.join(FORMS)} (default "
+                       f"{','.join(defaults.forms)})")
+    group.add_argument("--tune", action="store_true",
+                       help="time every applicable form in ONNX Runtime and keep the fastest (default: the cost "
+                       "model's estimate picks the form)")
+    group.add_argument("--batch", type=batch_sizes, default=defaults.batches, metavar="B1,B2",
+                       help="judge every node at these batch sizes (the first dim of inputs whose first dim is "
+                       "symbolic); a rewrite must be faster at all of them")
     group.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
                        help="ONNX Runtime provider for timing and validation (auto: CUDA if a session really "
                        "gets it, else CPU)")
@@ -107,7 +142,7 @@ def input_shapes(args: argparse.Namespace) -> dict:
 
 
 def gate_config(args: argparse.Namespace) -> GateConfig:
-    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup)
+    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup, args.forms, args.tune, args.batch)
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:
@@ -119,8 +154,9 @@ def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> An
                           edges or EDGE_MODES[0])
 
 
-def emit(report, json_path: Optional[Path]) -> None:
-    """Print the report's table; write its JSON where asked."""
-    print(report.format())
-    if json_path:
-        report.write_json(json_path)
+def model_reads(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The files a run reads besides its data: the input model, an init reference, and their external data."""
+    reads = model_files(args.input)
+    if getattr(args, "init_reference", None) is not None:
+        reads += model_files(args.init_reference, "the --init-reference model")
+    return reads

@@ -64,24 +64,25 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
           refit: Optional[bool] = None, blocks: Optional[int] = None, config: Optional[AnnealConfig] = None,
           analysis: Optional[AnalysisConfig] = None, input_shapes: InputShapes = None, gate: Gate = "time",
           session: Session = "auto", report_dir: Optional[Union[str, os.PathLike]] = None,
-          ) -> tuple[onnx.ModelProto, AnnealReport]:
+          inline_functions: bool = False) -> tuple[onnx.ModelProto, AnnealReport]:
     """Anneal ``model`` on calibration data (module rule) and rewrite it exactly; returns the rewritten model
     and the report (``report.plans``: weight name -> BlockPlan, for ``onnx_decomp.torch.apply_block_mask``;
     ``report.masked``: the masked, refitted dense model). ``calib``, ``labels``, ``inputs``: ``.npz`` paths or
-    mappings (``search.calibration``); ``metric``, ``tolerance``, ``refit``, ``blocks`` override ``config``."""
+    mappings (``search.calibration``); ``metric``, ``tolerance``, ``refit``, ``blocks`` override ``config``;
+    ``inline_functions`` as for ``decompose``."""
     overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance, refit=refit, blocks=blocks).items()
                  if v is not None}
     config = dataclasses.replace(config or AnnealConfig(), **overrides)
     with threadpool_limits(config.blas_threads, user_api="blas"):
         return _anneal(model, calib, labels, inputs, config, analysis or AnalysisConfig(), input_shapes,
-                       GateConfig.of(gate), SessionConfig.of(session), report_dir)
+                       GateConfig.of(gate), SessionConfig.of(session), report_dir, inline_functions)
 
 
 def _anneal(model: ModelLike, calib: Optional[Arrays], labels: Optional[Arrays], inputs: Optional[Arrays],
             config: AnnealConfig, analysis: AnalysisConfig, input_shapes: InputShapes, gate: GateConfig,
-            session: SessionConfig, report_dir: Optional[Union[str, os.PathLike]],
+            session: SessionConfig, report_dir: Optional[Union[str, os.PathLike]], inline_functions: bool,
             ) -> tuple[onnx.ModelProto, AnnealReport]:
-    ctx = ModelContext.load(model, input_shapes)
+    ctx = ModelContext.load(model, input_shapes, inline_functions)
     data = calibration(ctx, config, calib, labels, inputs)
     evidence = analyze_context(ctx, analysis, figures=False, keep_evidence=True).evidence
     network = Network(ctx, session, config.max_rows, config.seed)

@@ -1,25 +1,83 @@
-"""ModelProto <-> onnx-graphsurgeon graph: the one graph form every driver hands to the back end."""
+"""ModelProto <-> onnx-graphsurgeon graph: the one graph form every driver hands to the back end.
+
+Rules on import: tensor names are made unique across scopes first (``io.scopes``); an initializer that is
+also a graph input (overridable at run time; IR < 4 lists every initializer so) enters the graph as a plain
+input, so no pass treats it as a constant weight, and ``export_graph`` puts its default value back, so the
+model's interface and defaults are unchanged. Constant values are read when used, not kept (``TensorValues``),
+so a large model's weights are held once. onnx-graphsurgeon's own warnings are silenced while it works.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.numpy_helper import to_array
+from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.logger import G_LOGGER
 
+from onnx_decomp.io.scopes import unique_scoped_names
 from onnx_decomp.io.shapes import symbolic_types
 from onnx_decomp_passes import FoldConstantNodes, PassManager, UniqueNodeNames, all_graphs
 
 MODEL_FIELDS = ("doc_string", "domain", "model_version", "producer_name", "producer_version")
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The model as a graph whose tensors carry their inferred types (the rewrite needs ranks; inferred on
-    the weight-free skeleton, so at any model size), Constant weights folded and node names unique."""
-    graph = gs.import_onnx(model)
+@contextmanager
+def _quiet() -> Iterator[None]:
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = severity
+
+
+def overridable_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of the main graph's initializers that are also graph inputs."""
+    inputs = {value.name for value in model.graph.input}
+    return [t.name for t in model.graph.initializer if t.name in inputs]
+
+
+def _without_overridable(model: onnx.ModelProto) -> onnx.ModelProto:
+    names = set(overridable_initializers(model))
+    if not names:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = [t for t in copy.graph.initializer if t.name not in names]
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    return copy
+
+
+class TensorValues(LazyValues):
+    """A constant's values read from its TensorProto, or from the file it references under ``base_dir``, in
+    one copy, each time they are asked for (the back end reads them through ``stored_values``)."""
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Optional[Path]):
+        super().__init__(tensor)
+        self.base_dir = str(base_dir or "")
+
+    def load(self):
+        return to_array(self.tensor, self.base_dir)
+
+
+def import_graph(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> gs.Graph:
+    """The model as a graph (module rules) whose tensors carry their inferred types (the rewrite needs
+    ranks; inferred on the weight-free skeleton, so at any model size), Constant weights folded and node
+    names unique; constants referencing external data are read from files under ``base_dir`` when used."""
+    model = _without_overridable(unique_scoped_names(model))
+    with _quiet():
+        graph = gs.import_onnx(model)
     types = symbolic_types(model)
     for subgraph in all_graphs(graph):
         for tensor in subgraph.tensors().values():
+            if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):
+                tensor._values = TensorValues(tensor._values.tensor, base_dir)
             if isinstance(tensor, gs.Variable) and tensor.name in types:
                 dtype, shape = types[tensor.name]
                 tensor.dtype = tensor.dtype if tensor.dtype is not None else dtype
@@ -29,10 +87,14 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def export_graph(graph: gs.Graph, like: Optional[onnx.ModelProto] = None) -> onnx.ModelProto:
-    """The graph as a ModelProto, carrying ``like``'s model-level fields and metadata when given."""
-    model = gs.export_onnx(graph)
+    """The graph as a ModelProto; with ``like`` (the model it was imported from), its model-level fields,
+    metadata and the default values of its overridable initializers are carried over."""
+    with _quiet():
+        model = gs.export_onnx(graph)
     if like is not None:
         for name in MODEL_FIELDS:
             setattr(model, name, getattr(like, name))
         model.metadata_props.extend(like.metadata_props)
+        defaults = set(overridable_initializers(like))
+        model.graph.initializer.extend(t for t in like.graph.initializer if t.name in defaults)
     return model

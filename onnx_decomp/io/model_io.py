@@ -1,4 +1,15 @@
-"""Reading, checking and writing ONNX models: external data, atomic writes, one error family."""
+"""Reading, checking and writing ONNX models: external data, atomic writes, one error family.
+
+Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
+included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
+and every external tensor's bytes lie inside its file at a valid offset. A model holding references to
+external data, or over 2 GiB, is checked as its weight-free skeleton (``io.shapes.skeleton``: large weights
+as typed inputs, small tensors read in), which the checker can hold at any size.
+
+Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
+and be read one at a time when needed; writing a model that holds such references copies their bytes into
+its own external-data file tensor by tensor, and never copies the model.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import external_data_helper
 
-from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.errors import InvalidModelError
+from onnx_decomp.io.atomic import staged_output
+from onnx_decomp.io.shapes import SMALL_TENSOR, skeleton
+from onnx_decomp.io.walk import iter_graphs, iter_tensors
 
 logger = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the model file
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 
@@ -26,23 +42,17 @@ def model_label(model: ModelLike) -> str:
     return "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (If/Loop/Scan bodies) at any depth."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from iter_graphs(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from iter_graphs(subgraph)
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and Constant-node tensor in ``graph`` and its subgraphs."""
-    for one in iter_graphs(graph):
-        yield from one.initializer
-        for node in one.node:
-            yield from (attribute.t for attribute in node.attribute if attribute.HasField("t"))
+def _external_info(tensor: onnx.TensorProto) -> external_data_helper.ExternalDataInfo:
+    """The tensor's external-data record; an unreadable or negative offset or length is an invalid model."""
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)
+    except ValueError:
+        info = None
+    if info is None or (info.offset or 0) < 0 or (info.length or 0) < 0:
+        fields = {entry.key: entry.value for entry in tensor.external_data}
+        raise InvalidModelError(f"tensor {tensor.name!r}: bad external-data record (offset "
+                                f"{fields.get('offset', '-')!r}, length {fields.get('length', '-')!r})")
+    return info
 
 
 def _check_external_sizes(model: onnx.ModelProto, base_dir: Path) -> None:
@@ -50,7 +60,7 @@ def _check_external_sizes(model: onnx.ModelProto, base_dir: Path) -> None:
     for tensor in iter_tensors(model.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        info = _external_info(tensor)
         path = base_dir / info.location
         if not path.is_file():
             raise InvalidModelError(f"external data file {path} (tensor {tensor.name!r}) not found")
@@ -59,8 +69,25 @@ def _check_external_sizes(model: onnx.ModelProto, base_dir: Path) -> None:
             raise InvalidModelError(f"external data file {path} is truncated (tensor {tensor.name!r})")
 
 
-def load_model(model: ModelLike) -> onnx.ModelProto:
-    """Load a path (with its external data) or take a ModelProto; raise InvalidModelError if unusable."""
+def model_files(path: Union[str, os.PathLike], role: str = "the input model") -> list[tuple[Path, str]]:
+    """The model file and the external-data files it names: every file that reading it touches, with what
+    it is (for ``io.outputs``). A file that is not a readable model lists itself only."""
+    path = Path(path)
+    files = [(path, role)]
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: load_model says why
+        return files
+    for tensor in iter_tensors(proto.graph):
+        if external_data_helper.uses_external_data(tensor):
+            location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+            files.append((path.parent / location, f"the external data of {role}"))
+    return list(dict.fromkeys(files))
+
+
+def load_model(model: ModelLike, external_data: bool = True) -> onnx.ModelProto:
+    """Load a path or take a ModelProto; raise InvalidModelError if unusable. A file's external data is read
+    into the proto, or with ``external_data=False`` left on disk as references (module rule)."""
     if isinstance(model, onnx.ModelProto):
         proto, path = model, None
     else:
@@ -74,59 +101,129 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
         _check_external_sizes(proto, path.parent)
     try:
         if path is not None:
-            external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        onnx.checker.check_model(str(path) if path is not None and is_large(proto) else proto)
-    except (OSError, onnx.checker.ValidationError) as error:
-        message = (str(error).strip() or type(error).__name__).splitlines()[0]
+            load_references(proto, path.parent, max_elements=None if external_data else SMALL_TENSOR)
+        _full_check(proto)
+    except (OSError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        message = " ".join((str(error).strip() or type(error).__name__).split())
         raise InvalidModelError(f"{path or 'model'}: invalid ONNX model: {message}") from None
     return proto
 
 
+def _full_check(model: onnx.ModelProto) -> None:
+    """onnx.checker's full check of the model, or of its skeleton (module rule)."""
+    onnx.checker.check_model(skeleton(model) if has_external_data(model) or is_large(model) else model,
+                             full_check=True)
+
+
 def is_large(model: onnx.ModelProto) -> bool:
     """True when the model cannot be serialized as one protobuf (over 2 GiB)."""
-    return model.ByteSize() > PROTOBUF_LIMIT
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except EncodeError:  # the protobuf runtime refuses even to size a message past its limit
+        return True
 
 
-def _write(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
-    if external_data:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # save_model strips the tensors it moves out of the proto it is given
-        onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+def load_references(model: onnx.ModelProto, base_dir: Optional[Path], max_elements: Optional[int] = None) -> None:
+    """Read the bytes of every referenced tensor (of at most ``max_elements`` elements, if given) from its
+    file under ``base_dir`` into the model itself."""
+    if base_dir is None:
+        return
+    for tensor in iter_tensors(model.graph):
+        if external_data_helper.uses_external_data(tensor) and \
+                (max_elements is None or int(np.prod(tensor.dims)) <= max_elements):
+            external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
-def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike],
-               external_data: Optional[bool] = None) -> None:
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """True when some tensor of the model is a reference to a file."""
+    return any(external_data_helper.uses_external_data(t) for t in iter_tensors(model.graph))
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """The bytes a tensor's external-data record points to, in a file under ``base_dir``."""
+    info = _external_info(tensor)
+    with open(base_dir / info.location, "rb") as handle:
+        handle.seek(info.offset or 0)
+        return handle.read(info.length) if info.length else handle.read()
+
+
+def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]) -> None:
+    """``path`` plus ``<name>.data`` holding the raw bytes of every tensor of at least ``EXTERNAL_THRESHOLD``
+    bytes and ``SMALL_TENSOR`` elements and every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
+    at a time, so no copy of the model is made and ``model`` is as it was afterwards (tensors stored in typed
+    fields rather than raw bytes stay inline)."""
+    location = path.name + ".data"
+    moved: list[tuple[onnx.TensorProto, Optional[bytes], list, bool]] = []  # tensor, raw, record, location set
+    try:
+        with open(path.with_name(location), "wb") as data:
+            for tensor in iter_tensors(model.graph):
+                reference = external_data_helper.uses_external_data(tensor)
+                if not reference and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
+                                          and int(np.prod(tensor.dims)) > SMALL_TENSOR):
+                    continue  # small tensors stay inline: shape inference (ONNX Runtime's too) reads them
+                raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
+                moved.append((tensor, None if reference else raw, [(e.key, e.value) for e in tensor.external_data],
+                              tensor.HasField("data_location")))
+                record = {"location": location, "offset": str(data.tell()), "length": str(len(raw))}
+                data.write(raw)
+                del raw, tensor.external_data[:]
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record.items())
+        with open(path, "wb") as handle:
+            handle.write(model.SerializeToString())
+    finally:
+        for tensor, raw, record, had_location in moved:
+            del tensor.external_data[:]
+            tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record)
+            if raw is not None:
+                tensor.raw_data = raw
+            if had_location:
+                tensor.data_location = onnx.TensorProto.EXTERNAL if record else onnx.TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
+
+
+def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external_data: Optional[bool] = None,
+               base_dir: Optional[Path] = None) -> None:
     """Write atomically (``atomic.staged_output``). ``external_data=None`` writes one file unless the
-    model is over 2 GiB; external data goes to ``<name>.data`` beside the model."""
+    model is over 2 GiB or holds references to files under ``base_dir``; external data goes to
+    ``<name>.data`` beside the model, references copied into it tensor by tensor (``external_data=False``
+    reads them into the model first)."""
     if external_data is None:
-        external_data = is_large(model)
+        external_data = is_large(model) or has_external_data(model)
+    if not external_data:
+        load_references(model, base_dir)
     with staged_output(path) as staged:
-        _write(model, staged, external_data)
+        if external_data:
+            _write_external(model, staged, base_dir)
+        else:
+            onnx.save_model(model, str(staged))
     logger.info("wrote %s%s", path, " (+ external data)" if external_data else "")
 
 
 @contextmanager
-def model_source(model: onnx.ModelProto) -> Iterator[Union[bytes, str]]:
-    """What onnx.checker and ONNX Runtime take: bytes, or a temporary path for models over 2 GiB."""
-    if not is_large(model):
+def model_source(model: ModelLike, base_dir: Optional[Path] = None) -> Iterator[Union[bytes, str]]:
+    """What onnx.checker and ONNX Runtime take: a model file's path as it is, the bytes of a ModelProto, or
+    a temporary path with external data for a ModelProto over 2 GiB or holding references to files under
+    ``base_dir``."""
+    if not isinstance(model, onnx.ModelProto):
+        yield str(model)
+        return
+    if not is_large(model) and not has_external_data(model):
         yield model.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnx-decomp-") as folder:
         path = Path(folder) / "model.onnx"
-        _write(model, path, external_data=True)
+        _write_external(model, path, base_dir)
         yield str(path)
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker with full shape inference; InvalidModelError on failure."""
+    """onnx.checker's full check with strict shape inference (``_full_check``); InvalidModelError on failure."""
     try:
-        if is_large(model):
-            with model_source(model) as path:
-                onnx.checker.check_model(path, full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
+        _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise InvalidModelError(f"rewritten model fails onnx.checker: {error}") from None

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.io.model_io import iter_graphs
+from onnx_decomp.io.walk import iter_graphs
 
 SMALL_TENSOR = 1024  # elements
 InputShapes = Optional[Mapping[str, Sequence[int]]]
@@ -46,6 +46,10 @@ def input_specs(model: onnx.ModelProto, overrides: InputShapes = None,
                 raise UnsupportedConstructError(
                     f"--input-shape {value.name}: rank {len(shape)} given, the input has rank {len(dims)}"
                 )
+            for axis, (dim, size) in enumerate(zip(dims, shape)):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise UnsupportedConstructError(f"--input-shape {value.name}: dim {axis} is fixed to "
+                                                    f"{dim.dim_value} in the model, {size} given")
         else:
             shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
             free = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
@@ -57,43 +61,52 @@ def input_specs(model: onnx.ModelProto, overrides: InputShapes = None,
     return specs
 
 
-def _inferred_skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]]) -> onnx.ModelProto:
-    """The skeleton of the module rule with graph inputs at ``specs`` (the model's own inputs when None),
-    shape-inferred."""
+def skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]] = None) -> onnx.ModelProto:
+    """The model of the module rule: every initializer over ``SMALL_TENSOR`` elements of the main graph is a
+    typed graph input instead; with ``specs`` the real graph inputs take those concrete shapes. Nodes,
+    subgraphs, functions and value_info are kept: ``onnx.checker`` can check it in place of the model."""
     graph = model.graph
+    big = {t.name for t in graph.initializer if int(np.prod(t.dims)) > SMALL_TENSOR}
     initializers = {t.name for t in graph.initializer}
     if specs is None:
-        inputs = [value for value in graph.input if value.name not in initializers]
+        inputs = [value for value in graph.input if value.name not in big]
     else:
         inputs = [helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(s.dtype), s.shape)
-                  for s in specs]
-    small = []
-    for tensor in graph.initializer:
-        if int(np.prod(tensor.dims)) <= SMALL_TENSOR:
-            small.append(tensor)
-        else:
-            inputs.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    skeleton = helper.make_model(
-        helper.make_graph(graph.node, graph.name, inputs, graph.output, small),
-        opset_imports=model.opset_import, ir_version=model.ir_version,
-    )
-    skeleton.functions.extend(model.functions)
-    return onnx.shape_inference.infer_shapes(skeleton)
+                  for s in specs] + [value for value in graph.input if value.name in initializers - big]
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in graph.initializer
+               if t.name in big]
+    result = helper.make_model(
+        helper.make_graph(graph.node, graph.name, inputs, graph.output,
+                          [t for t in graph.initializer if t.name not in big], value_info=graph.value_info),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    result.functions.extend(model.functions)
+    return result
 
 
-def _typed_values(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]]):
+def _inferred_skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]],
+                       data_prop: bool = False) -> onnx.ModelProto:
+    """The skeleton at ``specs`` (the model's own input shapes when None), shape-inferred from scratch
+    (``data_prop``: through shapes computed in the graph too)."""
+    bare = skeleton(model, specs)
+    for graph in iter_graphs(bare.graph):
+        del graph.value_info[:]  # stale annotations (symbolic dims) would shadow the concrete outer shapes
+    return onnx.shape_inference.infer_shapes(bare, data_prop=data_prop)
+
+
+def _typed_values(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]], data_prop: bool = False):
     """Every value of the inferred skeleton and its subgraphs, with its tensor type, by name."""
-    for graph in iter_graphs(_inferred_skeleton(model, specs).graph):
+    for graph in iter_graphs(_inferred_skeleton(model, specs, data_prop).graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
             if value.type.HasField("tensor_type"):
                 yield value.name, value.type.tensor_type
 
 
-def concrete_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> dict[str, list]:
+def concrete_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec], data_prop: bool = False) -> dict[str, list]:
     """Every tensor's inferred shape at ``specs`` (None for a dim inference could not resolve), over the
-    graph and its subgraphs; initializers included."""
+    graph and its subgraphs; initializers included. ``data_prop`` also follows shapes computed in the graph
+    (Shape -> Concat -> Expand)."""
     shapes = {t.name: list(t.dims) for graph in iter_graphs(model.graph) for t in graph.initializer}
-    for name, tensor_type in _typed_values(model, specs):
+    for name, tensor_type in _typed_values(model, specs, data_prop):
         shapes[name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     return shapes
 

@@ -2,59 +2,77 @@
 
 Rule, per node: a candidate is kept dense unless its plan does at least ``min_flop_reduction`` times fewer
 multiply-accumulates than the dense weight (default 2: below that the extra nodes and permutations cost
-more than they save, tools/bench_decompose.py). With ``kind="time"`` (default) it is rewritten only when
-ONNX Runtime measures the node's rewrite at least ``min_speedup`` times faster at the model's input shapes
-(``cost.timing``; default 1.1, above the run-to-run noise of a shared machine); ``kind="flops"`` stops after
-the count: deterministic, but blind to runtime costs.
+more than they save, tools/bench_forms.py). Its form is chosen by ``planning.forms``. With
+``kind="time"`` (default) it is rewritten only when ONNX Runtime measures the node's rewrite in that form at
+least ``min_speedup`` times faster at every batch size named (or the model's input shapes) (``cost.timing``;
+default 1.1, above the run-to-run noise of a shared machine); ``kind="cost"`` asks the same of the cost
+model's estimate (``cost.estimate``: deterministic, no timing); ``kind="flops"`` stops after the count:
+deterministic, but blind to runtime costs.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import replace
+from typing import Callable, Optional
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.cost.timing import Timer, node_timer
 from onnx_decomp.decisions import Action, Candidate, Decision
-from onnx_decomp.planning.support import Masks, as_plan
-from onnx_decomp_passes import MIN_OPSET, BlockPlan
+from onnx_decomp.planning.forms import FormChooser
+from onnx_decomp.planning.support import Masks, SupportOrPlan, as_plan
+from onnx_decomp_passes import MIN_OPSET, LinearOp
 
 
-def decide(candidate: Candidate, gate: GateConfig, timer: Optional[Timer]) -> Decision:
-    """The module rule for one candidate (``timer`` is used with ``kind="time"``)."""
+def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
+    """The module rule for one candidate; ``choose`` picks its form (``planning.forms``) and, with
+    ``kind="time"``, measures it."""
     plan = candidate.plan
     if plan.flop_reduction < gate.min_flop_reduction:
         dense = len(plan.branches) == 1 and plan.flop_reduction == 1.0
         reason = "dense: one block" if dense else \
             f"{plan.flop_reduction:.2f}x fewer MACs < {gate.min_flop_reduction:g}x"
         return Decision(candidate.op, Action.KEEP, reason, candidate)
+    candidate = choose(candidate)
     if gate.kind == "flops":
         return Decision(candidate.op, Action.REWRITE, "", candidate)
-    speedup = timer(candidate)
+    speedup, verb = (candidate.speedup, "measured") if gate.kind == "time" else (candidate.estimated, "estimated")
     if speedup is None:
-        return Decision(candidate.op, Action.KEEP, "not timed: input shape unknown (use --input-shape)",
+        return Decision(candidate.op, Action.KEEP, f"not {verb}: input shape unknown (use --input-shape)",
                         candidate)
-    candidate = candidate.timed(speedup)
     if speedup < gate.min_speedup:
-        return Decision(candidate.op, Action.KEEP, f"measured {speedup:.2f}x < {gate.min_speedup:g}x",
-                        candidate)
+        return Decision(candidate.op, Action.KEEP, f"{verb} {speedup:.2f}x < {gate.min_speedup:g}x", candidate)
     return Decision(candidate.op, Action.REWRITE, "", candidate)
 
 
 def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> list[Decision]:
     """A decision for every MatMul/Gemm with a constant operand: skipped ones with their reason, the others
-    judged on the plan of their support (``masks[weight]``, else the nonzero pattern)."""
+    judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
+    else the nonzero pattern)."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
-    timer = node_timer(ctx.graph, ctx.shapes, session) if gate.kind == "time" else None
-    plans: dict[tuple, BlockPlan] = {}
-    for op in tqdm(ctx.ops, desc="planning", unit="node", disable=None, leave=False):
+    candidates: dict[tuple, Candidate] = {}
+    ops = []
+    for op in ctx.ops:
         if (ctx.graph.opset or 0) < MIN_OPSET:
             decisions.append(Decision(op, Action.SKIP, f"opset {ctx.graph.opset} < {MIN_OPSET}"))
             continue
-        key = (op.weight.name, op.layout)
-        if key not in plans:
-            plans[key] = as_plan(masks[op.weight.name] if masks is not None else op.matrix() != 0)
-        decisions.append(decide(Candidate(op, plans[key]), gate, timer))
+        key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
+        if key not in candidates:
+            candidates[key] = _candidate(op, None if masks is None else masks.get(op.weight.name), ctx.notes)
+        ops.append(replace(candidates[key], op=op))
+    choose = FormChooser(ctx, gate, session, ops)
+    for candidate in tqdm(ops, desc="planning", unit="node", disable=None, leave=False):
+        decisions.append(decide(candidate, gate, choose))
     return decisions
+
+
+def _candidate(op: LinearOp, mask: Optional[SupportOrPlan], notes: list[str]) -> Candidate:
+    """The plan of ``mask``, a Boolean support or the plan itself (None: the nonzero pattern; a weight the
+    analysis left out has no mask), from one read of the weight."""
+    matrix = op.matrix()
+    nonzero = matrix != 0
+    if not np.isfinite(matrix).all():
+        notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
+    return Candidate(op, as_plan(nonzero if mask is None else mask), float(nonzero.mean()))

@@ -26,10 +26,11 @@ from onnx_decomp_passes import BlockPlan, plan_from_support
 
 DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
 SUPPORTS = ("exact", "confirmed")
-Masks = Optional[dict[str, Union[np.ndarray, BlockPlan]]]  # a Boolean support, or the plan itself
+SupportOrPlan = Union[np.ndarray, BlockPlan]  # a Boolean support, or the plan itself
+Masks = Optional[dict[str, SupportOrPlan]]
 
 
-def as_plan(support: Union[np.ndarray, BlockPlan]) -> BlockPlan:
+def as_plan(support: SupportOrPlan) -> BlockPlan:
     """A plan given as such, or the components of a Boolean support (``plan_from_support``)."""
     return support if isinstance(support, BlockPlan) else plan_from_support(support)
 

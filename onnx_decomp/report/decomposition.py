@@ -7,8 +7,6 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Union
 
-import numpy as np
-
 from onnx_decomp.cost.model_stats import ModelStats
 from onnx_decomp.decisions import Decision
 from onnx_decomp.io.atomic import write_text
@@ -34,21 +32,28 @@ class NodeReport:
     constant_outputs: Optional[int] = None
     unused_inputs: Optional[int] = None
     flop_reduction: Optional[float] = None
-    speedup: Optional[float] = None  # measured dense/rewritten time of the node alone (gate "time")
+    speedup: Optional[float] = None  # measured dense/rewritten time of the node alone (gate "time"), worst batch
+    form: Optional[str] = None  # the rewrite form chosen (planning.forms)
+    estimated: Optional[float] = None  # the cost model's speedup of that form, worst batch
+    costs: Optional[list[dict]] = None  # every form looked at, per batch size: estimated and measured speedup
 
     @classmethod
     def of(cls, decision: Decision) -> "NodeReport":
         subject, candidate = decision.subject, decision.candidate
         row = cls(subject.node_name, subject.op_type, subject.graph_name, decision.action.value, decision.reason)
         if isinstance(subject, LinearOp):
-            values = subject.weight.values
-            row = replace(row, weight=subject.weight.name, shape=list(subject.shape),
-                        density=float(np.count_nonzero(values)) / values.size)
+            row = replace(row, weight=subject.weight.name, shape=list(subject.shape))
         if candidate is not None:
             plan = candidate.plan
-            row = replace(row, blocks=len(plan.branches), constant_outputs=len(plan.constant_rows),
+            row = replace(row, density=candidate.density, blocks=len(plan.branches),
+                          constant_outputs=len(plan.constant_rows),
                         unused_inputs=len(plan.unused_cols), flop_reduction=round(plan.flop_reduction, 3),
-                        speedup=None if candidate.speedup is None else round(candidate.speedup, 3))
+                        speedup=None if candidate.speedup is None else round(candidate.speedup, 3),
+                        form=candidate.form,
+                        estimated=None if candidate.estimated is None else round(candidate.estimated, 3),
+                        costs=[{**asdict(c), "estimated": round(c.estimated, 3),
+                                "measured": None if c.measured is None else round(c.measured, 3)}
+                               for c in candidate.costs] or None)
         return row
 
 
@@ -87,12 +92,13 @@ class Report:
             return "-" if value is None else format(value, spec)
 
         nodes = self.nodes
-        rows = [("node", "op", "weight", "shape", "density", "blocks", "const", "unused", "MACs/", "speedup",
-                 "action")]
+        rows = [("node", "op", "weight", "shape", "density", "blocks", "const", "unused", "MACs/", "form",
+                 "est.", "speedup", "action")]
         for n in nodes:
             rows.append((n.node, n.op_type, n.weight or "-", "x".join(map(str, n.shape)) if n.shape else "-",
                          fmt(n.density, ".3f"), fmt(n.blocks), fmt(n.constant_outputs),
-                         fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.speedup, ".2f"),
+                         fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.form), fmt(n.estimated, ".2f"),
+                         fmt(n.speedup, ".2f"),
                          n.action + (f" ({n.reason})" if n.reason else "")))
         lines = [table(rows) if nodes else "no MatMul/Gemm with a constant weight"]
         stats = [("", "before") + (("after",) if self.after else ())]

@@ -92,3 +92,24 @@ def plot_anneal_path(steps: Sequence[Step], dense_macs: int, metric: str, tolera
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_speedup_against_flops(results, path: PathLike, subtitle: str) -> None:
+    """Speedup over dense against FLOP reduction, one series per model, batch sizes annotated, with the
+    line y = x (speedup equal to the FLOP reduction)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 5))
+    top = max([1.0] + [max(r.speedup, r.flop_reduction) for r in results]) * 1.2
+    axes.plot([0.5, top], [0.5, top], color="grey", linestyle="--", label="speedup = FLOP reduction")
+    for model in dict.fromkeys(r.model for r in results):
+        points = [r for r in results if r.model == model]
+        axes.scatter([r.flop_reduction for r in points], [r.speedup for r in points], label=model, s=40)
+        for r in points:
+            axes.annotate(f"b={r.batch}", (r.flop_reduction, r.speedup), textcoords="offset points",
+                          xytext=(4, 4), fontsize=8)
+    axes.set(xscale="log", yscale="log", xlim=(0.5, top), ylim=(0.5, top), xlabel="FLOP reduction (dense / model)",
+             ylabel="speedup (dense time / model time)", title=f"onnx-decomp bench ({subtitle})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, format="png")
+    plt.close(figure)

@@ -2,23 +2,27 @@
 
 Provider rule: ``cpu`` uses the CPU provider; ``cuda`` requires that the session really runs on CUDA
 (``session.get_providers()``, not merely ``get_available_providers()``); ``auto`` takes CUDA when a
-session really gets it, else CPU.
+session really gets it, else CPU. ONNX Runtime logs only fatal errors: the tool reports a failure itself,
+on one line (``ort_message``).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.errors import DecompError, UnsupportedConstructError
-from onnx_decomp.io.model_io import model_source
+from onnx_decomp.io.model_io import ModelLike, model_source
 from onnx_decomp.io.shapes import InputSpec
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+FATAL_ONLY = 4  # ONNX Runtime's log severity: 0 verbose ... 3 error, 4 fatal
 
 
 def onnxruntime():
@@ -38,9 +42,9 @@ def ort_message(error: Exception) -> str:
     return re.sub(r"^\S+\.(cc|h):\d+ .*?\) ", "", message)
 
 
-def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig(), spinning: bool = True):
-    """An InferenceSession on the configured provider (module rule) and thread count; ``spinning=False`` stops
-    idle intra-op threads from spinning between runs (for callers that do numpy work between runs)."""
+def make_session(model: ModelLike, config: SessionConfig = SessionConfig(), base_dir: Optional[Path] = None):
+    """An InferenceSession of a ModelProto (its external-data references under ``base_dir``) or a model file,
+    on the configured provider (module rule) and thread count."""
     ort = onnxruntime()
     has_cuda = CUDA in ort.get_available_providers()
     if config.provider == "cuda" and not has_cuda:
@@ -48,13 +52,14 @@ def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()
             "--provider cuda: this onnxruntime has no CUDA provider (install onnx-decomp[gpu])"
         )
     providers = [CUDA, CPU] if config.provider != "cpu" and has_cuda else [CPU]
+    ort.set_default_logger_severity(FATAL_ONLY)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = FATAL_ONLY
     if config.threads is not None:
         options.intra_op_num_threads = config.threads
-    if not spinning:
+    if not config.spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    with model_source(model) as source:
+    with model_source(model, base_dir) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -62,6 +67,22 @@ def make_session(model: onnx.ModelProto, config: SessionConfig = SessionConfig()
     if config.provider == "cuda" and session.get_providers()[0] != CUDA:
         raise UnsupportedConstructError("--provider cuda: the session could not start on CUDA")
     return session
+
+
+def available_memory() -> "int | None":
+    """Bytes of physical memory free now, where the system says (POSIX)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def run_session(session, feeds: dict, names=None, what: str = "the inputs") -> list:
+    """``session.run`` with ONNX Runtime's failure as one line naming ``what`` it ran on."""
+    try:
+        return session.run(names, feeds)
+    except Exception as error:  # onnxruntime's own exception types (wrong shape or dtype, allocation, ...)
+        raise UnsupportedConstructError(f"ONNX Runtime failed on {what}: {ort_message(error)}") from None
 
 
 def session_device(session) -> str:
@@ -73,6 +94,12 @@ def random_inputs(specs: Sequence[InputSpec], rng: np.random.Generator) -> dict[
     """Standard normal floats, integers in {0, 1} (safe as indices), random Booleans."""
     feeds = {}
     for spec in specs:
+        needed = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        free = available_memory()
+        if free is not None and needed > free:
+            raise UnsupportedConstructError(
+                f"input {spec.name!r} at shape {list(spec.shape)} needs {needed / 2**30:.1f} GiB, more than the "
+                f"{free / 2**30:.1f} GiB free; give smaller shapes with --input-shape")
         if np.issubdtype(spec.dtype, np.floating):
             feeds[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype=spec.dtype)
         elif np.issubdtype(spec.dtype, np.integer):

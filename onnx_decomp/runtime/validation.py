@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 
 from onnx_decomp.config import SessionConfig, Tolerance, ValidationConfig
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.model_io import ModelLike
 from onnx_decomp.io.shapes import InputSpec
-from onnx_decomp.runtime.sessions import make_session, ort_message, random_inputs, session_device
+from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session, session_device
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
         return OutputDiff(name, gap, gap, gap, gap == 0.0)
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     error = np.nan_to_num(np.where(np.isnan(e) & np.isnan(a), 0.0, np.abs(a - e)), nan=np.inf)
-    rel = error / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    rel = error / np.maximum(np.abs(np.nan_to_num(e)), np.finfo(np.float64).tiny)
     rel_l2 = float(np.linalg.norm(error) / max(np.linalg.norm(np.nan_to_num(e)), np.finfo(np.float64).tiny))
     if tolerance.rel_l2 is not None:
         ok = rel_l2 <= tolerance.rel_l2
@@ -63,11 +64,13 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
     return OutputDiff(name, float(error.max(initial=0.0)), float(rel.max(initial=0.0)), rel_l2, ok)
 
 
-def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, specs: Sequence[InputSpec],
-             config: ValidationConfig, tolerance: Tolerance,
-             session: SessionConfig = SessionConfig()) -> ValidationResult:
-    """Run both models (module rule); random inputs follow ``specs``."""
-    reference, candidate = make_session(original, session), make_session(rewritten, session)
+def validate(original: ModelLike, rewritten: ModelLike, specs: Sequence[InputSpec],
+             config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
+             base_dir: Optional[Path] = None) -> ValidationResult:
+    """Run both models (module rule); random inputs follow ``specs``; external-data references of either lie
+    under ``base_dir``. The original runs first and its session is gone before the rewritten one is made, so a
+    large model's weights are held by one ONNX Runtime session at a time."""
+    reference = make_session(original, session, base_dir)
     names = [o.name for o in reference.get_outputs()]
     if config.inputs is not None:
         expected = {i.name for i in reference.get_inputs()}
@@ -75,18 +78,20 @@ def validate(original: onnx.ModelProto, rewritten: onnx.ModelProto, specs: Seque
             raise UnsupportedConstructError(
                 f"--inputs has {sorted(config.inputs)}, the model takes {sorted(expected)}")
         input_sets = [{name: config.inputs[name] for name in expected}]  # other arrays (labels) are ignored
+        what = "the inputs given (--inputs)"
     else:
         rng = np.random.default_rng(config.seed)
-        input_sets = (random_inputs(specs, rng) for _ in range(config.check))
+        input_sets = [random_inputs(specs, rng) for _ in range(config.check)]
+        what = ("the inputs drawn at random (if the model needs real values or sizes, pass --inputs data.npz "
+                "or --input-shape NAME:D1,D2)")
+    references = [run_session(reference, inputs, names, what) for inputs in input_sets]
+    del reference
+    candidate = make_session(rewritten, session, base_dir)
     diffs: dict[str, list[OutputDiff]] = {name: [] for name in names}
-    for inputs in input_sets:
-        try:
-            pairs = zip(names, reference.run(names, inputs), candidate.run(names, inputs))
-        except Exception as error:  # onnxruntime's own exception types (wrong shape or dtype, ...)
-            raise UnsupportedConstructError(f"ONNX Runtime failed on the inputs: {ort_message(error)}") from None
-        for name, expected, actual in pairs:
+    for inputs, outputs in zip(input_sets, references):
+        for name, expected, actual in zip(names, outputs, run_session(candidate, inputs, names, what)):
             diffs[name].append(_diff(name, expected, actual, tolerance))
-    result = ValidationResult(session_device(candidate), len(next(iter(diffs.values()), [])), tolerance, [
+    result = ValidationResult(session_device(candidate), len(input_sets), tolerance, [
         OutputDiff(name, max(d.max_abs for d in ds), max(d.max_rel for d in ds), max(d.rel_l2 for d in ds),
                    all(d.ok for d in ds))
         for name, ds in diffs.items()

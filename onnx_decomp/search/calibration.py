@@ -34,6 +34,7 @@ import numpy as np
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import DecompError, UnsupportedConstructError
+from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp.runtime.sessions import random_inputs
 
@@ -45,20 +46,13 @@ RANDOM_WARNING = ("no calibration data: fidelity measured on random inputs, whic
                   "model's real inputs; give --calib with real samples")
 
 
-def load_arrays(source: Optional[Arrays], option: str) -> dict[str, np.ndarray]:
-    """Arrays keyed by name from an ``.npz`` path or a mapping (empty for None)."""
+def arrays_of(source: Optional[Arrays], option: str) -> dict[str, np.ndarray]:
+    """Arrays keyed by name from an ``.npz`` path (``io.arrays.load_arrays``) or a mapping (empty for None)."""
     if source is None:
         return {}
     if isinstance(source, Mapping):
         return {name: np.asarray(array) for name, array in source.items()}
-    path = Path(source)
-    if not path.is_file():
-        raise DecompError(f"{option} {path}: {'is a folder' if path.is_dir() else 'no such file'}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise DecompError(f"{option} {path}: cannot read arrays ({' '.join(str(error).split())})") from None
+    return load_arrays(Path(source), option)
 
 
 @dataclass
@@ -156,15 +150,15 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
         warnings.append(RANDOM_WARNING)
         logger.warning(RANDOM_WARNING)
     else:
-        label_arrays = load_arrays(labels, "--labels")
+        label_arrays = arrays_of(labels, "--labels")
         outputs = {o.name for o in ctx.proto.graph.output}
         unknown = sorted(set(label_arrays) - outputs)
         if unknown:
             raise DecompError(f"--labels names no output of the model: {unknown} (outputs {sorted(outputs)})")
-        samples = _samples(ctx, load_arrays(calib, "--calib"), label_arrays, "--calib")
+        samples = _samples(ctx, arrays_of(calib, "--calib"), label_arrays, "--calib")
         batch, source = fixed or config.batch_size, "file"
     if inputs is not None:
-        arrays = load_arrays(inputs, "--inputs")
+        arrays = arrays_of(inputs, "--inputs")
         tuning, held_out, validation = samples, _samples(ctx, arrays, _labels(arrays, ctx), "--inputs"), "--inputs"
     else:
         if len(samples) < 3:

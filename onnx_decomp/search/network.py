@@ -14,7 +14,7 @@ Rules:
 - One session for the whole run (``tools/bench_gate.py`` measured this fastest: a session built per step
   spends most of its time loading the model): the layers' weights and biases become graph inputs, fed the
   arrays of the state under test at every run, and the layers' activation inputs become extra outputs
-  ("taps").
+  ("taps"). Its idle threads do not spin: numpy works between its runs.
 - Taps keep at most ``max_rows`` rows per layer (a row: one activation vector, every leading index
   flattened), the same seeded subset of each batch's rows in every run, so that dense and cut activations
   stay paired row by row.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Mapping, Optional, Sequence
 
@@ -36,7 +36,7 @@ from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
-from onnx_decomp.io.model_io import iter_graphs
+from onnx_decomp.io.model_io import iter_graphs, load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
 from onnx_decomp_passes import BlockPlan, Layout
 
@@ -180,6 +180,7 @@ class Network:
     def __init__(self, ctx: ModelContext, session: SessionConfig = SessionConfig(), max_rows: int = 4096,
                  seed: int = 0):
         self.proto = export_graph(ctx.graph, like=ctx.proto)
+        load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
         self.layers, self.left_out = find_layers(ctx, self.proto)
         self.outputs = [o.name for o in self.proto.graph.output]
         self.max_rows, self.seed = max_rows, seed
@@ -188,7 +189,7 @@ class Network:
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
         self.other_macs = sum(vectors_of(ctx, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
                               for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
-        self.session = make_session(self._session_model(), session, spinning=False) if self.layers else None
+        self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
 
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""

@@ -28,7 +28,9 @@ from onnx_decomp.config import AnalysisConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import InvalidModelError, UnsupportedConstructError
 from onnx_decomp.io.atomic import staged_output
-from onnx_decomp.io.model_io import ModelLike, iter_tensors, load_model
+from onnx_decomp.io.model_io import ModelLike, load_model
+from onnx_decomp.io.walk import iter_tensors
+from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.report.analysis import AnalysisReport, ChainAnalysis, TensorAnalysis
 from onnx_decomp.stats.criterion import bh_threshold, grouped_edge_p_values, storey_pi0
 from onnx_decomp.stats.null_models import (REFERENCE_KEY, NullChoice, NullSpec, choose_null, nulls_from_metadata,
@@ -36,6 +38,7 @@ from onnx_decomp.stats.null_models import (REFERENCE_KEY, NullChoice, NullSpec, 
 from onnx_decomp_passes import LinearOp, find_chains, plan_from_support
 
 logger = logging.getLogger(__name__)
+FIGURES = "figures"  # the report folder's subfolder of PNGs
 
 
 def _initial_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
@@ -68,9 +71,16 @@ def analyze(model: ModelLike, *, nulls: Sequence[str] = (), fdr: float = 0.05, f
             report_dir: Optional[Union[str, os.PathLike]] = None, figures: bool = True,
             keep_masks: bool = False) -> AnalysisReport:
     """Analyse every MatMul/Gemm weight of ``model`` (module rule); write figures under
-    ``report_dir/figures``; keep the confirmed masks in the report with ``keep_masks``."""
+    ``report_dir/figures`` (staged: on failure nothing is written); keep the confirmed masks in the report
+    with ``keep_masks``."""
     config = AnalysisConfig(nulls, fdr, fdr_scope, init_reference, edges)
-    return analyze_context(ModelContext.load(model), config, report_dir, figures, keep_masks)
+    ctx = ModelContext.load(model)
+    if report_dir is None or not figures:
+        return analyze_context(ctx, config, keep_masks=keep_masks)
+    with StagedWrites([]) as outputs:
+        report = analyze_context(ctx, config, outputs.folder(report_dir), figures, keep_masks)
+        outputs.commit()
+    return report
 
 
 def _choose_nulls(ctx: ModelContext, by_weight: dict, config: AnalysisConfig, report: AnalysisReport):
@@ -103,13 +113,18 @@ def _choose_nulls(ctx: ModelContext, by_weight: dict, config: AnalysisConfig, re
 def analyze_context(ctx: ModelContext, config: AnalysisConfig,
                     report_dir: Optional[Union[str, os.PathLike]] = None, figures: bool = True,
                     keep_masks: bool = False, keep_evidence: bool = False) -> AnalysisReport:
-    """``analyze`` on an already loaded model; ``keep_evidence`` keeps each weight's evidence (module
-    rule) in ``report.evidence``."""
+    """``analyze`` on an already loaded model. Weights holding NaN or Inf cannot be tested against a null:
+    they are left out with a note, as are the MatMul/Gemm the rewrite skips (with their reasons).
+    ``keep_evidence`` keeps each weight's evidence (module rule) in ``report.evidence``."""
     by_weight: dict[str, list[LinearOp]] = {}
     for op in ctx.ops:
         by_weight.setdefault(op.weight.name, []).append(op)
     fdr = config.fdr
     report = AnalysisReport(ctx.label, fdr, config.fdr_scope, [])
+    for name in [name for name, ops in by_weight.items() if not np.isfinite(ops[0].matrix()).all()]:
+        report.notes.append(f"weight {name} holds NaN or Inf values: not analysed")
+        del by_weight[name]
+    report.notes += [f"{s.op_type} {s.node_name} not analysed: {s.reason}" for s in ctx.skipped]
     choices, initial = _choose_nulls(ctx, by_weight, config, report)
 
     def weight(name: str) -> _Weight:
@@ -125,10 +140,11 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
         threshold = bh_threshold(np.concatenate(candidates) if candidates else np.zeros(0), total, fdr)
 
     total_macs = sum(op.shape[0] * op.shape[1] for op in ctx.ops) or 1
-    figure_dir = Path(report_dir) / "figures" if report_dir is not None and figures else None
+    figure_dir = Path(report_dir) / FIGURES if report_dir is not None and figures else None
     if figure_dir is not None:
         figure_dir.mkdir(parents=True, exist_ok=True)
-    chains = find_chains(ctx.ops) if config.edges == "grouped" else []
+    chains = [chain for chain in (find_chains(ctx.ops) if config.edges == "grouped" else [])
+              if all(op.weight.name in by_weight for op in chain)]
     chain_weights = {op.weight.name for chain in chains for op in chain}
     p_by_weight: dict[str, np.ndarray] = {}
     for name in tqdm(by_weight, desc="analysis", unit="tensor", disable=None, leave=False):
@@ -157,6 +173,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
 
 
 def _draw(w: _Weight, confirmed: np.ndarray, plan, stem: Path) -> list[str]:
+    """Both figures of one weight; their paths relative to the report folder."""
     from onnx_decomp.report.figures import plot_permuted_support, plot_weight_histogram
 
     paths = [stem.with_name(stem.name + "_hist.png"), stem.with_name(stem.name + "_support.png")]
@@ -165,7 +182,7 @@ def _draw(w: _Weight, confirmed: np.ndarray, plan, stem: Path) -> list[str]:
     with staged_output(paths[1]) as staged:
         plot_permuted_support(confirmed, plan, f"{w.ops[0].weight.name}: confirmed support, "
                               f"{len(plan.branches)} components", staged)
-    return [str(p) for p in paths]
+    return [f"{FIGURES}/{p.name}" for p in paths]
 
 
 def _chain(first: LinearOp, second: LinearOp, p_by_weight: dict, fdr: float) -> ChainAnalysis:

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_decomp.io.model_io import iter_graphs
+from onnx_decomp.io.walk import iter_graphs
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from onnx_decomp.io.model_io import iter_graphs, save_model
+from onnx_decomp.io.model_io import save_model
+from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp.stats.null_models import NULL_KEY_PREFIX, REFERENCE_KEY
 from onnx_decomp.torch.binding import Binding, bind_initializers, float_initializers
 from onnx_decomp.torch.init_record import InitRecord

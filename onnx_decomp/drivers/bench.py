@@ -1,0 +1,93 @@
+"""The bench driver: a dense model against its decomposition (and both quantized to int8) in one process.
+
+Rule: every model gets one ONNX Runtime session on the same provider and thread count; per batch size
+(the first dim of every input whose first dim is symbolic in the dense model) the models run on the same
+random inputs, after a warm-up run each, in interleaved rounds whose order rotates (``cost.timing``). The
+speedup of a model is the median over rounds of the dense time / its time in that round; its FLOP
+reduction is the dense model's MatMul/Gemm FLOPs over its own (an int8 peer's are its float source's),
+counted by shape inference at that batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.cost.model_stats import model_stats
+from onnx_decomp.cost.timing import CLOCKS, interleaved_times
+from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.model_io import ModelLike, load_model, model_label
+from onnx_decomp.io.shapes import InputSpec, concrete_shapes, input_specs
+from onnx_decomp.report.bench import BenchReport, BenchResult
+from onnx_decomp.runtime.quantize import quantize_int8
+from onnx_decomp.runtime.sessions import make_session, onnxruntime, random_inputs, session_device
+
+PEERS = ("int8",)
+BUDGET_S, MAX_ROUNDS, MIN_ROUNDS = 2.0, 200, 7
+
+logger = logging.getLogger(__name__)
+
+
+def _interface(model: onnx.ModelProto) -> tuple:
+    return ([i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
+            [o.name for o in model.graph.output])
+
+
+def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
+    """The inputs at ``batch`` (symbolic first dims; other symbolic dims 1); an error when none is symbolic
+    and ``batch`` differs from the model's."""
+    specs = input_specs(model)
+    symbolic = {v.name for v in model.graph.input
+                if v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    if not symbolic and any(s.shape and s.shape[0] != batch for s in specs):
+        raise UnsupportedConstructError(f"--batch {batch}: the model's inputs have a fixed first dim")
+    return [replace(s, shape=(batch, *s.shape[1:])) if s.name in symbolic else s for s in specs]
+
+
+def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], session: SessionConfig = SessionConfig(),
+          peer: Optional[str] = None, budget_s: float = BUDGET_S, max_rounds: int = MAX_ROUNDS,
+          min_rounds: int = MIN_ROUNDS, seed: int = 0, clock: str = "wall") -> BenchReport:
+    """Time the models of the module rule; ``peer="int8"`` adds both models quantized by ONNX Runtime;
+    ``clock="cpu"`` counts CPU time (``cost.timing.interleaved_times``) and needs one intra-op thread."""
+    if peer is not None and peer not in PEERS:
+        raise UnsupportedConstructError(f"--peer must be one of {PEERS}, got {peer!r}")
+    if clock not in CLOCKS:
+        raise UnsupportedConstructError(f"--clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (session.threads != 1 or session.provider != "cpu"):
+        raise UnsupportedConstructError("--clock cpu counts the calling thread's CPU time: it needs --threads 1 "
+                                        "and --provider cpu")
+    ort = onnxruntime()
+    floats = {"dense": load_model(dense), "decomposed": load_model(decomposed)}
+    if _interface(floats["dense"]) != _interface(floats["decomposed"]):
+        raise UnsupportedConstructError("the two models have different inputs or outputs: "
+                                        f"{_interface(floats['dense'])} vs {_interface(floats['decomposed'])}")
+    models = {"dense": floats["dense"]}
+    if peer == "int8":
+        models["dense+int8"] = quantize_int8(floats["dense"])
+    models["decomposed"] = floats["decomposed"]
+    if peer == "int8":
+        models["decomposed+int8"] = quantize_int8(floats["decomposed"])
+    sessions = [make_session(model, session) for model in models.values()]
+    report = BenchReport(model_label(dense), model_label(decomposed), ort.__version__, session_device(sessions[0]),
+                         session.threads, session.spin, os.cpu_count() or 1, peer, clock, 0)
+    rng = np.random.default_rng(seed)
+    for batch in tqdm(batches, desc="bench", unit="batch size", disable=None, leave=False):
+        specs = _batch_specs(floats["dense"], batch)
+        flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops
+                 for name, model in floats.items()}
+        times = interleaved_times(sessions, random_inputs(specs, rng), budget_s, max_rounds, min_rounds, clock)
+        report.rounds = max(report.rounds, len(times))
+        for i, name in enumerate(models):
+            model_flops = flops[name.split("+")[0]]
+            report.results.append(BenchResult(
+                batch, name, [float(t) for t in times[:, i] * 1e3], float(np.median(times[:, 0] / times[:, i])),
+                model_flops, flops["dense"] / model_flops if model_flops else float("inf")))
+        logger.info("batch %d: %d rounds", batch, len(times))
+    return report

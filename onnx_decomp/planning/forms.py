@@ -1,0 +1,97 @@
+"""The rewrite form of each candidate: the one the cost model estimates fastest, or with ``tune`` the one ONNX
+Runtime measures fastest.
+
+Rule: a candidate is judged in the feature order permutation folding gives it (``plan_folding`` over every
+candidate that passes the MAC gate, as the rewrite will fold them), at every batch size the gate names
+(``GateConfig.batches``: the first dim of every input whose first dim is symbolic; none named: the input
+shapes as given), with shapes inferred through computed shapes (data propagation). A side where the node
+and its neighbour have matching blocks in order (``chain_links``) is credited with what a chain saves there
+(``cost.estimate``), assuming the neighbour takes the same form. Every form of
+``GateConfig.forms`` whose check passes is estimated at every batch size (``cost.estimate``); the chosen form
+has the best worst-case estimated speedup. With ``tune`` every such form is also timed (``cost.timing``) and
+the best worst-case measured speedup wins. With the time gate the chosen form is timed at every batch size and
+``Candidate.speedup`` is the worst of them: the gate then never rewrites a node into something slower than
+dense at a batch size the user named."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+from onnx_decomp.config import GateConfig, SessionConfig
+from onnx_decomp.context import ModelContext
+from onnx_decomp.cost.estimate import estimate_speedup
+from onnx_decomp.cost.timing import measure_speedup
+from onnx_decomp.decisions import Candidate, FormCost
+from onnx_decomp.io.shapes import InputSpec, concrete_shapes
+from onnx_decomp_passes import FORMS_BY_NAME, BlockPlan, plan_folding
+from onnx_decomp_passes.forms.blocks import block_layout
+
+
+def batch_specs(ctx: ModelContext, batch: int) -> list[InputSpec]:
+    """The run's input specs with the first dim set to ``batch`` where the model leaves it symbolic."""
+    symbolic = {value.name for value in ctx.proto.graph.input
+                if value.type.tensor_type.shape.dim and
+                not value.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    return [replace(spec, shape=(batch, *spec.shape[1:])) if spec.name in symbolic and spec.shape else spec
+            for spec in ctx.specs]
+
+
+def chain_links(plans: dict[str, BlockPlan], links: dict[str, str]) -> dict[str, tuple[bool, bool]]:
+    """Node -> (input linked, output linked): the sides where a producer and its one consumer have matching
+    blocks in order after folding, so that block forms stay in block layout between them (``KeepBlockLayout``)."""
+    linked: dict[str, tuple[bool, bool]] = {}
+    for consumer, producer in links.items():
+        out, into = block_layout(plans[producer]), block_layout(plans[consumer])
+        if isinstance(out, str) or isinstance(into, str):
+            continue
+        if out.out_order and into.in_order and (out.k, out.b_out) == (into.k, into.b_in):
+            linked[producer] = (linked.get(producer, (False, False))[0], True)
+            linked[consumer] = (True, linked.get(consumer, (False, False))[1])
+    return linked
+
+
+class FormChooser:
+    """Chooses the form of each candidate of one model (module rule)."""
+
+    def __init__(self, ctx: ModelContext, gate: GateConfig, session: SessionConfig, candidates: list[Candidate]):
+        self.ctx, self.gate, self.session = ctx, gate, session
+        eligible = {c.op.node.name: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
+        folding = plan_folding(ctx.graph, eligible)
+        self.folded = folding.plans
+        self.linked = chain_links(folding.plans, folding.links)
+        specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
+        self.shapes = {b: concrete_shapes(ctx.proto, s, data_prop=True) for b, s in specs.items()}
+
+    def _x_shapes(self, candidate: Candidate) -> Optional[dict]:
+        """Batch size -> the node's input shape, or None when a shape is unresolved."""
+        name = candidate.op.node.inputs[0].name
+        shapes = {batch: shapes.get(name) for batch, shapes in self.shapes.items()}
+        return None if any(not s or None in s for s in shapes.values()) else shapes
+
+    def __call__(self, candidate: Candidate) -> Candidate:
+        op = candidate.op
+        candidate = replace(candidate, folded=self.folded.get(op.node.name, candidate.plan))
+        forms = [FORMS_BY_NAME[name] for name in self.gate.forms
+                 if FORMS_BY_NAME[name].check(op, candidate.folded) is None]
+        if not forms:
+            return candidate
+        x_shapes = self._x_shapes(candidate)
+        if x_shapes is None:  # nothing to estimate at: the first form that applies
+            return replace(candidate, form=forms[0].name)
+        root = self.ctx.graph
+        linked = self.linked.get(op.node.name, (False, False))
+        costs = [FormCost(form.name, batch, estimate_speedup(candidate, form, shape, root, linked),
+                          measure_speedup(candidate, form, shape, root, self.session) if self.gate.tune else None)
+                 for form in forms for batch, shape in x_shapes.items()]
+
+        def worst(form) -> float:
+            return min(c.measured if self.gate.tune else c.estimated for c in costs if c.form == form.name)
+
+        chosen = max(forms, key=worst)
+        if self.gate.kind == "time" and not self.gate.tune:
+            costs = [replace(c, measured=measure_speedup(candidate, chosen, x_shapes[c.batch], root, self.session))
+                     if c.form == chosen.name else c for c in costs]
+        measured = [c.measured for c in costs if c.form == chosen.name and c.measured is not None]
+        return replace(candidate, form=chosen.name, costs=tuple(costs),
+                       speedup=min(measured) if measured else None)

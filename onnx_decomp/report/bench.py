@@ -1,0 +1,85 @@
+"""What ``onnx-decomp bench`` measured: per batch size and model, times, speedup, FLOP reduction and
+efficiency; a console table, JSON, and a PNG of speedup against FLOP reduction.
+
+JSON fields: ``dense`` and ``decomposed`` (paths), ``onnxruntime`` (version), ``provider`` (where the sessions
+really ran), ``intra_op_threads`` (null: ONNX Runtime's default), ``spin`` (idle intra-op threads spin),
+``cpu_count``, ``peer`` ("int8" or null), ``clock`` ("wall", or "cpu": the timing thread's CPU time),
+``rounds`` (interleaved rounds per batch size), ``results[]``: ``batch``, ``model`` (dense, dense+int8,
+decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run, one per round, rounds aligned across
+models), ``median_ms``, ``speedup`` (median over rounds of the dense sample / this model's sample),
+``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8 peer counts its float source's),
+``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup / flop_reduction).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+from onnx_decomp.io.atomic import staged_output, write_text
+from onnx_decomp.report.figures import plot_speedup_against_flops
+from onnx_decomp.report.table import table
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    batch: int
+    model: str
+    samples_ms: list[float]
+    speedup: float
+    matmul_flops: int
+    flop_reduction: float
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def efficiency(self) -> float:
+        return self.speedup / self.flop_reduction
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "median_ms": self.median_ms, "efficiency": self.efficiency}
+
+
+@dataclass
+class BenchReport:
+    dense: str
+    decomposed: str
+    onnxruntime: str
+    provider: str
+    intra_op_threads: Optional[int]
+    spin: bool
+    cpu_count: int
+    peer: Optional[str]
+    clock: str
+    rounds: int
+    results: list[BenchResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "results"}
+        return {**data, "results": [r.to_dict() for r in self.results]}
+
+    def write_json(self, path: Union[str, os.PathLike]) -> None:
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def plot(self, path: Union[str, os.PathLike]) -> None:
+        with staged_output(path) as staged:
+            plot_speedup_against_flops(self.results, staged,
+                                       f"{self.provider}, {self.intra_op_threads or 'default'} threads")
+
+    def format(self) -> str:
+        threads = self.intra_op_threads if self.intra_op_threads is not None else f"default ({self.cpu_count} cores)"
+        rows = [("batch", "model", "median ms", "speedup", "FLOPs /", "efficiency")]
+        rows += [(r.batch, r.model, f"{r.median_ms:.4g}", f"{r.speedup:.2f}x", f"{r.flop_reduction:.2f}",
+                  f"{r.efficiency:.2f}") for r in self.results]
+        spin = ("" if self.spin else " (not spinning)") + (", CPU time" if self.clock == "cpu" else "")
+        return "\n".join([f"ONNX Runtime {self.onnxruntime} on {self.provider}, intra-op threads {threads}{spin}; "
+                          f"median of {self.rounds} interleaved rounds per batch size",
+                          table(rows),
+                          "speedup: dense time / model time; FLOPs /: dense MatMul FLOPs / the model's; "
+                          "efficiency: speedup / FLOPs /"])

@@ -1,0 +1,252 @@
+"""Permutation folding: reorder the features between two weighted layers inside their constants, so that
+decomposed layers read and write contiguous blocks and no permutation runs at inference time.
+
+A *feature space* is the output of a MatMul/Gemm ``Q`` with a constant weight (the producer), followed
+through per-feature nodes (activations, Cast, Add/Sub/Mul/Div with a constant that is a scalar or a
+``[.., n]`` vector), up to the MatMul/Gemm nodes that read it as their input (the consumers). Relabelling
+its features by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) is exact when it is applied
+everywhere at once: ``Q``'s weight rows and bias, the per-feature constants, and every consumer's weight
+columns. So a space is refused, and left as it is, when any tensor in it is a graph output or is read by
+any other node (a residual Add, LayerNorm, Reshape, a node in a subgraph), when a weight to reorder is
+shared with another node (folding would copy it) or stored behind a Cast, or when a constant does not
+broadcast per feature.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .builder import Builder, NameTable
+from .forms.blocks import block_layout
+from .infra import Pass, PassResult
+from .ops import BROADCAST_CONSTANT, ELEMENTWISE, LinearOp, all_graphs, find_linear_ops
+from .plan import BlockPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSpace:
+    producer: LinearOp
+    consumers: list[LinearOp]
+    constants: list[tuple[gs.Node, int]]  # (node, input index) of per-feature constants to reorder
+    n: int
+
+
+def _per_feature_constant(tensor: gs.Constant, n: int) -> Optional[bool]:
+    """Whether a constant operand must be reordered (a ``[.., n]`` vector), must not (a scalar), or None
+    when it does not broadcast per feature."""
+    shape = tuple(tensor.shape)
+    if int(np.prod(shape)) == 1:
+        return False
+    return True if shape[-1] == n and int(np.prod(shape)) == n else None
+
+
+def feature_space(producer: LinearOp, ops: Mapping[int, LinearOp]) -> Union[FeatureSpace, str]:
+    """The space of the module docstring, or why it cannot be relabelled."""
+    graph, n = producer.graph, producer.shape[0]
+    members = {id(node) for node in graph.nodes}
+    outputs = {id(t) for t in graph.outputs}
+    space = FeatureSpace(producer, [], [], n)
+    stack, seen = [producer.node.outputs[0]], set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in outputs:
+            return f"{tensor.name} is a graph output"
+        for node in tensor.outputs:
+            if id(node) not in members:
+                return f"{tensor.name} is read inside a subgraph"
+            consumer = ops.get(id(node))
+            if consumer is not None and node.inputs[0] is tensor and all(t is not tensor for t in node.inputs[1:]):
+                space.consumers.append(consumer)
+                continue
+            positions = per_feature_inputs(node, tensor, n)
+            if isinstance(positions, str):
+                return positions
+            space.constants.extend((node, i) for i in positions)
+            stack.append(node.outputs[0])
+    return space
+
+
+def per_feature_inputs(node: gs.Node, tensor: gs.Variable, n: int) -> Union[list[int], str]:
+    """For a node reading ``tensor`` (``n`` features): the input positions of its ``[.., n]`` constants, which
+    must follow any reordering of the features; or why the node is not per-feature (module rule)."""
+    variables = [t for t in node.inputs if not isinstance(t, gs.Constant)]
+    if len(node.outputs) != 1 or variables != [tensor] or node.op not in ELEMENTWISE | BROADCAST_CONSTANT:
+        return f"{node.name} ({node.op}) is not a per-feature node"
+    if node.op in ELEMENTWISE:
+        return []
+    positions = []
+    for i, operand in enumerate(node.inputs):
+        if isinstance(operand, gs.Constant):
+            reorder = _per_feature_constant(operand, n)
+            if reorder is None:
+                return f"{node.name}: constant of shape {tuple(operand.shape)} does not broadcast per feature"
+            if reorder:
+                positions.append(i)
+    return positions
+
+
+def _uses(graph: gs.Graph) -> dict[int, int]:
+    """How many nodes read each constant (by id), subgraphs included."""
+    counts: dict[int, int] = {}
+    for subgraph in all_graphs(graph):
+        for node in subgraph.nodes:
+            for t in node.inputs:
+                counts[id(t)] = counts.get(id(t), 0) + 1
+    return counts
+
+
+def _contiguous_sides(plan: BlockPlan) -> tuple[bool, bool]:
+    """(inputs, outputs): whether the blocks read contiguous ranges, and write their rows in block order."""
+    layout = block_layout(plan, max_padding=float("inf"))
+    if isinstance(layout, str):
+        return False, False
+    reads = all(b.cols[-1] - b.cols[0] + 1 == len(b.cols) for b in layout.blocks)
+    order = np.concatenate([b.rows for b in layout.blocks] + [plan.constant_rows])
+    return reads, bool(np.array_equal(order, np.arange(plan.n_out)))
+
+
+def _wanted_orders(space: FeatureSpace, plans: Mapping[str, BlockPlan]) -> list[np.ndarray]:
+    """Candidate relabellings: the producer's rows in its block order, then each consumer's blocks' columns."""
+    wanted = []
+    plan = plans.get(space.producer.node.name)
+    if plan is not None and len(plan.branches) > 1:
+        layout = block_layout(plan, max_padding=float("inf"))
+        wanted.append(np.concatenate([b.rows for b in layout.blocks] + [plan.constant_rows]))
+    for consumer in space.consumers:
+        plan = plans.get(consumer.node.name)
+        if plan is not None and len(plan.branches) > 1:
+            reads = np.concatenate([b.cols for b in plan.branches] + [plan.unused_cols])
+            if len(reads) == plan.n_in:  # disjoint reads: a permutation
+                wanted.append(reads)
+    return wanted
+
+
+@dataclass
+class Folding:
+    """The relabellings chosen for a graph and its plans: ``rows[node]`` / ``cols[node]`` reorder a node's
+    weight, ``plans`` are the plans in the new feature order."""
+
+    spaces: list[tuple[FeatureSpace, np.ndarray]] = field(default_factory=list)
+    plans: dict[str, BlockPlan] = field(default_factory=dict)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # producer node -> why its space was left alone
+    links: dict[str, str] = field(default_factory=dict)  # consumer -> producer, spaces with one (planned) reader
+
+    def apply(self, graph: gs.Graph) -> None:
+        """Write the relabelled weights, biases and per-feature constants into ``graph`` (new tensors, named
+        afresh; the old ones are left to whoever else reads them)."""
+        names = NameTable(graph)
+
+        def builder(op: LinearOp) -> Builder:
+            return Builder(op, {}, names)
+
+        ops = {}
+        for space, order in self.spaces:
+            ops[space.producer.node.name] = space.producer
+            ops.update({c.node.name: c for c in space.consumers})
+            for node, i in space.constants:
+                values = node.inputs[i].values
+                node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values[..., order])
+            bias = space.producer.bias
+            if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
+                space.producer.node.inputs[2] = builder(space.producer).constant("C_folded", bias.values[..., order])
+        for name, op in ops.items():
+            matrix = op.matrix()
+            if name in self.rows:
+                matrix = matrix[self.rows[name]]
+            if name in self.cols:
+                matrix = matrix[:, self.cols[name]]
+            op.node.inputs[1] = builder(op).constant("W_folded", op.layout.from_matrix(matrix))
+
+
+def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
+    """Choose a relabelling per feature space (module rule), producers in graph order: the candidate (from
+    ``_wanted_orders``) that makes the most planned sides contiguous, the producer's first on ties. Reads
+    the graph only; ``Folding.apply`` writes it."""
+    folding = Folding(plans=dict(plans))
+    ops, _ = find_linear_ops(graph)
+    by_node = {id(op.node): op for op in ops}
+    uses = _uses(graph)
+    for producer in ops:  # find_linear_ops lists each graph's nodes in order: producers before consumers
+        space = feature_space(producer, by_node)
+        if isinstance(space, str):
+            folding.refused[producer.node.name] = space
+            continue
+        members = [producer, *space.consumers]
+        shared = [op.node.name for op in members if uses.get(id(op.weight), 0) > 1]
+        cast = [op.node.name for op in members if op.cast is not None]
+        if shared or cast:
+            folding.refused[producer.node.name] = (f"weight of {shared[0]} is shared" if shared else
+                                                   f"weight of {cast[0]} is stored behind a Cast")
+            continue
+        if len(space.consumers) == 1 and {producer.node.name, space.consumers[0].node.name} <= set(plans):
+            folding.links[space.consumers[0].node.name] = producer.node.name
+        best, best_score = None, 0
+        for order in _wanted_orders(space, folding.plans):
+            score = _score(space, order, folding.plans)
+            if score > best_score:
+                best, best_score = order, score
+        if best is None or np.array_equal(best, np.arange(space.n)):
+            continue
+        _relabel(folding, space, best)
+    return folding
+
+
+def _relabelled(space: FeatureSpace, order: np.ndarray, plans: Mapping[str, BlockPlan]) -> dict[str, BlockPlan]:
+    """The plans of the space's members after relabelling its features by ``order``."""
+    out = {}
+    name = space.producer.node.name
+    if name in plans:
+        out[name] = plans[name].relabeled(rows=order)
+    for consumer in space.consumers:
+        if consumer.node.name in plans:
+            out[consumer.node.name] = plans[consumer.node.name].relabeled(cols=order)
+    return out
+
+
+def _score(space: FeatureSpace, order: np.ndarray, plans: Mapping[str, BlockPlan]) -> int:
+    """How many planned sides of the space are contiguous after relabelling by ``order``."""
+    new = _relabelled(space, order, plans)
+    score = 0
+    if space.producer.node.name in new:
+        score += _contiguous_sides(new[space.producer.node.name])[1]
+    for consumer in space.consumers:
+        if consumer.node.name in new:
+            score += _contiguous_sides(new[consumer.node.name])[0]
+    return score
+
+
+def _relabel(folding: Folding, space: FeatureSpace, order: np.ndarray) -> None:
+    folding.plans.update(_relabelled(space, order, folding.plans))
+    folding.rows[space.producer.node.name] = order
+    for consumer in space.consumers:
+        folding.cols[consumer.node.name] = order
+    folding.spaces.append((space, order))
+
+
+class FoldPermutation(Pass):
+    __doc__ = __doc__
+
+    def __init__(self, plans: Mapping[str, BlockPlan]):
+        self.plans = dict(plans)  # after the pass: the plans in the folded feature order
+        self.refused: dict[str, str] = {}  # after the pass: producer node -> why its space was left alone
+
+    def call(self, graph: gs.Graph) -> PassResult:
+        folding = plan_folding(graph, self.plans)
+        folding.apply(graph)
+        self.plans, self.refused = folding.plans, folding.refused
+        for space, _ in folding.spaces:
+            logger.debug("folded a permutation of %d features between %s and %s", space.n,
+                         space.producer.node.name, ", ".join(c.node.name for c in space.consumers))
+        return PassResult(graph, bool(folding.spaces))

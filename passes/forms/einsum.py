@@ -1,0 +1,40 @@
+"""The Einsum form: all blocks in one Einsum, no transposes in the graph."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..builder import Builder
+from ..ops import LinearOp
+from ..plan import BlockPlan
+from .blocks import BlockForm, finish, read_slots, stacked_weights
+
+MIN_EINSUM_OPSET = 12
+
+
+class BlockEinsum(BlockForm):
+    """For ``y = op(x, W)`` with the plan laid out as ``k`` blocks of ``b_in x b_out`` (``forms.blocks``)::
+
+        x_b = Reshape(x_s, [0]*L + [k, b_in])                # x_s: x, or its features in slot order
+        y_b = Einsum("...ki,kio->...ko", x_b, W_stacked)       # [d_1..d_L, k, b_out]
+        y   = Reshape(y_b, [0]*L + [-1]) (+ beta * C), then back in output order if needed
+
+    As the batched form (``forms.batched``), with ONNX Runtime's Einsum arranging the operands. Needs opset 12.
+    ``quantize_dynamic`` leaves Einsum in float.
+    """
+
+    name = "einsum"
+
+    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+        if (op.graph.opset or 0) < MIN_EINSUM_OPSET:
+            return f"Einsum needs opset {MIN_EINSUM_OPSET}"
+        return super().check(op, plan)
+
+    def emit(self, b: Builder, plan: BlockPlan) -> None:
+        layout = self.layout(plan)
+        lead = b.rank - 1
+        x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
+        weights = b.shared_weight(layout.weights_key(b.op, self.name),
+                                    "W_blocks", lambda: stacked_weights(b.op, layout))
+        y = b.emit("Einsum", "y_blocks", [x, weights], {"equation": "...ki,kio->...ko"})
+        finish(b, layout, b.reshape(y, [0] * lead + [-1], "y_slots"))

@@ -1,0 +1,54 @@
+"""The grouped-Conv form: all blocks in one 1x1 Conv with ``group = k``, positions as spatial dims."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..builder import Builder
+from ..ops import LinearOp
+from ..plan import BlockPlan
+from .blocks import BlockForm, finish, read_slots, stacked_weights
+
+MAX_RANK = 4  # ONNX Runtime's CPU Conv takes up to 3 spatial dims
+
+
+class GroupedConv(BlockForm):
+    """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` (2 to 4) and the plan laid out as ``k`` blocks
+    of ``b_in x b_out`` (``forms.blocks``)::
+
+        x_c = Unsqueeze(Transpose(x_s, perm=[L, 0..L-1]), 0)     # [1, k*b_in, d_1..d_L]: positions as space
+        y_c = Conv(x_c, K[k*b_out, b_in, 1..1], group=k)           # one node, kernel 1 in every spatial dim
+        y_s = Transpose(Squeeze(y_c, 0), perm=[1..L, 0])  (+ beta * C), then back in output order if needed
+
+    Each group is one GEMM of ``[b_out, b_in] x [b_in, positions]`` (putting the batch in Conv's N axis
+    instead runs one tiny GEMM per row and group, measured far slower). Needs opset 13 (Squeeze axes input).
+    """
+
+    name = "grouped_conv"
+
+    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+        if (op.graph.opset or 0) < 13:
+            return "grouped Conv form needs opset 13"
+        shape = op.node.inputs[0].shape
+        if shape is not None and len(shape) > MAX_RANK:
+            return f"grouped Conv form takes inputs of rank <= {MAX_RANK}"
+        return super().check(op, plan)
+
+    def emit(self, b: Builder, plan: BlockPlan) -> None:
+        layout = self.layout(plan)
+        lead = b.rank - 1
+        axis0 = b.constant("axis0", np.array([0], dtype=np.int64))
+        x = b.emit("Transpose", "x_channels", [read_slots(b, layout)], {"perm": [lead, *range(lead)]})
+        x = b.emit("Unsqueeze", "x_image", [x, axis0])
+
+        def kernel() -> np.ndarray:  # [k * b_out, b_in, 1, ...]: group j's output channels read its inputs
+            stacked = stacked_weights(b.op, layout).transpose(0, 2, 1)
+            return stacked.reshape(layout.k * layout.b_out, layout.b_in, *[1] * lead)
+
+        weights = b.shared_weight((*layout.weights_key(b.op, self.name), lead),
+                                    "W_groups", kernel)
+        y = b.emit("Conv", "y_groups", [x, weights], {"group": layout.k, "kernel_shape": [1] * lead})
+        y = b.emit("Squeeze", "y_channels", [y, axis0])
+        finish(b, layout, b.emit("Transpose", "y_slots", [y], {"perm": [*range(1, lead + 1), 0]}))

@@ -1,0 +1,84 @@
+"""Choosing a form per node: the cost model's choice is decision data, ``--tune`` keeps the fastest measured
+form, every named batch size is judged, and a rewrite is never kept slower than dense at any of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_decomp
+from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from onnx_decomp import GateConfig
+from onnx_decomp.cli import main
+from onnx_decomp.config import FORMS
+from onnx_decomp.errors import UnsupportedConstructError
+
+
+def matmul(w):
+    return make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")], [value("x", ["N", w.shape[1]])],
+                      [value("y", ["N", w.shape[0]])], [tensor("B", w.T.copy())])
+
+
+def contiguous(d, k, rng):
+    return (np.kron(np.eye(k), np.ones((d // k, d // k))) * rng.standard_normal((d, d))).astype(np.float32)
+
+
+def test_cost_gate_estimates_every_form_at_every_batch_and_keeps_the_best(rng):
+    model = matmul(contiguous(512, 8, rng))
+    gate = GateConfig("cost", forms=FORMS, batches=(1, 32))
+    out, report = onnx_decomp.decompose(model, gate=gate)
+    node = report.nodes[0]
+    costs = {(c["form"], c["batch"]): c["estimated"] for c in node.costs}
+    assert set(costs) == {(f, b) for f in FORMS for b in (1, 32)}
+    assert all(c["measured"] is None for c in node.costs)  # the cost gate times nothing
+    worst = {f: min(costs[f, 1], costs[f, 32]) for f in FORMS}
+    assert node.form == max(worst, key=worst.get) and node.estimated == pytest.approx(worst[node.form], abs=1e-3)
+    assert node.action == "rewrite" and node.speedup is None
+    assert onnx_decomp.decompose(model, gate=gate)[1].nodes[0].form == node.form  # deterministic
+
+
+def test_tune_times_every_form_and_keeps_the_fastest_measured(rng):
+    model = matmul(contiguous(256, 4, rng))
+    out, report = onnx_decomp.decompose(model, gate=GateConfig(tune=True, forms=("branches", "batched"),
+                                                               batches=(4,), min_speedup=1e-6))
+    node = report.nodes[0]
+    measured = {c["form"]: c["measured"] for c in node.costs}
+    assert set(measured) == {"branches", "batched"} and None not in measured.values()
+    assert node.form == max(measured, key=measured.get) and node.speedup == pytest.approx(measured[node.form], abs=1e-3)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_rewrite_slower_than_dense_at_any_named_batch_is_kept_dense(rng):
+    """Two scattered 8x8 blocks: every form's gathers cost more than 2x fewer MACs save, at batch 1 and 64."""
+    w, _ = hidden_blocks(rng, [(8, 8), (8, 8)])
+    out, report = onnx_decomp.decompose(matmul(w), gate=GateConfig(batches=(1, 64)))
+    node = report.nodes[0]
+    assert node.action == "keep" and node.reason.startswith("measured") and node.speedup < 1.1
+    assert {c["batch"] for c in node.costs if c["measured"] is not None} == {1, 64}
+    assert node.speedup == min(c["measured"] for c in node.costs if c["measured"] is not None)
+    assert op_types(out) == ["MatMul"]
+
+
+def test_batch_sizes_set_symbolic_first_dims_only(rng):
+    w = contiguous(64, 4, rng)
+    fixed = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")], [value("x", [3, 64])],
+                       [value("y", [3, 64])], [tensor("B", w.T.copy())])
+    _, report = onnx_decomp.decompose(fixed, gate=GateConfig("cost", batches=(1, 8)))
+    assert {c["batch"] for c in report.nodes[0].costs} == {1, 8}  # judged, at the model's own batch of 3
+    with pytest.raises(UnsupportedConstructError, match="batch sizes"):
+        GateConfig(batches=(0,))
+    with pytest.raises(UnsupportedConstructError, match="form"):
+        GateConfig(forms=("dense",))
+
+
+@pytest.mark.parametrize("option", [["--forms", "dense"], ["--batch", "0,64"], ["--batch", "x"]])
+def test_bad_form_or_batch_options_exit_2(tmp_path, rng, capsys, option):
+    path = tmp_path / "m.onnx"
+    onnx.save(matmul(contiguous(16, 2, rng)), path)
+    code = main(["decompose", str(path), str(tmp_path / "out.onnx"), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and option[0] in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
