@@ -55,10 +55,10 @@ def run(args: argparse.Namespace, exit_no_change: int) -> int:
             print("onnx-decomp: annealing accepted nothing (--require-change); nothing written", file=sys.stderr)
             return exit_no_change
         save_model(model, model_path, external_data=args.save_as_external_data or None)
+        if report_dir is not None:
+            report.write_folder(report_dir, final=args.report)
         if json_path is not None:
             report.write_json(json_path)
-        if report_dir is not None:
-            report.write_folder(report_dir)
         outputs.commit()
     print(report.format())
     return 0

@@ -129,8 +129,9 @@ class AnnealReport:
     def write_json(self, path: Union[str, os.PathLike]) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=2, default=float) + "\n")
 
-    def write_folder(self, folder: Union[str, os.PathLike]) -> None:
-        """``folder/anneal.png`` (fidelity against MAC reduction) and ``folder/anneal.json``, each atomically."""
+    def write_folder(self, folder: Union[str, os.PathLike], final: Optional[Union[str, os.PathLike]] = None) -> None:
+        """``folder/anneal.png`` (fidelity against MAC reduction) and ``folder/anneal.json``, each atomically;
+        ``final``: where the folder will be once a staged write is committed (what ``figure`` records)."""
         from onnx_decomp.report.figures import plot_anneal_path
 
         folder = Path(folder)
@@ -139,7 +140,7 @@ class AnnealReport:
         with staged_output(figure) as staged:
             plot_anneal_path(self.steps, self.dense_macs, self.metric, self.tolerance,
                              f"annealing {Path(self.model).name}", staged)
-        self.figure = str(figure)
+        self.figure = str(Path(final or folder) / figure.name)
         self.write_json(folder / "anneal.json")
 
     def format(self) -> str:
