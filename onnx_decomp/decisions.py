@@ -1,4 +1,5 @@
-"""Decisions as data: what was proposed for each MatMul/Gemm, what it would cost, and what was decided.
+"""Decisions as data: what was proposed for each MatMul/Gemm, what it would cost, and what was decided;
+for annealing, every structure tried with its measured fidelity and what became of it.
 
 Reports and JSON are rendered from these (``report``); drivers act on ``Decision.rewrite`` alone.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from onnx_decomp_passes import BlockPlan, LinearOp, Skipped
 
@@ -88,3 +89,33 @@ def plans_to_apply(decisions: Sequence[Decision]) -> dict[str, BlockPlan]:
 def forms_to_apply(decisions: Sequence[Decision]) -> dict[str, str]:
     """Node name -> chosen form name, for every decision to rewrite that has one."""
     return {d.node: d.candidate.form for d in decisions if d.rewrite and d.candidate.form}
+
+
+class Verdict(str, enum.Enum):
+    """What became of one annealing step."""
+
+    ACCEPTED = "accepted"  # within the tolerance and the best MACs saved per fidelity lost: kept
+    ROLLED_BACK = "rolled back"  # broke the tolerance: undone
+    DEFERRED = "deferred"  # within the tolerance, but another step saved more per fidelity lost first
+
+
+@dataclass(frozen=True)
+class StructureCandidate:
+    """A structure proposed for one annealing unit (weights planned together with one partition): its plan
+    for every weight of the unit, the model's MatMul MACs per inference with it in force, and the fidelity
+    measured in ONNX Runtime on the tuning data with it applied (lower is better)."""
+
+    unit: str
+    structure: str  # e.g. "k=4", "trim", "scc 10%"
+    plans: Mapping[str, BlockPlan]  # weight (initializer) name -> plan
+    macs: int
+    fidelity: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One annealing step: the candidate tried, what became of it, and why."""
+
+    candidate: StructureCandidate
+    verdict: Verdict
+    reason: str = ""

@@ -32,6 +32,7 @@ LAYERS = (  # onnx_decomp's modules and subpackages, lowest first
     ("report",),
     ("stats",),
     ("planning",),
+    ("search",),
     ("drivers", "torch"),
     ("cli",),
 )

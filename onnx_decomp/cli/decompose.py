@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnx_decomp.cli import options
+from onnx_decomp.cli import annealing, options
 from onnx_decomp.config import Tolerance, ValidationConfig
 from onnx_decomp.drivers.decompose import decompose
 from onnx_decomp.errors import DecompError
@@ -20,7 +20,7 @@ EXIT_NO_CHANGE = 3
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("decompose", parents=[options.model_options(), options.planning_options(),
-                                                       options.analysis_options()],
+                                                       options.analysis_options(), options.anneal_options()],
                                  help="rewrite block-structured MatMul/Gemm into branches and validate")
     parser.add_argument("output", type=Path, help="where to write the rewritten model")
     defaults = ValidationConfig()
@@ -48,6 +48,9 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    annealing.check(args)
+    if args.anneal:
+        return annealing.run(args, EXIT_NO_CHANGE)
     reads = [*options.model_reads(args), *optional_read(args.inputs, "the --inputs file")]
     with StagedWrites(reads) as outputs:
         model_path = outputs.file(args.output, side_files=[args.output.name + ".data"])

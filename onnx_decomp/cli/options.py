@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, PROVIDERS, AnalysisConfig, GateConfig,
-                                SessionConfig)
+from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
+                                AnnealConfig, GateConfig, SessionConfig)
 from onnx_decomp.io.model_io import model_files
 
 
@@ -100,6 +100,41 @@ def analysis_options() -> argparse.ArgumentParser:
     group.add_argument("--init-reference", type=Path, metavar="PATH",
                        help="ONNX model with the initial tensors: test each update W - W0")
     return group
+
+
+def anneal_options() -> argparse.ArgumentParser:
+    """Structural annealing (``decompose --anneal``): calibration data, the fidelity metric, the structures."""
+    defaults = AnnealConfig()
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument("--anneal", action="store_true",
+                       help="cut the most structure whose fidelity on calibration data stays within --tolerance "
+                       f"(default {defaults.tolerance}), refit the cuts, then rewrite exactly (lossy: see the report)")
+    group.add_argument("--calib", type=Path, metavar="NPZ",
+                       help="calibration inputs keyed by input name, samples along the first axis (without it: "
+                       "random inputs, with a warning)")
+    group.add_argument("--labels", type=Path, metavar="NPZ", help="labels keyed by output name (--metric accuracy)")
+    group.add_argument("--metric", choices=METRICS, default=defaults.metric,
+                       help="fidelity against the original: rel-l2 per output (default), max-abs, top1 "
+                       "(argmax disagreement), accuracy (drop against --labels)")
+    group.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
+    group.add_argument("--no-refit", action="store_true", help="plain cuts: no ridge refit of the cut weights")
+    group.add_argument("--unbalanced", action="store_true", help="blocks of any size (default: balanced)")
+    group.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
+                       help="fraction of the calibration samples held out for the reported fidelity "
+                       "(default %(default)s)")
+    group.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
+                       help="bootstrap resamples for the stability of accepted partitions (default %(default)s)")
+    group.add_argument("--square", action="append", default=[], metavar="NODE",
+                       help="plan NODE in the directed view too (its input and output share one index space; "
+                       "residual maps are found without it; repeatable)")
+    group.add_argument("--report", type=Path, metavar="DIR", help="write DIR/anneal.json and DIR/anneal.png")
+    return group
+
+
+def anneal_config(args: argparse.Namespace) -> AnnealConfig:
+    tolerance = AnnealConfig.tolerance if args.tolerance is None else args.tolerance
+    return AnnealConfig(args.metric, tolerance, not args.no_refit, args.blocks, not args.unbalanced, args.held_out,
+                        bootstrap=args.bootstrap, square=tuple(args.square), seed=args.seed)
 
 
 def input_shapes(args: argparse.Namespace) -> dict:

@@ -22,8 +22,8 @@ from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Action, Candidate, Decision
 from onnx_decomp.planning.forms import FormChooser
-from onnx_decomp.planning.support import Masks
-from onnx_decomp_passes import MIN_OPSET, LinearOp, plan_from_support
+from onnx_decomp.planning.support import Masks, SupportOrPlan, as_plan
+from onnx_decomp_passes import MIN_OPSET, LinearOp
 
 
 def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
@@ -68,11 +68,11 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
     return decisions
 
 
-def _candidate(op: LinearOp, mask: Optional[np.ndarray], notes: list[str]) -> Candidate:
-    """The plan of ``mask`` (None: the nonzero pattern; a weight the analysis left out has no mask), from
-    one read of the weight."""
+def _candidate(op: LinearOp, mask: Optional[SupportOrPlan], notes: list[str]) -> Candidate:
+    """The plan of ``mask``, a Boolean support or the plan itself (None: the nonzero pattern; a weight the
+    analysis left out has no mask), from one read of the weight."""
     matrix = op.matrix()
     nonzero = matrix != 0
     if not np.isfinite(matrix).all():
         notes.append(f"weight {op.weight.name} holds NaN or Inf values (kept where they are)")
-    return Candidate(op, plan_from_support(nonzero if mask is None else mask), float(nonzero.mean()))
+    return Candidate(op, as_plan(nonzero if mask is None else mask), float(nonzero.mean()))

@@ -4,13 +4,17 @@
 - ``ConfirmedSupport``: the entries the statistical analysis confirms (``stats.analyze``); entries outside
   are dropped, so the step is lossy and validated by relative L2 per output
   (``DEFAULT_LOSSY_TOLERANCE`` unless a ``rel_l2`` tolerance is given).
+- ``AnnealedSupport``: explicit plans per weight, as annealing (``search``) found them for a model whose
+  weights are already masked and refitted to them (zeros outside), so the rewrite is exact; plans may read
+  overlapping columns (block-triangular), which the nonzero pattern's components would merge. Other
+  weights keep their nonzero pattern.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
@@ -18,10 +22,17 @@ from onnx_decomp.config import AnalysisConfig, Tolerance
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.stats.analyze import analyze_context
+from onnx_decomp_passes import BlockPlan, plan_from_support
 
 DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
 SUPPORTS = ("exact", "confirmed")
-Masks = Optional[dict[str, np.ndarray]]
+SupportOrPlan = Union[np.ndarray, BlockPlan]  # a Boolean support, or the plan itself
+Masks = Optional[dict[str, SupportOrPlan]]
+
+
+def as_plan(support: SupportOrPlan) -> BlockPlan:
+    """A plan given as such, or the components of a Boolean support (``plan_from_support``)."""
+    return support if isinstance(support, BlockPlan) else plan_from_support(support)
 
 
 class Support(abc.ABC):
@@ -30,7 +41,7 @@ class Support(abc.ABC):
 
     @abc.abstractmethod
     def masks(self, ctx: ModelContext) -> Masks:
-        """Weight name -> Boolean support ``[n_out, n_in]``; None: every weight's nonzero pattern."""
+        """Weight name -> Boolean support ``[n_out, n_in]`` or its plan; None: every weight's nonzero pattern."""
 
     @abc.abstractmethod
     def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
@@ -60,6 +71,18 @@ class ConfirmedSupport(Support):
         if given is not None and given.rel_l2 is not None:
             return given
         return Tolerance(rel_l2=DEFAULT_LOSSY_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class AnnealedSupport(Support):
+    plans: Mapping[str, BlockPlan] = field(default_factory=dict)  # weight (initializer) name -> plan
+    name = "annealed"
+
+    def masks(self, ctx: ModelContext) -> Masks:
+        return {op.weight.name: self.plans.get(op.weight.name, op.matrix() != 0) for op in ctx.ops}
+
+    def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
+        return given or Tolerance()
 
 
 def support_of(value: Union[str, Support], analysis: Optional[AnalysisConfig] = None) -> Support:

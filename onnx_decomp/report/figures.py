@@ -1,4 +1,5 @@
-"""PNG figures a person can open: weights against their null, and the confirmed support in block order.
+"""PNG figures a person can open: weights against their null, the confirmed support in block order, and
+an annealing run's fidelity against MAC reduction.
 
 Needs matplotlib (extra ``figures``); imported here only, with the non-interactive Agg backend.
 """
@@ -6,10 +7,11 @@ Needs matplotlib (extra ``figures``); imported here only, with the non-interacti
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 
+from onnx_decomp.decisions import Step, Verdict
 from onnx_decomp.errors import DecompError
 from onnx_decomp_passes import BlockPlan
 
@@ -63,6 +65,30 @@ def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.imshow(image, cmap="Greys", interpolation="nearest", aspect="auto")
     axes.set(title=title, xlabel="inputs (permuted)", ylabel="outputs (permuted)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_anneal_path(steps: Sequence[Step], dense_macs: int, metric: str, tolerance: float, title: str,
+                     path: PathLike) -> None:
+    """Fidelity against MAC reduction: every candidate tried (marked by verdict), the path of accepted
+    steps from the dense model, and the tolerance line."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    styles = {Verdict.DEFERRED: ("#8c8c8c", "o", "deferred"), Verdict.ROLLED_BACK: ("#c44e52", "x", "rolled back"),
+              Verdict.ACCEPTED: ("#55a868", "o", "accepted")}
+    for verdict, (color, marker, label) in styles.items():
+        chosen = [s for s in steps if s.verdict is verdict]
+        axes.scatter([dense_macs / max(s.candidate.macs, 1) for s in chosen],
+                     [max(s.candidate.fidelity, 0.0) for s in chosen], c=color, marker=marker, label=label, zorder=3)
+    path_x = [1.0] + [dense_macs / max(s.candidate.macs, 1) for s in steps if s.verdict is Verdict.ACCEPTED]
+    path_y = [0.0] + [max(s.candidate.fidelity, 0.0) for s in steps if s.verdict is Verdict.ACCEPTED]
+    axes.plot(path_x, path_y, color="#55a868", linewidth=1.5, zorder=2, label="accepted path")
+    axes.axhline(tolerance, color="#dd8452", linestyle="--", label=f"tolerance {tolerance:g}")
+    axes.set_xscale("log", base=2)
+    axes.set(title=title, xlabel="MatMul MAC reduction (dense / annealed)", ylabel=f"{metric} on tuning data")
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,6 +6,10 @@ whole model with ``fdr_scope="model"``), the confirmed support's density and con
 layer's share of the model's MatMul work. ``edges="grouped"`` also decides the chains' multi-channel edges
 (``criterion.grouped_edge_p_values``). Tensors are analysed one at a time: peak memory follows the largest
 tensor, not the model.
+
+Evidence (kept with ``keep_evidence``, for annealing's importance): 1 for a confirmed entry, else ``1 - p``,
+the chance that an initial draw is smaller in magnitude: init-like entries weigh little, entries in the
+null's tail nearly fully (float16, two bytes per weight).
 """
 
 from __future__ import annotations
@@ -108,9 +112,10 @@ def _choose_nulls(ctx: ModelContext, by_weight: dict, config: AnalysisConfig, re
 
 def analyze_context(ctx: ModelContext, config: AnalysisConfig,
                     report_dir: Optional[Union[str, os.PathLike]] = None, figures: bool = True,
-                    keep_masks: bool = False) -> AnalysisReport:
+                    keep_masks: bool = False, keep_evidence: bool = False) -> AnalysisReport:
     """``analyze`` on an already loaded model. Weights holding NaN or Inf cannot be tested against a null:
-    they are left out with a note, as are the MatMul/Gemm the rewrite skips (with their reasons)."""
+    they are left out with a note, as are the MatMul/Gemm the rewrite skips (with their reasons).
+    ``keep_evidence`` keeps each weight's evidence (module rule) in ``report.evidence``."""
     by_weight: dict[str, list[LinearOp]] = {}
     for op in ctx.ops:
         by_weight.setdefault(op.weight.name, []).append(op)
@@ -158,6 +163,8 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
         report.tensors.append(entry)
         if keep_masks:
             report.masks[name] = confirmed
+        if keep_evidence:
+            report.evidence[name] = np.where(confirmed, 1.0, 1.0 - p).astype(np.float16)
         if name in chain_weights:
             p_by_weight[name] = p
     for first, second in chains:

@@ -1,0 +1,1 @@
+"""Structural annealing: calibration data, fidelity gate, candidate structures, refit, schedule, stability."""

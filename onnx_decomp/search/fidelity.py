@@ -1,0 +1,138 @@
+"""The fidelity gate: how far a candidate's outputs are from the original model's on calibration data, in
+ONNX Runtime.
+
+Metrics (lower is better; over every float output, the worst one counts; a row is one vector of the last
+axis, every leading index flattened):
+- ``rel-l2``: ``||candidate - original||_2 / ||original||_2`` over all samples.
+- ``max-abs``: the largest absolute difference.
+- ``top1``: the fraction of rows whose argmax differs from the original's.
+- ``accuracy``: the accuracy drop against the labels, ``acc(original) - acc(candidate)``, where ``acc`` is
+  the fraction of rows whose argmax equals the label; outputs that have labels only.
+One global tolerance: a state passes when its metric is at most the tolerance. The original model's
+outputs, and its activations at every layer (for the refit), are computed once per run, fold by fold.
+
+Cross-fitting: the schedule refits every cut twice, once on each tuning fold's activations, and
+``measure_crossed`` runs each fold with the weights fitted on the other one: the fidelity the gate decides
+on is measured on samples the refit did not see, so a refit that fits the tuning samples' noise does not
+pass for a structure that generalises (on digits, in-sample top-1 disagreement read 0.4% where held-out
+samples gave 0.9-2.7%).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.errors import DecompError
+from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp.search.calibration import Calibration, Samples
+from onnx_decomp.search.network import Network, Weights
+
+logger = logging.getLogger(__name__)
+
+TINY = np.finfo(np.float64).tiny
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
+
+
+def output_fidelity(metric: str, original: np.ndarray, candidate: np.ndarray,
+                    labels: Optional[np.ndarray] = None) -> float:
+    """One output's metric (module rule)."""
+    if original.shape != candidate.shape:
+        return float("inf")
+    e, a = original.astype(np.float64), candidate.astype(np.float64)
+    if metric == "rel-l2":
+        return float(np.linalg.norm(a - e) / max(np.linalg.norm(e), TINY))
+    if metric == "max-abs":
+        return float(np.abs(a - e).max(initial=0.0))
+    if metric == "top1":
+        return float(np.mean(_rows(e).argmax(1) != _rows(a).argmax(1)))
+    truth = np.asarray(labels).reshape(-1)
+    return float(np.mean(_rows(e).argmax(1) == truth) - np.mean(_rows(a).argmax(1) == truth))
+
+
+def fidelity(metric: str, original: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
+             labels: Sequence[Optional[np.ndarray]]) -> float:
+    """The worst output's metric over the float outputs (those with labels for ``accuracy``)."""
+    values = [output_fidelity(metric, e, a, y) for e, a, y in zip(original, candidate, labels)
+              if np.issubdtype(e.dtype, np.floating) and (metric != "accuracy" or y is not None)]
+    return max(values, default=0.0)
+
+
+def exact_difference(original: Sequence[np.ndarray], candidate: Sequence[np.ndarray], rtol: float,
+                     atol: float) -> tuple[float, bool]:
+    """The largest absolute difference over all outputs, and whether every element satisfies
+    ``|candidate - original| <= atol + rtol * |original|``."""
+    worst, ok = 0.0, True
+    for e, a in zip(original, candidate):
+        if e.shape != a.shape:
+            return float("inf"), False
+        gap = np.abs(a.astype(np.float64) - e.astype(np.float64))
+        worst = max(worst, float(gap.max(initial=0.0)))
+        ok = ok and bool(np.all(gap <= atol + rtol * np.abs(e.astype(np.float64))))
+    return worst, ok
+
+
+class FidelityGate:
+    """The metric of any state of the network's weights against the original model (module rules), on
+    the tuning samples (what the schedule decides on) or the held-out ones (what the report gives)."""
+
+    def __init__(self, network: Network, data: Calibration, metric: str, tolerance: float):
+        self.network, self.data, self.metric, self.tolerance = network, data, metric, tolerance
+        self.folds = [data.batches(fold) for fold in data.folds]
+        self.batches = {"tuning": self.folds[0] + self.folds[1], "held-out": data.batches(data.held_out)}
+        self.labels = {"tuning": self._labels(data.tuning, "tuning"),
+                       "held-out": self._labels(data.held_out, "validation")}
+        dense = [network.run(batches, taps=True) for batches in self.folds]
+        self.fold_taps = [run.taps for run in dense]  # the original's activations, per fold
+        self.dense_taps = self.joined(self.fold_taps)  # ... and over the whole tuning part
+        self.reference = {"tuning": [np.concatenate(o) for o in zip(dense[0].outputs, dense[1].outputs)],
+                          "held-out": network.run(self.batches["held-out"]).outputs}
+        floats = [name for name, out in zip(network.outputs, dense[0].outputs) if np.issubdtype(out.dtype, np.floating)]
+        self.notes = [] if len(floats) == len(network.outputs) else \
+            [f"outputs {sorted(set(network.outputs) - set(floats))} are not float: the metric ignores them"]
+
+    def _labels(self, samples: Samples, part: str) -> list[Optional[np.ndarray]]:
+        labels = [samples.labels.get(name) for name in self.network.outputs]
+        if self.metric == "accuracy" and all(label is None for label in labels):
+            raise DecompError(f"--metric accuracy needs labels for the {part} samples, keyed by an output "
+                              f"name {self.network.outputs} (--labels, or in the --inputs file)")
+        return labels
+
+    def compare(self, outputs: Sequence[np.ndarray], part: str = "tuning") -> float:
+        """The metric of ``outputs`` (the candidate's, on ``part``) against the original's."""
+        return fidelity(self.metric, self.reference[part], outputs, self.labels[part])
+
+    def measure(self, weights: Weights, part: str = "tuning") -> float:
+        """The metric with ``weights`` in force, on ``part``."""
+        return self.compare(self.network.run(self.batches[part], weights).outputs, part)
+
+    def measure_crossed(self, fits: tuple[Weights, Weights]) -> float:
+        """The tuning metric with each fold run under the weights fitted on the other (module rule)."""
+        runs = [self.network.run(self.folds[0], fits[1]), self.network.run(self.folds[1], fits[0])]
+        return self.compare([np.concatenate(o) for o in zip(runs[0].outputs, runs[1].outputs)])
+
+    def fold_activations(self, fold: int, weights: Weights) -> dict[int, np.ndarray]:
+        """Every layer's activation rows of tuning fold ``fold`` with ``weights`` in force."""
+        return self.network.run(self.folds[fold], weights, taps=True).taps
+
+    @staticmethod
+    def joined(per_fold: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+        """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``)."""
+        return {index: np.concatenate([taps[index] for taps in per_fold]) for index in per_fold[0]}
+
+    def passes(self, value: float) -> bool:
+        return value <= self.tolerance
+
+    def outputs_of(self, model: onnx.ModelProto, session: SessionConfig, part: str = "held-out") -> list[np.ndarray]:
+        """Another model's outputs (same inputs and outputs, e.g. the rewritten one) on ``part``."""
+        runner = make_session(model, session)
+        names = self.network.outputs
+        runs = [runner.run(names, batch) for batch in self.batches[part]]
+        return [np.concatenate([run[i] for run in runs]) for i in range(len(names))]

@@ -1,0 +1,271 @@
+"""The model prepared for annealing: its annealable layers, and one ONNX Runtime session that takes their
+weights as inputs.
+
+Rules:
+- The model is normalised once (``io.graph``: Constant weights folded into initializers, node names unique).
+- A layer is a MatMul/Gemm with a constant float weight (``onnx_decomp_passes.find_linear_ops``) in the main
+  graph whose weight no other node reads. Its per-output bias, if any, is Gemm's C (``[n]`` or ``[1, n]``) or
+  the constant of the one Add that alone reads a MatMul's output (``[n]`` or ``[1, ..., 1, n]``), if nothing
+  else reads it. Other MatMul/Gemm nodes are left out with the reason: activations inside a subgraph cannot
+  be observed; one refit cannot serve a weight read by two nodes.
+- Effective weights: ``alpha * B`` and ``beta * C`` for Gemm (``alpha``, ``beta`` default 1), the weight and
+  the Add's constant for MatMul; ``W [n_out, n_in]`` whatever the stored layout. Refits work on effective
+  weights and store back ``W / alpha`` and ``b / beta`` in the stored layout and element type.
+- One session for the whole run (``tools/bench_gate.py`` measured this fastest: a session built per step
+  spends most of its time loading the model): the layers' weights and biases become graph inputs, fed the
+  arrays of the state under test at every run, and the layers' activation inputs become extra outputs
+  ("taps"). Its idle threads do not spin: numpy works between its runs.
+- Taps keep at most ``max_rows`` rows per layer (a row: one activation vector, every leading index
+  flattened), the same seeded subset of each batch's rows in every run, so that dense and cut activations
+  stay paired row by row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.context import ModelContext
+from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.graph import export_graph
+from onnx_decomp.io.model_io import iter_graphs, load_references
+from onnx_decomp.runtime.sessions import make_session, ort_message
+from onnx_decomp_passes import BlockPlan, Layout
+
+logger = logging.getLogger(__name__)
+
+Stored = tuple[np.ndarray, Optional[np.ndarray]]  # (weight, bias) as the model stores them
+Weights = Mapping[int, Stored]  # layer index -> stored arrays of the state under test
+
+
+@dataclass
+class Layer:
+    """One annealable MatMul/Gemm (module rules); ``index`` is its position in topological order."""
+
+    index: int
+    node: str
+    weight: str
+    layout: Layout
+    shape: tuple[int, int]  # (n_out, n_in)
+    input: str
+    bias: Optional[str]
+    alpha: float
+    beta: float
+    vectors: int  # activation vectors per inference at the run's input shapes
+    stored_weight: np.ndarray
+    stored_bias: Optional[np.ndarray]
+
+    @property
+    def dense_macs(self) -> int:
+        return self.vectors * self.shape[0] * self.shape[1]
+
+    def matrix(self, stored: Optional[Stored] = None, dtype=np.float64) -> np.ndarray:
+        """Effective ``W [n_out, n_in]`` of ``stored`` arrays, or of the original ones, as ``dtype`` (a
+        read-only view of the stored array where no conversion is needed)."""
+        view = self.layout.to_matrix(self.stored_weight if stored is None else stored[0])
+        if self.alpha == 1 and view.dtype == dtype:
+            return view
+        return self.alpha * view.astype(dtype)
+
+    @cached_property
+    def live_rows(self) -> np.ndarray:
+        """Outputs that read something: rows with a nonzero weight."""
+        return np.any(self.layout.to_matrix(self.stored_weight) != 0, axis=1)
+
+    def bias_vector(self, stored: Optional[Stored] = None) -> np.ndarray:
+        """Effective per-output bias (float64; zeros when the layer has none)."""
+        bias = self.stored_bias if stored is None else stored[1]
+        return np.zeros(self.shape[0]) if bias is None else self.beta * bias.astype(np.float64).reshape(-1)
+
+    def store(self, matrix: np.ndarray, bias: Optional[np.ndarray]) -> Stored:
+        """Effective weight and bias back to the stored layout, shape and element type."""
+        weight = np.ascontiguousarray(self.layout.from_matrix(matrix / self.alpha), dtype=self.stored_weight.dtype)
+        if self.stored_bias is None or bias is None:
+            return weight, self.stored_bias
+        stored = (bias / self.beta).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)
+        return weight, stored
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _per_output(tensor: Optional[onnx.TensorProto], n_out: int) -> bool:
+    """A constant that adds one value per output feature."""
+    return tensor is not None and len(tensor.dims) >= 1 and tensor.dims[-1] == n_out and \
+        int(np.prod(tensor.dims)) == n_out
+
+
+def _bias(node: onnx.NodeProto, n_out: int, initializers: dict, readers: dict,
+          consumers: dict, graph_outputs: set) -> tuple[Optional[str], float]:
+    """The initializer holding the node's per-output bias and its scale (module rule), or (None, 0)."""
+    if node.op_type == "Gemm":
+        name = node.input[2] if len(node.input) > 2 else ""
+        beta = float(_attribute(node, "beta", 1.0))
+        if name and beta != 0 and readers.get(name) == 1 and _per_output(initializers.get(name), n_out):
+            return name, beta
+        return None, 0.0
+    after = consumers.get(node.output[0], [])
+    if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in graph_outputs:
+        return None, 0.0
+    (other,) = [name for name in after[0].input if name != node.output[0]] or [""]
+    if readers.get(other) == 1 and _per_output(initializers.get(other), n_out):
+        return other, 1.0
+    return None, 0.0
+
+
+def vectors_of(ctx: ModelContext, tensor: str, n_in: int) -> int:
+    """Activation vectors per inference reaching a layer at the run's input shapes (1 when unknown)."""
+    shape = ctx.shapes.get(tensor)
+    if not shape or None in shape:
+        return 1
+    return max(1, int(np.prod(shape)) // max(n_in, 1))
+
+
+def find_layers(ctx: ModelContext, proto: onnx.ModelProto) -> tuple[list[Layer], list[tuple[str, str]]]:
+    """The annealable layers of the normalised ``proto`` in topological order, and the (node, reason) of
+    every MatMul/Gemm left out (module rules)."""
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for one in iter_graphs(graph):
+        for node in one.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    position = {node.name: i for i, node in enumerate(graph.node)}
+    layers, left_out = [], [(s.node_name, s.reason) for s in ctx.skipped]
+    for op in ctx.ops:
+        name = op.node.name
+        if name not in position:
+            left_out.append((name, "inside a subgraph: its activations cannot be observed"))
+            continue
+        node = graph.node[position[name]]
+        if readers.get(op.weight.name) != 1 or op.weight.name in graph_outputs:
+            left_out.append((name, f"weight {op.weight.name!r} is read by several nodes: one refit cannot serve them"))
+            continue
+        bias, beta = _bias(node, op.shape[0], initializers, readers, consumers, graph_outputs)
+        stored_bias = numpy_helper.to_array(initializers[bias]) if bias else None
+        alpha = float(_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+        layers.append(Layer(0, name, op.weight.name, op.layout, op.shape, node.input[0], bias, alpha, beta,
+                            vectors_of(ctx, node.input[0], op.shape[1]),
+                            numpy_helper.to_array(initializers[op.weight.name]), stored_bias))
+    layers.sort(key=lambda layer: position[layer.node])
+    for index, layer in enumerate(layers):
+        layer.index = index
+    return layers, left_out
+
+
+@dataclass
+class RunResult:
+    outputs: list[np.ndarray]  # the model's outputs, batches joined along the first axis
+    taps: dict[int, np.ndarray]  # layer index -> kept activation rows [rows, n_in]
+
+
+class Network:
+    """The normalised model, its layers, and the one session that runs any state of their weights."""
+
+    def __init__(self, ctx: ModelContext, session: SessionConfig = SessionConfig(), max_rows: int = 4096,
+                 seed: int = 0):
+        self.proto = export_graph(ctx.graph, like=ctx.proto)
+        load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
+        self.layers, self.left_out = find_layers(ctx, self.proto)
+        self.outputs = [o.name for o in self.proto.graph.output]
+        self.max_rows, self.seed = max_rows, seed
+        inputs = {value.name for value in self.proto.graph.input}
+        self._tapped = [layer for layer in self.layers if layer.input not in inputs]
+        self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
+        self.other_macs = sum(vectors_of(ctx, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
+                              for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
+        self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
+
+    def _session_model(self) -> onnx.ModelProto:
+        """The model with the layers' weights and biases as inputs and their activations as outputs."""
+        graph = self.proto.graph
+        moved = {layer.weight: layer.stored_weight for layer in self.layers}
+        moved.update({layer.bias: layer.stored_bias for layer in self.layers if layer.bias})
+        inputs = [v for v in graph.input if v.name not in moved]
+        inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+                   for name, array in moved.items()]
+        taps = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(layer.stored_weight.dtype), None)
+                for name, layer in {layer.input: layer for layer in self._tapped}.items() if name in self._tap_names]
+        new = helper.make_graph(graph.node, graph.name, inputs, [*graph.output, *taps],
+                                [t for t in graph.initializer if t.name not in moved], value_info=graph.value_info)
+        new.sparse_initializer.extend(graph.sparse_initializer)
+        model = helper.make_model(new, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version)
+        model.functions.extend(self.proto.functions)
+        return model
+
+    def feeds(self, weights: Optional[Weights] = None) -> dict[str, np.ndarray]:
+        """Every layer's weight and bias: from ``weights`` where given, else the original arrays."""
+        feeds = {}
+        for layer in self.layers:
+            weight, bias = (weights or {}).get(layer.index, (layer.stored_weight, layer.stored_bias))
+            feeds[layer.weight] = weight
+            if layer.bias:
+                feeds[layer.bias] = bias
+        return feeds
+
+    def _rows(self, batch: int, count: int, budget: int) -> Optional[np.ndarray]:
+        """The seeded subset of a batch's activation rows kept by the taps (None: all of them)."""
+        if count <= budget:
+            return None
+        return np.sort(np.random.default_rng((self.seed, batch)).choice(count, budget, replace=False))
+
+    def run(self, batches: Sequence[dict], weights: Optional[Weights] = None, taps: bool = False) -> RunResult:
+        """The model's outputs (and the layers' activations) on ``batches`` with ``weights`` in force."""
+        names = self.outputs + (self._tap_names if taps else [])
+        fixed = self.feeds(weights)
+        outputs: list[list] = [[] for _ in self.outputs]
+        kept: dict[int, list] = {layer.index: [] for layer in self.layers} if taps else {}
+        budget = math.ceil(self.max_rows / max(len(batches), 1))
+        for number, batch in enumerate(batches):
+            try:
+                values = dict(zip(names, self.session.run(names, {**batch, **fixed})))
+            except Exception as error:  # onnxruntime's own exception types
+                raise UnsupportedConstructError(
+                    f"ONNX Runtime failed on the calibration data: {ort_message(error)}") from None
+            for collected, name in zip(outputs, self.outputs):
+                collected.append(values[name])
+            for layer in self.layers if taps else ():
+                rows = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
+                rows = rows.reshape(-1, layer.shape[1])
+                chosen = self._rows(number, len(rows), budget)
+                kept[layer.index].append(rows if chosen is None else rows[chosen])
+        return RunResult([np.concatenate(c) for c in outputs], {i: np.concatenate(rows) for i, rows in kept.items()})
+
+    def model_with(self, weights: Weights) -> onnx.ModelProto:
+        """The normalised model with ``weights`` stored in place of the layers' originals."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        replace = {}
+        for index, (weight, bias) in weights.items():
+            layer = self.layers[index]
+            replace[layer.weight] = weight
+            if layer.bias:
+                replace[layer.bias] = bias
+        for tensor in model.graph.initializer:
+            if tensor.name in replace:
+                tensor.CopyFrom(numpy_helper.from_array(replace[tensor.name], tensor.name))
+        return model
+
+    def macs(self, plans: Mapping[int, BlockPlan]) -> int:
+        """MatMul/Gemm multiply-accumulates per inference with ``plans`` (layer index -> BlockPlan) in force."""
+        return self.other_macs + sum(layer.vectors * plans[layer.index].macs if layer.index in plans
+                                     else layer.dense_macs for layer in self.layers)
+
+    @property
+    def dense_macs(self) -> int:
+        return self.macs({})

@@ -1,0 +1,116 @@
+"""Refit: after a cut, each block's weights and bias are refitted by ridge least squares so that the cut
+layer reproduces the dense layer on calibration activations (design.md section 5; beyond the paper).
+
+Rule, for a layer with plan P and original effective weight ``W0`` and bias ``b0``:
+- target ``T = X_dense W0^T + b0``: the dense layer's output on the original model's activations;
+- inputs ``Z = X_cut``: the activations reaching the layer with the earlier cuts in force (the decomposed
+  model's own activations, as GPTQ and SparseGPT feed them);
+- per branch (rows R, columns C): ``W[R, C] = argmin ||Z_C W^T + 1 b^T - T_R||^2 + lam ||W - W0[R, C]||^2``,
+  the bias unregularised (Z and T centred; a layer without a bias solves the uncentred problem). The ridge
+  pulls toward the original weights, not toward zero, so that with few samples the refit stays near the
+  plain cut instead of fitting noise; ``lam = ridge * trace(Z_C^T Z_C) / |C|``, relative to the inputs' mean
+  energy. ``ridge`` is fixed when given (``config.AnnealConfig``); by default each branch chooses it from
+  ``RIDGE_GRID`` by two-fold cross-validation over the activation rows (seeded halves; squared error on the
+  other half, on at most ``CV_OUTPUTS`` of the branch's rows), because the right strength depends on the
+  data: a trained model's correlated activations want little (digits: 0.01), independent inputs want
+  much (the dropped part is then noise no refit can reproduce). A ``Refitter`` remembers each plan's
+  choice, so a layer refitted again under the same plan (on other activations) does not choose again.
+  Solved through the thin SVD ``Z_C = U S V^T``: ``W^T = W0^T + V diag(s / (s^2 + lam)) U^T (T_R - Z_C W0^T)``,
+  whose cost follows ``min(rows, |C|)`` (few calibration rows make wide blocks cheap) and which serves the
+  whole grid from one decomposition;
+- constant rows (they read nothing) take the mean of their target as bias (zero output without a bias);
+- entries outside the plan are zero.
+The plain cut keeps ``W0`` inside the plan, zero outside, and the bias as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from onnx_decomp.search.network import Layer, Stored
+from onnx_decomp_passes import BlockPlan
+
+FLOOR = 1e-9  # lam never falls below this share of the inputs' mean energy (ridge 0: least squares)
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CV_OUTPUTS = 64
+
+
+def plain_cut(layer: Layer, plan: BlockPlan) -> Stored:
+    """The original weights inside the plan, zeros outside; the bias unchanged."""
+    return layer.store(layer.matrix() * plan.mask(), layer.bias_vector())
+
+
+def _svd(z: np.ndarray):
+    return np.linalg.svd(z, full_matrices=False)
+
+
+def _step(svd, residual: np.ndarray, lam: float) -> np.ndarray:
+    """``(Z^T Z + lam I)^-1 Z^T residual`` from ``svd = (U, S, V^T)`` of ``Z``: the ridge's move away from
+    the prior."""
+    u, values, vt = svd
+    return vt.T @ ((values / (values ** 2 + lam))[:, None] * (u.T @ residual))
+
+
+def _lam(ridge: float, energy: float) -> float:
+    return max(ridge * energy, FLOOR * (energy or 1.0))
+
+
+def cross_validated_ridge(z: np.ndarray, residual: np.ndarray, half: np.ndarray) -> float:
+    """The ``RIDGE_GRID`` value whose fit on one half of the rows of ``z [rows, |C|]`` predicts the
+    ``residual [rows, outputs]`` of the other half best (module rule)."""
+    errors = np.zeros(len(RIDGE_GRID))
+    for fit, test in ((half, ~half), (~half, half)):
+        svd = _svd(z[fit])
+        energy = float(np.sum(svd[1] ** 2)) / z.shape[1]
+        for position, ridge in enumerate(RIDGE_GRID):
+            errors[position] += np.sum((z[test] @ _step(svd, residual[fit], _lam(ridge, energy)) - residual[test]) ** 2)
+    return RIDGE_GRID[int(np.argmin(errors))]
+
+
+class Refitter:
+    """The module rule with a fixed ``ridge``, or cross-validated ridges remembered per plan."""
+
+    def __init__(self, ridge: Optional[float] = None, seed: int = 0):
+        self.ridge, self.seed = ridge, seed
+        self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
+        self._targets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # -> (dense rows, target)
+
+    def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
+        """``X_dense W0^T + b0`` (float64), computed once per layer and set of dense activation rows."""
+        key = (layer.index, id(dense))
+        known = self._targets.get(key)
+        if known is None or known[0] is not dense:
+            known = (dense, (dense.astype(np.float32) @ w0.T).astype(np.float64) + layer.bias_vector())
+            self._targets[key] = known
+        return known[1]
+
+    def __call__(self, layer: Layer, plan: BlockPlan, dense: np.ndarray, cut: np.ndarray) -> Stored:
+        """Refit ``layer`` under ``plan`` from paired activation rows ``dense`` and ``cut`` (``[rows, n_in]``)."""
+        w0, b0 = layer.matrix(dtype=np.float32), layer.bias_vector()
+        z = cut.astype(np.float64)
+        target = self._target(layer, dense, w0)
+        with_bias = layer.bias is not None
+        z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(b0)))
+        z, target = z - z_mean, target - t_mean
+        rng = np.random.default_rng(self.seed)
+        half = np.zeros(len(z), bool)
+        half[rng.permutation(len(z))[:len(z) // 2]] = True
+        weight, bias = np.zeros(w0.shape, np.float32), t_mean.copy()
+        for number, branch in enumerate(plan.branches):
+            rows, cols = branch.rows, branch.cols
+            inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T.astype(np.float64)
+            residual = target[:, rows] - inputs @ prior
+            key = (layer.index, id(plan), number)
+            if self.ridge is None and key not in self._chosen:
+                some = slice(None) if len(rows) <= CV_OUTPUTS else \
+                    np.sort(rng.choice(len(rows), CV_OUTPUTS, replace=False))
+                self._chosen[key] = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 \
+                    else RIDGE_GRID[1]
+            svd = _svd(inputs)
+            ridge = self.ridge if self.ridge is not None else self._chosen[key]
+            solution = prior + _step(svd, residual, _lam(ridge, float(np.sum(svd[1] ** 2)) / len(cols)))
+            weight[np.ix_(rows, cols)] = solution.T
+            bias[rows] = t_mean[rows] - solution.T @ z_mean[cols]
+        return layer.store(weight, bias if with_bias else None)

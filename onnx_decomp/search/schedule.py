@@ -1,0 +1,216 @@
+"""The annealing schedule: greedy by MACs saved per unit of fidelity lost, with rollback.
+
+Rules:
+- The state is a plan per cut layer and two sets of weights, one fitted on each tuning fold; it starts
+  dense. A candidate is a unit's next rung applied to the state: its layers take the rung's plans, refitted
+  on each fold one after another in topological order (each on that fold's activations with the earlier
+  ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning samples,
+  each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that saves no
+  MACs over the state is passed over.
+- Priority: MACs saved / fidelity lost (lost = candidate fidelity - state fidelity, counted as at least
+  ``EPS * tolerance``; ties: more MACs saved first). Lazy greedy (Minoux): every unit's first rung is
+  measured; then the best measured candidate is taken. Measured on an older state, it is measured again
+  and put back; measured on this state, it is accepted, and its unit's next rung measured at once. The
+  feasible candidates an acceptance overtakes are logged as deferred.
+- A measurement above the tolerance is a step rolled back: the state stays as it was, the step is logged,
+  and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
+  aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
+  natural blocks can split them where the k=4 cut fits).
+- Memory: only the best queued candidate keeps its refitted weights; another one that reaches the top
+  on the current state is refitted again (deterministically) before it is accepted. A unit whose ladder
+  is done drops its cached products.
+- Stop when no candidate is left. ``sequential_refit`` then fits the final structure on the whole tuning
+  part, every cut layer in topological order on the activations of the refitted layers before it (during
+  the search a layer was refitted on the model as it was when its step was taken).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from onnx_decomp.config import AnnealConfig
+from onnx_decomp.decisions import Step, StructureCandidate, Verdict
+from onnx_decomp.search.candidates import Norms, Structure, Unit
+from onnx_decomp.search.fidelity import FidelityGate
+from onnx_decomp.search.network import Network, Stored, Weights
+from onnx_decomp.search.refit import Refitter, plain_cut
+from onnx_decomp_passes import BlockPlan
+
+logger = logging.getLogger(__name__)
+
+EPS = 1e-3
+PATIENCE = 2
+Fits = tuple[dict[int, Stored], dict[int, Stored]]  # weights fitted on tuning fold 0, on fold 1
+Taps = dict[int, np.ndarray]  # layer index -> activation rows
+
+
+@dataclass
+class State:
+    plans: dict[int, BlockPlan] = field(default_factory=dict)  # layer index -> plan in force
+    fits: Fits = field(default_factory=lambda: ({}, {}))
+    fidelity: float = 0.0
+    macs: int = 0
+    version: int = 0
+    origin: dict[int, tuple[Unit, int]] = field(default_factory=dict)  # layer index -> (unit, rung) planning it
+
+
+@dataclass
+class Measured:
+    """A candidate measured on state ``version``, waiting in the queue."""
+
+    sequence: int
+    unit: Unit
+    rung: int
+    version: int
+    candidate: StructureCandidate
+    fits: Fits
+    structure: Structure
+    misses: int = 0  # rollbacks in a row of its unit just before it
+
+    def __lt__(self, other: "Measured") -> bool:
+        return self.sequence < other.sequence
+
+
+class Annealer:
+    """Runs the module rules over ``units`` and keeps every step (``steps``) and the final ``state``."""
+
+    def __init__(self, network: Network, gate: FidelityGate, units: list[Unit], config: AnnealConfig,
+                 norms: Norms):
+        self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
+        self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
+        self.taps = list(gate.fold_taps)  # per fold, activations at every layer with the state's fit in force
+        self.steps: list[tuple[int, Step]] = []
+        self._sequence = 0
+        self._structures: dict[tuple[int, int], Structure] = {}
+        self._progress = None
+        self.refit = Refitter(config.ridge, config.seed)
+
+    def _refit_in_order(self, plans: dict[int, BlockPlan], weights: Weights, dense: Taps, taps: Taps,
+                        activations) -> dict[int, Stored]:
+        """``plans`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
+        ``activations(weights so far)``, all against the original's ``dense`` rows."""
+        weights, changed = dict(weights), False
+        for index in sorted(plans):
+            if changed:
+                taps = activations(weights)
+            weights[index] = self.refit(self.network.layers[index], plans[index], dense[index], taps[index])
+            changed = True
+        return weights
+
+    def sequential_refit(self, plans: dict[int, BlockPlan]) -> dict[int, Stored]:
+        """``plans`` fitted on the whole tuning part from the original weights (module rule)."""
+        gate = self.gate
+        return self._refit_in_order(plans, {}, gate.dense_taps, gate.dense_taps, lambda weights: gate.joined(
+            [gate.fold_activations(fold, weights) for fold in (0, 1)]))
+
+    def _apply(self, structure: Structure) -> Fits:
+        """The state's fits with ``structure`` cut in: refitted on each fold, or plainly cut."""
+        if not self.config.refit:
+            cuts = {i: plain_cut(self.network.layers[i], plan) for i, plan in structure.plans.items()}
+            return {**self.state.fits[0], **cuts}, {**self.state.fits[1], **cuts}
+        gate = self.gate
+        return tuple(self._refit_in_order(structure.plans, self.state.fits[fold], gate.fold_taps[fold], self.taps[fold],
+                                          lambda weights, fold=fold: gate.fold_activations(fold, weights))
+                     for fold in (0, 1))
+
+    def _structure(self, unit: Unit, rung: int) -> Structure:
+        key = (id(unit), rung)
+        if key not in self._structures:
+            self._structures[key] = unit.structure(rung, self.norms)
+        return self._structures[key]
+
+    def _measure(self, unit: Unit, rung: int, misses: int = 0) -> Optional[Measured]:
+        """The first rung from ``rung`` on that saves MACs, measured on the state (None: ladder done)."""
+        while rung < len(unit.rungs):
+            structure = self._structure(unit, rung)
+            macs = self.network.macs({**self.state.plans, **structure.plans})
+            if macs < self.state.macs:
+                fits = self._apply(structure)
+                fidelity = self.gate.measure_crossed(fits)
+                names = {self.network.layers[i].weight: plan for i, plan in structure.plans.items()}
+                candidate = StructureCandidate(unit.name, structure.label, names, macs, fidelity)
+                self._sequence += 1
+                self._progress.update()
+                self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
+                return Measured(self._sequence, unit, rung, self.state.version, candidate, fits, structure, misses)
+            rung += 1
+        unit.release()
+        return None
+
+    def _priority(self, measured: Measured) -> tuple[float, int]:
+        saved = self.state.macs - measured.candidate.macs
+        lost = measured.candidate.fidelity - self.state.fidelity
+        return -saved / max(lost, EPS * self.gate.tolerance, 1e-300), -saved
+
+    def _log(self, measured: Measured, verdict: Verdict, reason: str = "") -> None:
+        self.steps.append((measured.sequence, Step(measured.candidate, verdict, reason)))
+
+    def _queue(self, queue: list, measured: Optional[Measured]) -> None:
+        """Queue a feasible measurement (only the best queued one keeps its weights); log a rolled-back one
+        and go on to its unit's next rung (module rules)."""
+        if measured is None:
+            return
+        if self.gate.passes(measured.candidate.fidelity):
+            entry = (*self._priority(measured), measured)
+            holder = next((e for e in queue if e[-1].fits[0] or e[-1].fits[1]), None)
+            if holder is not None and holder < entry:
+                measured.fits = ({}, {})
+            elif holder is not None:
+                holder[-1].fits = ({}, {})
+            heapq.heappush(queue, entry)
+            return
+        stops = measured.misses + 1 >= PATIENCE
+        self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
+                  f"tolerance {self.gate.tolerance:g}" + (f"; {measured.unit.name} stops" if stops else ""))
+        if stops:
+            measured.unit.release()
+        else:
+            self._queue(queue, self._measure(measured.unit, measured.rung + 1, measured.misses + 1))
+
+    def _accept(self, measured: Measured, queue: list) -> None:
+        state = self.state
+        for *_, waiting in queue:
+            if waiting.version == state.version:
+                self._log(waiting, Verdict.DEFERRED, f"within tolerance; {measured.unit.name} "
+                          f"{measured.candidate.structure} saved more per fidelity lost")
+            waiting.fits = ({}, {})  # stale from now on: measured again before it can be accepted
+        origin = {i: o for i, o in state.origin.items() if i not in measured.structure.plans}
+        origin.update({i: (measured.unit, measured.rung) for i in measured.structure.plans})
+        self.state = State({**state.plans, **measured.structure.plans}, measured.fits, measured.candidate.fidelity,
+                           measured.candidate.macs, state.version + 1, origin)
+        if self.config.refit:
+            self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
+        self._log(measured, Verdict.ACCEPTED)
+        logger.info("accepted %s %s: %d MACs, %s %.4g", measured.unit.name, measured.candidate.structure,
+                    measured.candidate.macs, self.config.metric, measured.candidate.fidelity)
+
+    def run(self) -> list[Step]:
+        """Anneal (module rules); the steps in the order they were measured."""
+        queue: list = []
+        with tqdm(desc="annealing", unit="step", disable=None, leave=False) as self._progress:
+            for unit in self.units:
+                self._queue(queue, self._measure(unit, 0))
+            while queue:
+                *_, best = heapq.heappop(queue)
+                if best.version != self.state.version:
+                    self._queue(queue, self._measure(best.unit, best.rung, best.misses))
+                    continue
+                if best.structure.plans and not (best.fits[0] or best.fits[1]):
+                    best.fits = self._apply(best.structure)  # dropped to save memory: the same refit again
+                self._accept(best, queue)
+                self._queue(queue, self._measure(best.unit, best.rung + 1))
+        return [step for _, step in sorted(self.steps, key=lambda item: item[0])]
+
+    def in_force(self) -> list[tuple[Unit, int]]:
+        """The (unit, rung) of every accepted structure whose plans are all still in force."""
+        found = {}
+        for index, (unit, rung) in self.state.origin.items():
+            found[(id(unit), rung)] = (unit, rung)
+        return [(unit, rung) for unit, rung in found.values()
+                if all(self.state.origin.get(layer.index, (None, None))[0] is unit for layer in unit.layers)]
