@@ -41,15 +41,11 @@ def run(args: argparse.Namespace, exit_no_change: int) -> int:
         report_dir = outputs.folder(args.report) if args.report is not None else None
         if args.calib is None:
             print("onnx-decomp: WARNING: no --calib: fidelity is measured on random inputs", file=sys.stderr)
-        try:
+        with options.report_on_failure():
             model, report = anneal(args.input, args.calib, labels=args.labels, inputs=args.inputs,
                                    config=options.anneal_config(args), analysis=options.analysis_config(args),
                                    input_shapes=options.input_shapes(args), gate=options.gate_config(args),
                                    session=options.session_config(args), inline_functions=args.inline_functions)
-        except DecompError as error:
-            if getattr(error, "report", None) is not None:
-                print(error.report.format())
-            raise
         if args.require_change and not report.accepted:
             print(report.format())
             print("onnx-decomp: annealing accepted nothing (--require-change); nothing written", file=sys.stderr)

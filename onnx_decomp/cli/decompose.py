@@ -9,7 +9,6 @@ from pathlib import Path
 from onnx_decomp.cli import annealing, options
 from onnx_decomp.config import Tolerance, ValidationConfig
 from onnx_decomp.drivers.decompose import decompose
-from onnx_decomp.errors import DecompError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import save_model
 from onnx_decomp.io.outputs import StagedWrites, optional_read
@@ -57,16 +56,12 @@ def run(args: argparse.Namespace) -> int:
         json_path = outputs.file(args.json) if args.json else None
         validation = ValidationConfig(args.check, args.seed, Tolerance(args.rtol, args.atol, args.tolerance),
                                       None if args.inputs is None else load_arrays(args.inputs))
-        try:
+        with options.report_on_failure():
             model, report = decompose(args.input, input_shapes=options.input_shapes(args),
                                       gate=options.gate_config(args), session=options.session_config(args),
                                       support=support_of(args.support, options.analysis_config(args)),
                                       validation=validation, inline_functions=args.inline_functions,
                                       references=True)
-        except DecompError as error:
-            if getattr(error, "report", None) is not None:
-                print(error.report.format())
-            raise
         if args.require_change and not report.planned:
             print(report.format())
             print("onnx-decomp: nothing to rewrite (--require-change); nothing written", file=sys.stderr)

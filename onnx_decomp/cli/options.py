@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
                                 AnnealConfig, GateConfig, SessionConfig)
+from onnx_decomp.errors import DecompError
 from onnx_decomp.io.model_io import model_files
 
 
@@ -152,6 +154,18 @@ def session_config(args: argparse.Namespace) -> SessionConfig:
 def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> AnalysisConfig:
     return AnalysisConfig(tuple(args.null), args.fdr, args.fdr_scope, args.init_reference,
                           edges or EDGE_MODES[0])
+
+
+@contextmanager
+def report_on_failure() -> Iterator[None]:
+    """A failure that carries its report (a validation mismatch) prints the report's tables before the
+    one-line error."""
+    try:
+        yield
+    except DecompError as error:
+        if getattr(error, "report", None) is not None:
+            print(error.report.format())
+        raise
 
 
 def model_reads(args: argparse.Namespace) -> list[tuple[Path, str]]:
