@@ -93,6 +93,6 @@ def load_initializers(model: torch.nn.Module, initializers: Mapping[str, np.ndar
                 continue
             for binding in group:
                 value = initializers[name].T if binding.transposed else initializers[name]
-                parameters[binding.parameter].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                parameters[binding.parameter].copy_(torch.tensor(value))
                 loaded.append(binding.parameter)
     return loaded
