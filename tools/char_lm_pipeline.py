@@ -180,8 +180,11 @@ def _load(path: Path, quantize: bool) -> onnx.ModelProto:
 
 def bench(args) -> None:
     """Every model against dense, interleaved (module docstring); bench.json."""
-    protos = {name: _load(path, q) for name, (_, _, path, q) in _models(args).items()}
-    report = bench_models(protos, [1, 64], SessionConfig("cpu", threads=1), budget_s=args.budget, clock="cpu")
+    models = _models(args)
+    protos = {name: _load(path, q) for name, (_, _, path, q) in models.items()}
+    sources = {name: name.removesuffix("+int8") for name, (_, _, _, q) in models.items() if q}
+    report = bench_models(protos, [1, 64], SessionConfig("cpu", threads=1), budget_s=args.budget, clock="cpu",
+                          flop_sources=sources)
     report.write_json(args.work / "bench.json")
     print(report.format())
 

@@ -118,7 +118,7 @@ def plot_speedup_against_flops(results, path: PathLike, subtitle: str) -> None:
 def plot_tradeoff(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float, str]]]], reference: float,
                   path: PathLike, ylabel: str, title: str) -> None:
     """One panel per key of ``panels`` (e.g. a batch size): per method a curve of ``(speedup, value, label)``
-    points over its budgets (sorted by speedup, each point labelled), the x axis logarithmic, a horizontal
+    points over its budgets (sorted by speedup, each point labelled), a horizontal
     line at the dense model's ``reference`` value and a vertical one at speedup 1."""
     plt = _pyplot()
     figure, grid = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
@@ -131,7 +131,8 @@ def plot_tradeoff(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float,
             for speed, value, label in points:
                 if label:
                     axes.annotate(label, (speed, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes.set(xscale="log", xlabel="speedup over dense (ONNX Runtime)", ylabel=ylabel, title=f"{title}, {panel}")
+        axes.set(xlabel="speedup over dense (ONNX Runtime)", ylabel=ylabel, title=f"{title}, {panel}")
+        axes.xaxis.set_major_formatter(lambda speed, _: f"{speed:g}x")
         axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100, format="png")
