@@ -2,7 +2,8 @@
 
     python tools/char_lm_pipeline.py analyze      # pi0 and confirmed density per weight; drop the unconfirmed
     python tools/char_lm_pipeline.py anneal       # anneal with refit at --tolerances (and one without refit)
-    python tools/char_lm_pipeline.py finetune     # ours: fine-tune under each annealed mask; dense control
+    python tools/char_lm_pipeline.py finetune     # ours: fine-tune under each annealed mask
+    python tools/char_lm_pipeline.py control      # the dense model fine-tuned the same budget
     python tools/char_lm_pipeline.py decompose    # ours: exact rewrite, time gate at batch 1 and 64
     python tools/char_lm_pipeline.py peers        # pruning and low-rank at ours' weight MACs, same fine-tuning
     python tools/char_lm_pipeline.py bench        # every model against dense, interleaved, batch 1 and 64
@@ -114,13 +115,17 @@ def _masked_model(folder: Path):
 
 
 def finetune(args) -> None:
-    """Ours: every annealed model fine-tuned ``--steps`` under its mask; the dense model the same (control)."""
+    """Ours: every annealed model fine-tuned ``--steps`` under its mask."""
     for tolerance in args.tolerances:
         folder = args.work / _tag(tolerance)
         model, mask, _ = _masked_model(folder)
         losses = flow.finetune(model, args.steps, mask)
         flow.export_model(model, folder / "finetuned.onnx")
         print(f"{_tag(tolerance)}: fine-tuned {args.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+
+
+def control(args) -> None:
+    """The dense model fine-tuned ``--steps`` as every method is: what the budget alone gives."""
     model = flow.model_from_onnx(MODEL)
     losses = flow.finetune(model, args.steps)
     flow.export_model(model, args.work / "dense_finetuned.onnx")
@@ -223,8 +228,8 @@ def report(args) -> None:
     print(f"figure: {args.figure or args.work / 'tradeoff.png'}")
 
 
-STAGES = {"analyze": analyze, "anneal": anneal, "finetune": finetune, "decompose": decompose, "peers": peers,
-          "bench": bench, "report": report}
+STAGES = {"analyze": analyze, "anneal": anneal, "finetune": finetune, "control": control, "decompose": decompose,
+          "peers": peers, "bench": bench, "report": report}
 
 
 def main() -> None:
