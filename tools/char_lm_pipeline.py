@@ -8,6 +8,7 @@
     python tools/char_lm_pipeline.py peers        # pruning and low-rank at ours' weight MACs, same fine-tuning
     python tools/char_lm_pipeline.py bench        # every model against dense, interleaved, batch 1 and 64
     python tools/char_lm_pipeline.py report       # accuracy, bits/char, MACs, speed, size: table and PNG
+    python tools/char_lm_pipeline.py claims       # the paper's claims on this model, from what the stages wrote
     python tools/char_lm_pipeline.py all
 
 Everything goes to ``--work`` (default ``build/char_lm``); each stage reads what the earlier ones wrote.
@@ -199,7 +200,7 @@ def report(args) -> None:
     speeds = {}
     for result in _read_json(args.work / "bench.json")["results"]:
         speeds[(result["model"], result["batch"])] = result["speedup"]
-    rows, points = [], []
+    rows = []
     for name, (method, budget, path, quantize) in _models(args).items():
         proto = _load(path, quantize)
         accuracy, bits = flow.scores_of(proto)
@@ -228,8 +229,32 @@ def report(args) -> None:
     print(f"figure: {args.figure or args.work / 'tradeoff.png'}")
 
 
+def claims(args) -> None:
+    """The paper's claims on this model, from what the stages wrote: the fraction indistinguishable from
+    initialization, the unconfirmed entries removed, and the structure annealing found (with and without
+    refit) with its accuracy before and after fine-tuning."""
+    analysis = _read_json(args.work / "analysis.json")
+    finetuned = {r["budget"]: r for r in _read_json(args.work / "results.json") if r["method"] == "ours"}
+    modules = {name: group[0].parameter.removesuffix(".weight") for name, group in flow.parameter_names().items()}
+    pi0 = [t["pi0"] for t in analysis["tensors"]]
+    dense, removed = analysis["dense"], analysis["confirmed_only"]
+    print(f"pi0 per weight {min(pi0):.3f}-{max(pi0):.3f}; accuracy {dense[0]:.4f} ({dense[1]:.3f} bits/char), "
+          f"unconfirmed entries zeroed {removed[0]:.4f} ({removed[1]:.3f} bits/char); confirmed support "
+          f"components per weight: {sorted({t['components'] for t in analysis['tensors']})}")
+    rows = [("run", "MACs fewer", "top-1 disagreement", "accuracy annealed", "fine-tuned", "accepted")]
+    for path in sorted(args.work.glob("t*/summary.json"), key=lambda p: (_read_json(p)["tolerance"], p.name)):
+        run = _read_json(path)
+        tuned = finetuned.get(path.parent.name)
+        accepted = "; ".join(" ".join(modules.get(n, n) for n in unit.replace("+", " + ").split(" "))
+                             for unit in run["accepted"])
+        rows.append((path.parent.name, f"{run['mac_reduction']:.2f}x", f"{run['validation_top1']:.4f}",
+                     f"{run['scores_annealed'][0]:.4f}", f"{tuned['accuracy']:.4f}" if tuned else "",
+                     accepted or "(none)"))
+    print(table(rows))
+
+
 STAGES = {"analyze": analyze, "anneal": anneal, "finetune": finetune, "control": control, "decompose": decompose,
-          "peers": peers, "bench": bench, "report": report}
+          "peers": peers, "bench": bench, "report": report, "claims": claims}
 
 
 def main() -> None:
