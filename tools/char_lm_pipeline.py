@@ -261,8 +261,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--work", type=Path, default=Path("build/char_lm"))
-    parser.add_argument("--tolerances", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.1, 0.2])
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning budget, every method")
+    parser.add_argument("--tolerances", type=lambda s: [float(v) for v in s.split(",")],
+                        default=[0.05, 0.15, 0.3, 0.5])
+    parser.add_argument("--steps", type=int, default=100, help="fine-tuning budget, every method")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing per batch size")
     parser.add_argument("--figure", type=Path, help="where the PNG goes (default: WORK/tradeoff.png)")
     args = parser.parse_args()
