@@ -10,6 +10,7 @@ keyed by ONNX output name: class indices for classifiers, target values for regr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -52,11 +53,11 @@ def run_onnx(path: Path, feeds: dict) -> np.ndarray:
 
 
 def save_model(folder: Path, name: str, model: torch.nn.Module, init: InitRecord, example: np.ndarray,
-               input_name: str, output_name: str) -> Path:
+               input_name: str, output_name: str, metadata: Optional[dict] = None) -> Path:
     """Export ``model`` to ``folder/name`` with ``init`` recorded and its tensors in ``folder/init.onnx``."""
     folder.mkdir(parents=True, exist_ok=True)
     export(model, (torch.from_numpy(example),), folder / name, init, reference_path=folder / "init.onnx",
-           input_names=[input_name], output_names=[output_name])
+           input_names=[input_name], output_names=[output_name], metadata=metadata)
     return folder / name
 
 

@@ -76,3 +76,20 @@ def test_bench_errors_are_one_line_and_write_nothing(tmp_path, models, rng, capf
     assert {"cuda": "CUDA", "mismatch": "different inputs", "folder": "does not exist",
             "clock": "--threads 1"}[case] in err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_any_number_of_models_against_the_first_and_their_tradeoff_figure(tmp_path, models):
+    from onnx_decomp.config import SessionConfig
+    from onnx_decomp.drivers.bench import bench_models
+    from onnx_decomp.report.figures import plot_tradeoff
+
+    dense, decomposed = (onnx.load(str(p)) for p in models)
+    report = bench_models({"a": dense, "b": decomposed, "c": decomposed}, [2], SessionConfig("cpu", threads=1),
+                          budget_s=0.05, clock="cpu", flop_sources={"c": "a"})
+    rows = {r.model: r for r in report.results}
+    assert [r.model for r in report.results] == ["a", "b", "c"] and rows["a"].speedup == 1.0
+    assert (rows["b"].flop_reduction, rows["c"].flop_reduction) == (pytest.approx(4.0), 1.0)
+    figure = tmp_path / "tradeoff.png"
+    plot_tradeoff({"batch 2": {"ours": [(r.speedup, 0.9, "b") for r in report.results[1:]]}}, 0.95, figure,
+                  "accuracy", "tiny")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

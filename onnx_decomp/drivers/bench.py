@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -51,6 +51,14 @@ def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
     return [replace(s, shape=(batch, *s.shape[1:])) if s.name in symbolic else s for s in specs]
 
 
+def _check_clock(clock: str, session: SessionConfig) -> None:
+    if clock not in CLOCKS:
+        raise UnsupportedConstructError(f"--clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (session.threads != 1 or session.provider != "cpu"):
+        raise UnsupportedConstructError("--clock cpu counts the calling thread's CPU time: it needs --threads 1 "
+                                        "and --provider cpu")
+
+
 def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], session: SessionConfig = SessionConfig(),
           peer: Optional[str] = None, budget_s: float = BUDGET_S, max_rounds: int = MAX_ROUNDS,
           min_rounds: int = MIN_ROUNDS, seed: int = 0, clock: str = "wall") -> BenchReport:
@@ -58,36 +66,51 @@ def bench(dense: ModelLike, decomposed: ModelLike, batches: Sequence[int], sessi
     ``clock="cpu"`` counts CPU time (``cost.timing.interleaved_times``) and needs one intra-op thread."""
     if peer is not None and peer not in PEERS:
         raise UnsupportedConstructError(f"--peer must be one of {PEERS}, got {peer!r}")
-    if clock not in CLOCKS:
-        raise UnsupportedConstructError(f"--clock must be one of {tuple(CLOCKS)}, got {clock!r}")
-    if clock == "cpu" and (session.threads != 1 or session.provider != "cpu"):
-        raise UnsupportedConstructError("--clock cpu counts the calling thread's CPU time: it needs --threads 1 "
-                                        "and --provider cpu")
-    ort = onnxruntime()
+    _check_clock(clock, session)
     floats = {"dense": load_model(dense), "decomposed": load_model(decomposed)}
     if _interface(floats["dense"]) != _interface(floats["decomposed"]):
         raise UnsupportedConstructError("the two models have different inputs or outputs: "
                                         f"{_interface(floats['dense'])} vs {_interface(floats['decomposed'])}")
-    models = {"dense": floats["dense"]}
+    models, sources = {"dense": floats["dense"]}, {}
     if peer == "int8":
-        models["dense+int8"] = quantize_int8(floats["dense"])
+        models["dense+int8"], sources["dense+int8"] = quantize_int8(floats["dense"]), "dense"
     models["decomposed"] = floats["decomposed"]
     if peer == "int8":
-        models["decomposed+int8"] = quantize_int8(floats["decomposed"])
+        models["decomposed+int8"], sources["decomposed+int8"] = quantize_int8(floats["decomposed"]), "decomposed"
+    report = bench_models(models, batches, session, budget_s, max_rounds, min_rounds, seed, clock, sources)
+    report.dense, report.decomposed, report.peer = model_label(dense), model_label(decomposed), peer
+    return report
+
+
+def bench_models(models: Mapping[str, onnx.ModelProto], batches: Sequence[int],
+                 session: SessionConfig = SessionConfig(), budget_s: float = BUDGET_S, max_rounds: int = MAX_ROUNDS,
+                 min_rounds: int = MIN_ROUNDS, seed: int = 0, clock: str = "wall",
+                 flop_sources: Optional[Mapping[str, str]] = None) -> BenchReport:
+    """Time any number of models with the same inputs and outputs against the first (the module rule, the
+    first model in the place of the dense one); a model named in ``flop_sources`` counts the FLOPs of the
+    model named there (a quantized model, its float source's)."""
+    _check_clock(clock, session)
+    ort = onnxruntime()
+    names = list(models)
+    for name in names[1:]:
+        if _interface(models[name]) != _interface(models[names[0]]):
+            raise UnsupportedConstructError(f"{name} has other inputs or outputs than {names[0]}: "
+                                            f"{_interface(models[name])} vs {_interface(models[names[0]])}")
+    sources = {name: (flop_sources or {}).get(name, name) for name in names}
     sessions = [make_session(model, session) for model in models.values()]
-    report = BenchReport(model_label(dense), model_label(decomposed), ort.__version__, session_device(sessions[0]),
-                         session.threads, session.spin, os.cpu_count() or 1, peer, clock, 0)
+    report = BenchReport(names[0], ", ".join(names[1:]), ort.__version__, session_device(sessions[0]),
+                         session.threads, session.spin, os.cpu_count() or 1, None, clock, 0)
     rng = np.random.default_rng(seed)
     for batch in tqdm(batches, desc="bench", unit="batch size", disable=None, leave=False):
-        specs = _batch_specs(floats["dense"], batch)
-        flops = {name: model_stats(model, concrete_shapes(model, specs, data_prop=True)).matmul_flops
-                 for name, model in floats.items()}
+        specs = _batch_specs(models[names[0]], batch)
+        flops = {name: model_stats(models[name], concrete_shapes(models[name], specs, data_prop=True)).matmul_flops
+                 for name in set(sources.values())}
         times = interleaved_times(sessions, random_inputs(specs, rng), budget_s, max_rounds, min_rounds, clock)
         report.rounds = max(report.rounds, len(times))
-        for i, name in enumerate(models):
-            model_flops = flops[name.split("+")[0]]
+        for i, name in enumerate(names):
+            model_flops, dense_flops = flops[sources[name]], flops[sources[names[0]]]
             report.results.append(BenchResult(
                 batch, name, [float(t) for t in times[:, i] * 1e3], float(np.median(times[:, 0] / times[:, i])),
-                model_flops, flops["dense"] / model_flops if model_flops else float("inf")))
+                model_flops, dense_flops / model_flops if model_flops else float("inf")))
         logger.info("batch %d: %d rounds", batch, len(times))
     return report

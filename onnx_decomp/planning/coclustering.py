@@ -107,10 +107,11 @@ def top_singular_vectors(a: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarr
     return u[:, order], vt[order]
 
 
-def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: Optional[int] = None,
-                       balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4); ``n_init`` None:
-    10 k-means runs up to ``KMEANS_POINTS`` embedded points, fewer above (at least 2)."""
+def cocluster_closeness(matrix: np.ndarray, k: int, seed: int = 0,
+                        n_init: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Closeness ``[rows, k]`` and ``[cols, k]`` of every row and column of ``|matrix|`` to the k centers
+    (minus squared distance in the spectral embedding; rule 2); ``n_init`` None: 10 k-means runs up to
+    ``KMEANS_POINTS`` embedded points, fewer above (at least 2)."""
     a = np.abs(np.asarray(matrix, dtype=np.float64))
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
@@ -120,7 +121,14 @@ def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: Option
     embedding = np.vstack([row_scale[:, None] * u, col_scale[:, None] * vt.T])
     runs = n_init or max(2, min(10, KMEANS_POINTS // len(embedding)))
     closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=runs))
-    return assignment(closeness[:a.shape[0]], balanced), assignment(closeness[a.shape[0]:], balanced)
+    return closeness[:a.shape[0]], closeness[a.shape[0]:]
+
+
+def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: Optional[int] = None,
+                       balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
+    rows, cols = cocluster_closeness(matrix, k, seed, n_init)
+    return assignment(rows, balanced), assignment(cols, balanced)
 
 
 def assign_hidden(w1: np.ndarray, w2: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray,

@@ -52,7 +52,7 @@ class Stability:
 @dataclass
 class UnitInfo:
     name: str
-    kind: str  # single, chain, square
+    kind: str  # single, chain, square, attention
     weights: list[str]
     rungs: list[str]
 
@@ -195,7 +195,7 @@ ANNEAL_SCHEMA = {
         "notes": {"type": "array", "items": {"type": "string"}},
         "units": {"type": "array", "items": {
             "type": "object", "required": ["name", "kind", "weights", "rungs"],
-            "properties": {"kind": {"enum": ["single", "chain", "square"]},
+            "properties": {"kind": {"enum": ["single", "chain", "square", "attention"]},
                            "weights": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                            "rungs": {"type": "array", "items": {"type": "string"}}}}},
         "steps": {"type": "array", "items": {

@@ -7,7 +7,7 @@ Needs matplotlib (extra ``figures``); imported here only, with the non-interacti
 from __future__ import annotations
 
 import os
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 
@@ -110,6 +110,30 @@ def plot_speedup_against_flops(results, path: PathLike, subtitle: str) -> None:
     axes.set(xscale="log", yscale="log", xlim=(0.5, top), ylim=(0.5, top), xlabel="FLOP reduction (dense / model)",
              ylabel="speedup (dense time / model time)", title=f"onnx-decomp bench ({subtitle})")
     axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, format="png")
+    plt.close(figure)
+
+
+def plot_tradeoff(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float, str]]]], reference: float,
+                  path: PathLike, ylabel: str, title: str) -> None:
+    """One panel per key of ``panels`` (e.g. a batch size): per method a curve of ``(speedup, value, label)``
+    points over its budgets (sorted by speedup, each point labelled), a horizontal
+    line at the dense model's ``reference`` value and a vertical one at speedup 1."""
+    plt = _pyplot()
+    figure, grid = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    for axes, (panel, series) in zip(grid[0], panels.items()):
+        axes.axhline(reference, color="grey", linestyle="--", linewidth=1, label="dense")
+        axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+        for method, points in series.items():
+            points = sorted(points)
+            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+            for speed, value, label in points:
+                if label:
+                    axes.annotate(label, (speed, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes.set(xlabel="speedup over dense (ONNX Runtime)", ylabel=ylabel, title=f"{title}, {panel}")
+        axes.xaxis.set_major_formatter(lambda speed, _: f"{speed:g}x")
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100, format="png")
     plt.close(figure)

@@ -13,6 +13,10 @@ Units (weights planned together with one partition):
   ...``: the weakest entries carrying that share of the total importance are dropped and the rest planned in
   the directed view (``planning.directed``: strong components, levels, weak components). A square layer is
   a ``single`` unit too.
+- ``attention``: the query, key, value and output projections of a multi-head attention block
+  (``search.attention``). Rungs ``k=2, 4, ...`` up to the number of heads: k groups of whole heads, each
+  reading its own inputs and writing its own outputs (``planning.attention``), the four layers cut
+  consistently. The projections are ``single`` units too.
 Every structure also drops what carries nothing. ``k`` stops at ``max_blocks`` and at half the smallest
 index space of the unit; with ``blocks=K`` the ladders hold ``k=K`` alone (no trim, no square rungs).
 Plans depend on the calibration data only through the input norms, so a bootstrap resample re-plans by
@@ -29,7 +33,9 @@ import numpy as np
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.planning.attention import head_groups
 from onnx_decomp.planning.coclustering import Stack, blocks_plan, spectral_cocluster
+from onnx_decomp.search.attention import find_attention
 from onnx_decomp.planning.directed import directed_structure
 from onnx_decomp.search.importance import evidence_weighted, importance, live_columns
 from onnx_decomp.search.network import Layer, Network
@@ -57,19 +63,21 @@ def _trimmed(plan: BlockPlan, layer: Layer, norms: np.ndarray) -> BlockPlan:
 class Unit:
     """Layers planned together, their rungs (``kind``-specific parameters), and the evidence they use."""
 
-    kind: str  # single, chain, square
-    layers: list[Layer]
+    kind: str  # single, chain, square, attention
+    layers: list[Layer]  # attention: query, key, value, output
     rungs: list
     evidence: dict[int, Optional[np.ndarray]] = field(repr=False)
     seed: int = 0
     balanced: bool = True
+    heads: int = 0  # attention only
     _stack: Optional[Stack] = field(default=None, repr=False)
     _score: tuple = field(default=(None, None), repr=False)  # (norms it was computed from, importance)
 
     @property
     def name(self) -> str:
         names = "+".join(layer.weight for layer in self.layers)
-        return f"{names} (directed)" if self.kind == "square" else names
+        suffix = {"square": " (directed)", "attention": f" ({self.heads} heads)"}.get(self.kind, "")
+        return names + suffix
 
     def label(self, rung: int) -> str:
         value = self.rungs[rung]
@@ -95,6 +103,12 @@ class Unit:
             if self._stack is None:
                 self._stack = Stack([evidence_weighted(layer, self.evidence[layer.index]) for layer in self.layers])
             plans = self._stack.plans(value, self.seed, self.balanced, column_scale=norms[first.index])
+            return Structure(self.label(rung), {layer.index: _trimmed(plan, layer, norms[layer.index])
+                                                for layer, plan in zip(self.layers, plans)})
+        if self.kind == "attention":
+            scores = [importance(layer, self.evidence[layer.index], norms[layer.index]) for layer in self.layers]
+            groups = head_groups(scores[:3], scores[3], self.heads, value, self.seed, self.balanced)
+            plans = groups.plans(self.layers[0].shape[0] // self.heads)
             return Structure(self.label(rung), {layer.index: _trimmed(plan, layer, norms[layer.index])
                                                 for layer, plan in zip(self.layers, plans)})
         score = self._importance(norms[first.index])
@@ -167,8 +181,8 @@ def build_units(ctx: ModelContext, network: Network, evidence: Mapping[str, np.n
         raise UnsupportedConstructError(f"square: {unknown} name no annealable MatMul/Gemm node")
     weights = {layer.index: evidence.get(layer.weight) for layer in network.layers}
 
-    def unit(kind: str, layers: list[Layer], rungs: list) -> list[Unit]:
-        return [Unit(kind, layers, rungs, weights, config.seed, config.balanced)] if rungs else []
+    def unit(kind: str, layers: list[Layer], rungs: list, heads: int = 0) -> list[Unit]:
+        return [Unit(kind, layers, rungs, weights, config.seed, config.balanced, heads)] if rungs else []
 
     units = []
     for layer in network.layers:
@@ -180,6 +194,11 @@ def build_units(ctx: ModelContext, network: Network, evidence: Mapping[str, np.n
         layers = [network.layers[i] for i in chain]
         smallest = min([layers[0].shape[1]] + [layer.shape[0] for layer in layers])
         units += unit("chain", layers, _block_counts(smallest, config))
+    for block in find_attention(network, ctx.shapes):
+        layers = [network.layers[i] for i in block.layers]
+        smallest = min(min(layer.shape) for layer in layers)
+        units += unit("attention", layers, [k for k in _block_counts(smallest, config) if k <= block.heads],
+                      block.heads)
     square = residual_layers(network) | {by_node[name].index for name in config.square}
     for index in sorted(square):
         if network.layers[index].shape[0] != network.layers[index].shape[1]:

@@ -13,11 +13,14 @@ The only part of the package that imports torch (install the ``torch`` extra).
 
 from __future__ import annotations
 
-from onnx_decomp.torch.binding import Binding, bind_initializers
+from onnx_decomp.torch.binding import Binding, bind_initializers, load_initializers
 from onnx_decomp.torch.block_mask import BlockMask, apply_block_mask
 from onnx_decomp.torch.export import Exported, export
 from onnx_decomp.torch.finetune import finetune_under_mask
 from onnx_decomp.torch.init_record import InitRecord, record_init
+from onnx_decomp.torch.low_rank import factorize, rank_for_macs
+from onnx_decomp.torch.pruning import prune_structured
 
 __all__ = ["record_init", "InitRecord", "export", "Exported", "apply_block_mask", "BlockMask",
-           "finetune_under_mask", "bind_initializers", "Binding"]
+           "finetune_under_mask", "bind_initializers", "Binding", "load_initializers", "factorize",
+           "rank_for_macs", "prune_structured"]

@@ -26,6 +26,7 @@ from typing import Mapping
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
 from onnx_decomp.io.walk import iter_graphs
@@ -77,3 +78,21 @@ def bind_initializers(initializers: Mapping[str, np.ndarray],
         init_name = flipped if direct is None else direct
         bound.setdefault(init_name, []).append(Binding(name, transposed=direct is None))
     return {name: tuple(bindings) for name, bindings in bound.items()}
+
+
+def load_initializers(model: torch.nn.Module, initializers: Mapping[str, np.ndarray],
+                      bindings: Mapping[str, tuple[Binding, ...]]) -> list[str]:
+    """Copy initializer values into the parameters ``bindings`` binds them to (transposed where bound
+    transposed): weights exported from this architecture, e.g. refitted or trained ones, back into the model.
+    Returns the parameters loaded; bindings naming no initializer of ``initializers`` are skipped."""
+    parameters = dict(model.named_parameters())
+    loaded = []
+    with torch.no_grad():
+        for name, group in bindings.items():
+            if name not in initializers:
+                continue
+            for binding in group:
+                value = initializers[name].T if binding.transposed else initializers[name]
+                parameters[binding.parameter].copy_(torch.tensor(value))
+                loaded.append(binding.parameter)
+    return loaded

@@ -14,6 +14,7 @@ Rules:
   initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder.
 - The dynamo exporter's per-node ``pkg.torch.onnx.stack_trace`` entries are dropped: they hold local file
   paths, so the same training would give different files on different machines.
+- ``metadata``: further ``metadata_props`` entries (key -> value), e.g. where the training data came from.
 - One file unless ``external_data`` (weights in ``<name>.data`` beside the model). Every file is written
   atomically (staged, then renamed), the reference before the model that points to it; missing folders
   are made once the export has succeeded.
@@ -139,8 +140,9 @@ def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
 def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Optional[InitRecord] = None, *,
            dynamo: bool = True, external_data: bool = False, dynamic_batch: bool = True,
            reference_path: Optional[PathLike] = None, input_names: Optional[Sequence[str]] = None,
-           output_names: Optional[Sequence[str]] = None, opset_version: Optional[int] = None) -> Exported:
-    """Export ``model`` to ``path`` and record ``init`` in its metadata (module rules)."""
+           output_names: Optional[Sequence[str]] = None, opset_version: Optional[int] = None,
+           metadata: Optional[Mapping[str, str]] = None) -> Exported:
+    """Export ``model`` to ``path`` and record ``init`` (and ``metadata``) in its metadata (module rules)."""
     if reference_path is not None and init is None:
         raise ValueError("reference_path needs the InitRecord (init=record_init(model) before training)")
     path = Path(path)
@@ -161,7 +163,7 @@ def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Op
     bindings = bind_initializers(float_initializers(proto), parameters)
     logger.info("%s: %d initializers bound to %d parameters", path, len(bindings),
                 sum(len(group) for group in bindings.values()))
-    metadata = {}
+    metadata = dict(metadata or {})
     if init is not None:
         metadata.update({NULL_KEY_PREFIX + name: spec for name, spec in _null_specs(bindings, init).items()})
     if reference_path is not None:

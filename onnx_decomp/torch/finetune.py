@@ -1,7 +1,8 @@
 """A small generic training loop that keeps block masks in force.
 
 Every batch from ``loader`` is a sequence ``(*inputs, target)``: the loss is ``loss_fn(model(*inputs),
-target)``. The optimizer defaults to a fresh Adam (``lr``). Masked entries get zero gradient from the hooks
+target)``. The optimizer defaults to a fresh Adam (``lr``); a ``scheduler``, if given, steps after every
+optimizer step. Masked entries get zero gradient from the hooks
 ``apply_block_mask`` installed; when ``mask`` is given it is also re-enforced after every optimizer step.
 The model trains in train mode and is left in the mode it came in.
 """
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def finetune_under_mask(model: torch.nn.Module, loss_fn: Callable, loader: Iterable, epochs: int = 5,
                         optimizer: Optional[torch.optim.Optimizer] = None, lr: float = 1e-3,
-                        mask: Optional[BlockMask] = None) -> list[float]:
+                        mask: Optional[BlockMask] = None, scheduler=None) -> list[float]:
     """Train ``epochs`` passes over ``loader``; returns the mean training loss of each epoch."""
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     was_training = model.training
@@ -36,6 +37,8 @@ def finetune_under_mask(model: torch.nn.Module, loss_fn: Callable, loader: Itera
                     loss = loss_fn(model(*inputs), target)
                     loss.backward()
                     optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
                     if mask is not None:
                         mask.enforce()
                     total, count = total + float(loss.detach()), count + 1

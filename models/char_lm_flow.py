@@ -1,0 +1,148 @@
+"""The char LM's side of the end-to-end comparison (``tools/char_lm_pipeline.py``): the trained model back in
+PyTorch, one fine-tuning budget for every method, the peers at a given MatMul budget, and evaluation.
+
+Rules:
+- The trained weights come back from ``models/char_lm/model.onnx``: a model made with the training seed
+  holds the recorded initialization, which binds to ``init.onnx`` by value, and so every initializer name
+  of the exported model to its parameter (``onnx_decomp.torch.load_initializers``).
+- Fine-tuning (every method, the same budget): AdamW lr ``FT_LR``, weight decay 0.01, ``FT_WARMUP`` steps of
+  linear warm-up, cosine decay to zero, batches of 32 random training windows from a generator seeded
+  with ``FT_SEED`` (the same batches for every method), masked entries held at zero where a mask is given.
+- Weight MACs: multiply-accumulates per token of the model's ``nn.Linear`` layers (the embeddings gather);
+  the attention's own products (scores, weighted values) are not weights and are the same for every
+  method except head pruning. A peer meets a budget by reaching the largest weight MACs not above it.
+- Calibration for annealing: ``CALIBRATION`` windows at seeded random offsets of the training text, so
+  that annealing, fine-tuning and evaluation never see the evaluation windows.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from onnx_decomp.torch import (BlockMask, bind_initializers, export, factorize, finetune_under_mask,
+                               load_initializers, prune_structured, rank_for_macs)
+from onnx_decomp.torch.binding import float_initializers
+from onnx_decomp_models import char_lm
+from onnx_decomp_models.char_lm import CONTEXT, OUT, SEED, CharLM, RandomWindows, next_char_loss
+from onnx_decomp_models.common import deterministic
+
+FT_LR, FT_WARMUP, FT_SEED, CALIBRATION, TAYLOR_BATCHES = 5e-4, 20, 1, 256, 8
+
+
+@lru_cache(maxsize=1)
+def tokens() -> tuple[np.ndarray, np.ndarray]:
+    """Training and test text as tokens."""
+    train, test, _ = char_lm.corpus()
+    return char_lm.encode(train), char_lm.encode(test)
+
+
+def evaluation_windows() -> tuple[np.ndarray, np.ndarray]:
+    return char_lm.test_windows(tokens()[1])[1]
+
+
+def calibration_windows(count: int = CALIBRATION) -> np.ndarray:
+    """``count`` training windows at seeded random offsets (module rule)."""
+    train = tokens()[0]
+    offsets = np.random.default_rng(SEED + 2).integers(0, len(train) - CONTEXT, count)
+    return np.stack([train[o:o + CONTEXT] for o in offsets])
+
+
+def parameter_names(folder: Path = OUT) -> dict[str, tuple]:
+    """Initializer name of ``folder/model.onnx`` -> the bindings to CharLM parameters (module rule)."""
+    deterministic(SEED)
+    fresh = CharLM()
+    values = {name: p.detach().numpy() for name, p in fresh.named_parameters()}
+    return bind_initializers(float_initializers(onnx.load(str(folder / "init.onnx"))), values)
+
+
+def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
+    """A CharLM holding the weights of ``path``, a model with ``folder/model.onnx``'s initializer names
+    (the trained model, or an annealed one)."""
+    bindings = parameter_names(folder)
+    model = CharLM()
+    loaded = load_initializers(model, float_initializers(onnx.load(str(path))), bindings)
+    missing = set(dict(model.named_parameters())) - set(loaded)
+    if missing:
+        raise ValueError(f"{path}: no weights for {sorted(missing)}")
+    return model
+
+
+def finetune(model: nn.Module, steps: int, mask: Optional[BlockMask] = None) -> list[float]:
+    """The one fine-tuning budget of every method (module rule); mean loss per tenth of the steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=FT_LR, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / FT_WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    epochs = 10 if steps % 10 == 0 else 1
+    return finetune_under_mask(model, next_char_loss, RandomWindows(tokens()[0], steps // epochs, seed=FT_SEED),
+                               epochs=epochs, optimizer=optimizer, scheduler=schedule, mask=mask)
+
+
+def weight_macs(model: nn.Module) -> int:
+    """Multiply-accumulates per token of the model's Linear layers."""
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def low_rank_to(model: CharLM, budget: float) -> dict[str, int]:
+    """Every block's Linear layers factorised (``onnx_decomp.torch.factorize``) at one share of its MACs,
+    the largest share whose ranks keep the model's weight MACs within ``budget``; the ranks."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")}
+    fixed = weight_macs(model) - sum(m.in_features * m.out_features for m in layers.values())
+
+    def ranks(share: float) -> dict[str, int]:
+        return {name: rank_for_macs(m.out_features, m.in_features, share * m.in_features * m.out_features)
+                for name, m in layers.items()}
+
+    def cost(chosen: dict[str, int]) -> int:
+        return fixed + sum(r * (layers[n].in_features + layers[n].out_features) for n, r in chosen.items())
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cost(ranks(middle)) <= budget else (low, middle)
+    chosen = ranks(low)
+    factorize(model, chosen)
+    return chosen
+
+
+def prune_to(model: CharLM, budget: float) -> tuple[int, int]:
+    """Whole heads and FFN units pruned alike in every block (``onnx_decomp.torch.prune_structured``, Taylor
+    importance on ``TAYLOR_BATCHES`` training batches): the head count nearest the budget's share, then the
+    FFN width that brings the weight MACs within ``budget``. Returns (heads kept, FFN units kept) per block."""
+    block = model.blocks[0]
+    d, heads, width, layers = block.q.in_features, block.q.out_features // block.head_dim, block.up.out_features, \
+        len(model.blocks)
+    fixed = weight_macs(model) - layers * (4 * d * d + 2 * d * width)
+    share = (budget - fixed) / (weight_macs(model) - fixed)
+    kept_heads = int(min(heads, max(1, round(share * heads))))
+    attention = 4 * d * block.head_dim * kept_heads
+    kept_units = int(min(width, max(1, ((budget - fixed) / layers - attention) // (2 * d))))
+    num_heads = {p: heads for b in model.blocks for p in (b.q, b.k, b.v)}
+    batches = list(RandomWindows(tokens()[0], TAYLOR_BATCHES, seed=FT_SEED + 1))
+    prune_structured(model, torch.from_numpy(calibration_windows(2)), num_heads, [model.token, model.position,
+                     model.head], 1 - kept_heads / heads, 1 - kept_units / width, next_char_loss, batches)
+    return kept_heads, model.blocks[0].up.out_features
+
+
+def export_model(model: nn.Module, path: Path) -> Path:
+    export(model, (torch.from_numpy(calibration_windows(2)),), path, input_names=["tokens"], output_names=["logits"])
+    return path
+
+
+def scores_of(model: onnx.ModelProto, threads: int = 2, batch: int = 64) -> tuple[float, float]:
+    """Next-character accuracy and bits per character of an ONNX model on the evaluation windows."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x, y = evaluation_windows()
+    logits = np.concatenate([session.run(None, {"tokens": x[s:s + batch]})[0] for s in range(0, len(x), batch)])
+    return char_lm.scores(logits, y)
