@@ -1,9 +1,6 @@
-"""Head-aligned cuts of multi-head attention (onnx_decomp.planning.attention, onnx_decomp.search.attention).
-
-Planning on planted weights: groups of heads that read and write their own features come back as planted.
-On a tiny transformer exported with onnx_decomp.torch.export: the attention block is found (query/key,
-value, output, heads), annealing gets a head-aligned unit whose four plans cut whole heads consistently, and
-a model masked with such a plan decomposes exactly (outputs equal, the projections rewritten)."""
+"""Head-aligned cuts of multi-head attention (onnx_decomp.planning.attention) on planted weights: groups of
+heads that read and write their own features come back as planted, and the plans cut whole heads
+consistently. On an exported transformer: tests/test_attention_transformer.py."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ decomposes exactly (outputs equal within rtol/atol 1e-5, the four projections re
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -84,7 +85,6 @@ def test_a_model_held_to_a_head_aligned_plan_decomposes_exactly(tiny, tmp_path, 
     rewritten_weights = {n.weight for n in report.nodes if n.action == "rewrite"}
     assert {network.layers[i].weight for i in plans} <= rewritten_weights
     assert all(n.blocks == 2 for n in report.nodes if n.weight in {network.layers[i].weight for i in plans})
-    import onnx
     expected = run(onnx.load(str(masked_path)), {"tokens": tokens})[0]
     with torch.no_grad():
         np.testing.assert_allclose(masked(torch.from_numpy(tokens)).numpy(), expected, rtol=1e-4, atol=1e-4)
