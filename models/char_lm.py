@@ -156,11 +156,18 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray
                            for start in range(0, len(x), batch)])
 
 
-def train_dense(model: nn.Module, tokens: np.ndarray, steps: int = STEPS) -> list[float]:
-    """AdamW, linear warm-up then cosine decay to zero (module docstring); mean loss per epoch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+def warmup_cosine(model: nn.Module, lr: float, warmup: int, steps: int):
+    """AdamW (weight decay 0.01) at ``lr``, linear warm-up over ``warmup`` steps and cosine decay to zero over
+    ``steps``: the optimizer and its per-step scheduler."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    return optimizer, schedule
+
+
+def train_dense(model: nn.Module, tokens: np.ndarray, steps: int = STEPS) -> list[float]:
+    """``warmup_cosine`` at ``LR`` over ``WARMUP`` (module docstring); mean loss per epoch."""
+    optimizer, schedule = warmup_cosine(model, LR, WARMUP, steps)
     epochs = max(1, steps // STEPS_PER_EPOCH)
     return finetune_under_mask(model, next_char_loss, RandomWindows(tokens, steps // epochs), epochs=epochs,
                                optimizer=optimizer, scheduler=schedule)

@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,8 @@ import onnx
 import torch
 from torch import nn
 
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.runtime.sessions import make_session
 from onnx_decomp.torch import (BlockMask, bind_initializers, export, factorize, finetune_under_mask,
                                load_initializers, prune_structured, rank_for_macs)
 from onnx_decomp.torch.binding import float_initializers
@@ -77,9 +78,7 @@ def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
 
 def finetune(model: nn.Module, steps: int, mask: Optional[BlockMask] = None) -> list[float]:
     """The one fine-tuning budget of every method (module rule); mean loss per tenth of the steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=FT_LR, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / FT_WARMUP) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer, schedule = char_lm.warmup_cosine(model, FT_LR, FT_WARMUP, steps)
     epochs = 10 if steps % 10 == 0 else 1
     return finetune_under_mask(model, next_char_loss, RandomWindows(tokens()[0], steps // epochs, seed=FT_SEED),
                                epochs=epochs, optimizer=optimizer, scheduler=schedule, mask=mask)
@@ -138,11 +137,7 @@ def export_model(model: nn.Module, path: Path) -> Path:
 
 def scores_of(model: onnx.ModelProto, threads: int = 2, batch: int = 64) -> tuple[float, float]:
     """Next-character accuracy and bits per character of an ONNX model on the evaluation windows."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(model, SessionConfig("cpu", threads=threads))
     x, y = evaluation_windows()
     logits = np.concatenate([session.run(None, {"tokens": x[s:s + batch]})[0] for s in range(0, len(x), batch)])
     return char_lm.scores(logits, y)

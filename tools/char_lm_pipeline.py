@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from onnx_decomp.report.table import table
 from onnx_decomp.runtime.quantize import quantize_int8
 from onnx_decomp.torch import apply_block_mask
 from onnx_decomp_models import char_lm_flow as flow
-from onnx_decomp_models.char_lm import CONTEXT, OUT
+from onnx_decomp_models.char_lm import CONTEXT, OUT, CharLM
 
 MODEL = OUT / "model.onnx"
 SHAPES = {"tokens": [64, CONTEXT]}
@@ -148,7 +149,7 @@ def decompose(args) -> None:
 def _budget(folder: Path) -> float:
     """Ours' weight MACs per token: the dense model's, less every entry the masks dropped."""
     masks = dict(np.load(folder / "masks.npz"))
-    dense = flow.weight_macs(flow.model_from_onnx(MODEL))
+    dense = flow.weight_macs(CharLM())
     return dense - sum(int(m.size - m.sum()) for m in masks.values())
 
 
@@ -202,11 +203,10 @@ def report(args) -> None:
         speeds[(result["model"], result["batch"])] = result["speedup"]
     rows = []
     for name, (method, budget, path, quantize) in _models(args).items():
-        proto = _load(path, quantize)
-        accuracy, bits = flow.scores_of(proto)
-        specs = [s for s in input_specs(proto)]
-        specs = [type(s)(s.name, s.dtype, (1, *s.shape[1:])) for s in specs]
         source = onnx.load(str(path))
+        proto = quantize_int8(source) if quantize else source
+        accuracy, bits = flow.scores_of(proto)
+        specs = [replace(s, shape=(1, *s.shape[1:])) for s in input_specs(source)]
         macs = model_stats(source, concrete_shapes(source, specs, data_prop=True)).matmul_flops // 2
         size = len(proto.SerializeToString())
         rows.append(dict(model=name, method=method, budget=budget, accuracy=accuracy, bits=bits, macs=macs,
