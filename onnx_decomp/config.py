@@ -13,9 +13,10 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp_passes import FORMS as FORM_REGISTRY
 
 GATES = ("time", "flops", "cost")
-FORMS = ("branches", "batched", "transposed", "einsum", "grouped_conv")  # onnx_decomp_passes.FORMS_BY_NAME
+FORMS = tuple(FORM_REGISTRY)  # the rewrite forms' names, as the back end registers them
 DEFAULT_FORMS = ("branches", "batched")
 PROVIDERS = ("auto", "cpu", "cuda")
 FDR_SCOPES = ("tensor", "model")

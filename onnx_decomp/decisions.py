@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
-from onnx_decomp_passes import BlockPlan, WeightedOp, Skipped
+from onnx_decomp_passes import BlockPlan, Folding, Site, Skipped, WeightedOp
 
 
 class Action(str, enum.Enum):
@@ -81,14 +81,17 @@ class Decision:
         return self.subject.node_name
 
 
-def plans_to_apply(decisions: Sequence[Decision]) -> dict[str, BlockPlan]:
-    """Node name -> plan, for every decision to rewrite."""
-    return {d.node: d.candidate.plan for d in decisions if d.rewrite}
+@dataclass
+class Planning:
+    """Every op's decision, and the feature relabelling (``Folding``) the chosen forms were judged under: the
+    rewrite applies exactly it, restricted to the sites it rewrites, and emits each site's folded plan."""
 
+    decisions: list[Decision]
+    folding: Folding
 
-def forms_to_apply(decisions: Sequence[Decision]) -> dict[str, str]:
-    """Node name -> chosen form name, for every decision to rewrite that has one."""
-    return {d.node: d.candidate.form for d in decisions if d.rewrite and d.candidate.form}
+    def rewrites(self) -> dict[Site, Candidate]:
+        """Site -> its candidate, for every decision to rewrite."""
+        return {d.subject.site: d.candidate for d in self.decisions if d.rewrite}
 
 
 class Verdict(str, enum.Enum):

@@ -16,6 +16,11 @@ class UnsupportedConstructError(DecompError):
 
 
 class ValidationError(DecompError):
-    """The rewritten model does not reproduce the original within tolerance in ONNX Runtime."""
+    """The rewritten model does not reproduce the original within tolerance in ONNX Runtime; ``report`` (a
+    report object with ``format()``) says by how much."""
 
     exit_code = 1
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

@@ -1,35 +1,51 @@
-"""The block rewrite pass: every planned MatMul/Gemm is replaced by the first form that can execute its plan.
+"""The block rewrite pass: every planned weighted op is replaced by the form chosen for it, or the first form
+that can execute its plan.
 
-Rule: for each ``node name -> BlockPlan``, the form named for the node in ``chosen`` emits the replacement
-(it must apply); other nodes ask the forms in order (``forms.DEFAULT_FORMS`` unless given) and the first whose
-``check`` returns no reason emits it. The replacement writes the node's original output tensor; the node is
-removed, and so is a Cast that fed it its weight once nothing else reads the Cast. Touched graphs are
-topologically sorted. New names are unique in the model (``builder.NameTable``).
+Rule: for each ``Site -> BlockPlan``, the form named for the site in ``chosen`` emits the replacement (it must
+apply); other sites ask ``forms`` in order (the branch form, which applies to every plan, unless given) and
+the first whose ``check`` returns no reason emits it. The replacement writes the node's original output
+tensor; the node is removed, and so is a Cast that fed it its weight once nothing else reads the Cast.
+Touched graphs are topologically sorted. New names are unique in the model (``builder.NameTable``). The
+pass's artifact is an ``Emission`` per site: the form, the nodes emitted with their metadata, and where a
+block form's activations enter and leave block layout (what ``KeepBlockLayout`` reads).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import onnx_graphsurgeon as gs
 
-from .builder import Builder, NameTable
-from .forms import DEFAULT_FORMS, Form
+from .builder import BlockBoundary, Builder, NameTable
+from .forms import FORMS, Form
 from .infra import Pass, PassError, PassResult
 from .ops import WeightedOp, all_graphs, find_weighted_ops
 from .plan import BlockPlan
+from .site import Site
 
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 11
 
 
+@dataclass
+class Emission:
+    """What replaced one site."""
+
+    form: str
+    nodes: list[gs.Node]
+    metadata: dict[str, dict[str, str]]  # node name -> metadata_props
+    entry: Optional[BlockBoundary] = None
+    exit: Optional[BlockBoundary] = None
+
+
 class BlockRewrite(Pass):
     __doc__ = __doc__
 
-    def __init__(self, plans: Mapping[str, BlockPlan], forms: Sequence[Form] = DEFAULT_FORMS,
-                 chosen: Optional[Mapping[str, Form]] = None):
+    def __init__(self, plans: Mapping[Site, BlockPlan], forms: Sequence[Form] = (FORMS["branches"],),
+                 chosen: Optional[Mapping[Site, Form]] = None):
         self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
 
     def requires(self, graph: gs.Graph) -> None:
@@ -37,22 +53,22 @@ class BlockRewrite(Pass):
             raise PassError(f"block rewrite needs opset >= {MIN_OPSET}, graph has {graph.opset}")
 
     def ensures(self, graph: gs.Graph) -> None:
-        left = {op.node.name for op in find_weighted_ops(graph)[0]} & set(self.plans)
+        left = {op.site for op in find_weighted_ops(graph)[0]} & set(self.plans)
         if left:
-            raise PassError(f"planned nodes still present after the rewrite: {sorted(left)}")
+            raise PassError(f"planned nodes still present after the rewrite: {sorted(s.node for s in left)}")
 
-    def call(self, graph: gs.Graph) -> PassResult:
+    def call(self, graph: gs.Graph) -> PassResult[dict[Site, Emission]]:
         shared: dict = {}
         names = NameTable(graph)
-        ops = {op.node.name: op for op in find_weighted_ops(graph)[0]}
+        ops = {op.site: op for op in find_weighted_ops(graph)[0]}
         missing = sorted(set(self.plans) - set(ops))
         if missing:
-            raise PassError(f"plans name nodes that are not rewritable MatMul/Gemm: {missing}")
-        touched = set()
-        for name, plan in self.plans.items():
-            op = ops[name]
+            raise PassError(f"plans name nodes that are not rewritable MatMul/Gemm: {[s.node for s in missing]}")
+        touched, emitted = set(), {}
+        for site, plan in self.plans.items():
+            op = ops[site]
             if (plan.n_out, plan.n_in) != op.shape:
-                raise PassError(f"{name}: plan is {plan.n_out}x{plan.n_in}, weight is {op.shape}")
+                raise PassError(f"{site.node}: plan is {plan.n_out}x{plan.n_in}, weight is {op.shape}")
             form = self._form(op, plan)
             builder = Builder(op, shared, names)
             form.emit(builder, plan)
@@ -61,9 +77,10 @@ class BlockRewrite(Pass):
             op.node.outputs.clear()
             op.graph.nodes.remove(op.node)
             touched.add(id(op.graph))
-            logger.debug("%s: %s form, %d branches, %d constant rows, %.1fx fewer MACs", name, form.name,
+            emitted[site] = Emission(form.name, builder.nodes, builder.metadata, builder.entry, builder.exit)
+            logger.debug("%s: %s form, %d branches, %d constant rows, %.1fx fewer MACs", site.node, form.name,
                          len(plan.branches), len(plan.constant_rows), plan.flop_reduction)
-        casts = {id(ops[name].cast) for name in self.plans if ops[name].cast is not None}
+        casts = {id(ops[site].cast) for site in self.plans if ops[site].cast is not None}
         for subgraph in all_graphs(graph):
             dead = [n for n in subgraph.nodes if id(n) in casts and not n.outputs[0].outputs
                     and n.outputs[0] not in subgraph.outputs]
@@ -73,11 +90,11 @@ class BlockRewrite(Pass):
                 subgraph.nodes.remove(node)
             if id(subgraph) in touched:
                 subgraph.toposort(recurse_subgraphs=False)
-        return PassResult(graph, bool(self.plans))
+        return PassResult(graph, bool(self.plans), emitted)
 
     def _form(self, op: WeightedOp, plan: BlockPlan) -> Form:
         reasons = []
-        for form in [self.chosen[op.node.name]] if op.node.name in self.chosen else self.forms:
+        for form in [self.chosen[op.site]] if op.site in self.chosen else self.forms:
             reason = form.check(op, plan)
             if reason is None:
                 return form

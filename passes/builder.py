@@ -10,16 +10,21 @@ a weight stored behind a ``Cast`` keeps its stored type, each branch weight gets
 ``gather_features`` is the other way to pick features: ``GatherElements`` with its indices broadcast to the
 input's leading dims (``Expand``), several times cheaper than either Gather at batch 1 and 64 (README, "The
 rewrite and what it costs"); it may repeat or drop features.
+Every node emitted records the site it replaces, and the block it serves when it serves one
+(``Builder.for_block``), as ``metadata_props`` of the written model (``site.METADATA_*``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ops import WeightedOp, all_graphs
+from .site import METADATA_BLOCK
 
 
 def index(values) -> np.ndarray:
@@ -44,8 +49,31 @@ class NameTable:
         return candidate
 
 
+@dataclass
+class BlockBoundary:
+    """Where a form's activations change between feature layout ``[d_1..d_L, k * b]`` (``flat``) and its block
+    layout (``blocks``) through a path of ``nodes``, into block layout when ``entering``, else out of it; a
+    per-feature ``[k * b]`` constant takes ``constant_shape`` in block layout. A block form records one where
+    its input enters block layout and one where its output leaves it. The tensors are read off the nodes when
+    asked for: the last node of an exit may come to write the op's own output."""
+
+    nodes: list[gs.Node]
+    entering: bool
+    k: int
+    b: int
+    constant_shape: tuple[int, ...]
+
+    @property
+    def flat(self) -> gs.Variable:
+        return self.nodes[0].inputs[0] if self.entering else self.nodes[-1].outputs[0]
+
+    @property
+    def blocks(self) -> gs.Variable:
+        return self.nodes[-1].outputs[0] if self.entering else self.nodes[0].inputs[0]
+
+
 class Builder:
-    """Collects the nodes that replace ``op``; ``shared`` caches branch weights across nodes."""
+    """Collects the nodes that replace ``op`` and their metadata; ``shared`` caches branch weights across nodes."""
 
     def __init__(self, op: WeightedOp, shared: dict, names: NameTable):
         self.op, self.shared, self.names, self.prefix = op, shared, names, op.node.name
@@ -53,6 +81,19 @@ class Builder:
         shape = op.node.inputs[0].shape
         self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
         self.nodes: list[gs.Node] = []
+        self.metadata: dict[str, dict[str, str]] = {}  # node name -> its metadata_props
+        self.entry: Optional[BlockBoundary] = None
+        self.exit: Optional[BlockBoundary] = None
+        self._block: Optional[int] = None
+
+    @contextmanager
+    def for_block(self, block: int) -> Iterator[None]:
+        """Nodes emitted inside serve block ``block`` alone."""
+        self._block = block
+        try:
+            yield
+        finally:
+            self._block = None
 
     def constant(self, suffix: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(self.names.fresh(f"{self.prefix}/{suffix}"), np.ascontiguousarray(values))
@@ -63,6 +104,8 @@ class Builder:
         name = self.names.fresh(f"{self.prefix}/{suffix}")
         output = output if output is not None else gs.Variable(name)
         self.nodes.append(gs.Node(op_type, name, attrs or {}, list(inputs), [output]))
+        self.metadata[name] = {**self.op.site.metadata(),
+                               **({} if self._block is None else {METADATA_BLOCK: str(self._block)})}
         return output
 
     def select(self, x, cols: np.ndarray, n_in: int, suffix: str):

@@ -24,8 +24,9 @@ import onnx_graphsurgeon as gs
 from .builder import Builder, NameTable
 from .forms.blocks import block_layout
 from .infra import Pass, PassResult
-from .ops import BROADCAST_CONSTANT, ELEMENTWISE, WeightedOp, all_graphs, find_weighted_ops
+from .ops import BROADCAST_CONSTANT, ELEMENTWISE, WeightedOp, find_weighted_ops
 from .plan import BlockPlan
+from .site import Site
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,6 @@ def per_feature_inputs(node: gs.Node, tensor: gs.Variable, n: int) -> Union[list
     return positions
 
 
-def _uses(graph: gs.Graph) -> dict[int, int]:
-    """How many nodes read each constant (by id), subgraphs included."""
-    counts: dict[int, int] = {}
-    for subgraph in all_graphs(graph):
-        for node in subgraph.nodes:
-            for t in node.inputs:
-                counts[id(t)] = counts.get(id(t), 0) + 1
-    return counts
-
-
 def _contiguous_sides(plan: BlockPlan) -> tuple[bool, bool]:
     """(inputs, outputs): whether the blocks read contiguous ranges, and write their rows in block order."""
     layout = block_layout(plan, max_padding=float("inf"))
@@ -115,15 +106,15 @@ def _contiguous_sides(plan: BlockPlan) -> tuple[bool, bool]:
     return reads, bool(np.array_equal(order, np.arange(plan.n_out)))
 
 
-def _wanted_orders(space: FeatureSpace, plans: Mapping[str, BlockPlan]) -> list[np.ndarray]:
+def _wanted_orders(space: FeatureSpace, plans: Mapping[Site, BlockPlan]) -> list[np.ndarray]:
     """Candidate relabellings: the producer's rows in its block order, then each consumer's blocks' columns."""
     wanted = []
-    plan = plans.get(space.producer.node.name)
+    plan = plans.get(space.producer.site)
     if plan is not None and len(plan.branches) > 1:
         layout = block_layout(plan, max_padding=float("inf"))
         wanted.append(np.concatenate([b.rows for b in layout.blocks] + [plan.constant_rows]))
     for consumer in space.consumers:
-        plan = plans.get(consumer.node.name)
+        plan = plans.get(consumer.site)
         if plan is not None and len(plan.branches) > 1:
             reads = np.concatenate([b.cols for b in plan.branches] + [plan.unused_cols])
             if len(reads) == plan.n_in:  # disjoint reads: a permutation
@@ -133,15 +124,26 @@ def _wanted_orders(space: FeatureSpace, plans: Mapping[str, BlockPlan]) -> list[
 
 @dataclass
 class Folding:
-    """The relabellings chosen for a graph and its plans: ``rows[node]`` / ``cols[node]`` reorder a node's
-    weight, ``plans`` are the plans in the new feature order."""
+    """The relabellings chosen for a graph and its plans: ``rows[site]`` / ``cols[site]`` reorder a weight,
+    ``plans`` are the plans in the new feature order."""
 
     spaces: list[tuple[FeatureSpace, np.ndarray]] = field(default_factory=list)
-    plans: dict[str, BlockPlan] = field(default_factory=dict)
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
-    cols: dict[str, np.ndarray] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # producer node -> why its space was left alone
-    links: dict[str, str] = field(default_factory=dict)  # consumer -> producer, spaces with one (planned) reader
+    plans: dict[Site, BlockPlan] = field(default_factory=dict)
+    rows: dict[Site, np.ndarray] = field(default_factory=dict)
+    cols: dict[Site, np.ndarray] = field(default_factory=dict)
+    refused: dict[Site, str] = field(default_factory=dict)  # producer -> why its space was left alone
+    links: dict[Site, Site] = field(default_factory=dict)  # consumer -> producer, spaces with one (planned) reader
+
+    def restricted(self, sites: set[Site]) -> "Folding":
+        """Only the relabellings of spaces that ``sites`` take part in, and the plans of ``sites``: a space
+        whose members all stay dense is left as it is."""
+        spaces = [(space, order) for space, order in self.spaces
+                  if {space.producer.site, *(c.site for c in space.consumers)} & sites]
+        members = {op.site for space, _ in spaces for op in (space.producer, *space.consumers)}
+        return Folding(spaces, {site: self.plans[site] for site in sites},
+                       {s: o for s, o in self.rows.items() if s in members},
+                       {s: o for s, o in self.cols.items() if s in members}, dict(self.refused),
+                       {c: p for c, p in self.links.items() if {c, p} <= sites})
 
     def apply(self, graph: gs.Graph) -> None:
         """Write the relabelled weights, biases and per-feature constants into ``graph`` (new tensors, named
@@ -153,45 +155,44 @@ class Folding:
 
         ops = {}
         for space, order in self.spaces:
-            ops[space.producer.node.name] = space.producer
-            ops.update({c.node.name: c for c in space.consumers})
+            ops[space.producer.site] = space.producer
+            ops.update({c.site: c for c in space.consumers})
             for node, i in space.constants:
                 values = node.inputs[i].values
                 node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values[..., order])
             bias = space.producer.bias
             if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
                 space.producer.node.inputs[2] = builder(space.producer).constant("C_folded", bias.values[..., order])
-        for name, op in ops.items():
+        for site, op in ops.items():
             matrix = op.matrix()
-            if name in self.rows:
-                matrix = matrix[self.rows[name]]
-            if name in self.cols:
-                matrix = matrix[:, self.cols[name]]
+            if site in self.rows:
+                matrix = matrix[self.rows[site]]
+            if site in self.cols:
+                matrix = matrix[:, self.cols[site]]
             op.node.inputs[1] = builder(op).constant("W_folded", op.layout.from_matrix(matrix))
 
 
-def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
+def plan_folding(graph: gs.Graph, plans: Mapping[Site, BlockPlan]) -> Folding:
     """Choose a relabelling per feature space (module rule), producers in graph order: the candidate (from
     ``_wanted_orders``) that makes the most planned sides contiguous, the producer's first on ties. Reads
     the graph only; ``Folding.apply`` writes it."""
     folding = Folding(plans=dict(plans))
     ops, _ = find_weighted_ops(graph)
     by_node = {id(op.node): op for op in ops}
-    uses = _uses(graph)
     for producer in ops:  # find_weighted_ops lists each graph's nodes in order: producers before consumers
         space = feature_space(producer, by_node)
         if isinstance(space, str):
-            folding.refused[producer.node.name] = space
+            folding.refused[producer.site] = space
             continue
         members = [producer, *space.consumers]
-        shared = [op.node.name for op in members if uses.get(id(op.weight), 0) > 1]
+        shared = [op.node.name for op in members if len(op.weight.outputs) > 1]
         cast = [op.node.name for op in members if op.cast is not None]
         if shared or cast:
-            folding.refused[producer.node.name] = (f"weight of {shared[0]} is shared" if shared else
+            folding.refused[producer.site] = (f"weight of {shared[0]} is shared" if shared else
                                                    f"weight of {cast[0]} is stored behind a Cast")
             continue
-        if len(space.consumers) == 1 and {producer.node.name, space.consumers[0].node.name} <= set(plans):
-            folding.links[space.consumers[0].node.name] = producer.node.name
+        if len(space.consumers) == 1 and {producer.site, space.consumers[0].site} <= set(plans):
+            folding.links[space.consumers[0].site] = producer.site
         best, best_score = None, 0
         for order in _wanted_orders(space, folding.plans):
             score = _score(space, order, folding.plans)
@@ -203,50 +204,48 @@ def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
     return folding
 
 
-def _relabelled(space: FeatureSpace, order: np.ndarray, plans: Mapping[str, BlockPlan]) -> dict[str, BlockPlan]:
+def _relabelled(space: FeatureSpace, order: np.ndarray, plans: Mapping[Site, BlockPlan]) -> dict[Site, BlockPlan]:
     """The plans of the space's members after relabelling its features by ``order``."""
     out = {}
-    name = space.producer.node.name
-    if name in plans:
-        out[name] = plans[name].relabeled(rows=order)
+    if space.producer.site in plans:
+        out[space.producer.site] = plans[space.producer.site].relabeled(rows=order)
     for consumer in space.consumers:
-        if consumer.node.name in plans:
-            out[consumer.node.name] = plans[consumer.node.name].relabeled(cols=order)
+        if consumer.site in plans:
+            out[consumer.site] = plans[consumer.site].relabeled(cols=order)
     return out
 
 
-def _score(space: FeatureSpace, order: np.ndarray, plans: Mapping[str, BlockPlan]) -> int:
+def _score(space: FeatureSpace, order: np.ndarray, plans: Mapping[Site, BlockPlan]) -> int:
     """How many planned sides of the space are contiguous after relabelling by ``order``."""
     new = _relabelled(space, order, plans)
     score = 0
-    if space.producer.node.name in new:
-        score += _contiguous_sides(new[space.producer.node.name])[1]
+    if space.producer.site in new:
+        score += _contiguous_sides(new[space.producer.site])[1]
     for consumer in space.consumers:
-        if consumer.node.name in new:
-            score += _contiguous_sides(new[consumer.node.name])[0]
+        if consumer.site in new:
+            score += _contiguous_sides(new[consumer.site])[0]
     return score
 
 
 def _relabel(folding: Folding, space: FeatureSpace, order: np.ndarray) -> None:
     folding.plans.update(_relabelled(space, order, folding.plans))
-    folding.rows[space.producer.node.name] = order
+    folding.rows[space.producer.site] = order
     for consumer in space.consumers:
-        folding.cols[consumer.node.name] = order
+        folding.cols[consumer.site] = order
     folding.spaces.append((space, order))
 
 
 class FoldPermutation(Pass):
-    __doc__ = __doc__
+    __doc__ = __doc__ + """
+    The pass applies a ``Folding`` decided beforehand (``plan_folding``, usually restricted to the sites that
+    are rewritten) and returns it as its artifact."""
 
-    def __init__(self, plans: Mapping[str, BlockPlan]):
-        self.plans = dict(plans)  # after the pass: the plans in the folded feature order
-        self.refused: dict[str, str] = {}  # after the pass: producer node -> why its space was left alone
+    def __init__(self, folding: Folding):
+        self.folding = folding
 
-    def call(self, graph: gs.Graph) -> PassResult:
-        folding = plan_folding(graph, self.plans)
-        folding.apply(graph)
-        self.plans, self.refused = folding.plans, folding.refused
-        for space, _ in folding.spaces:
+    def call(self, graph: gs.Graph) -> PassResult[Folding]:
+        self.folding.apply(graph)
+        for space, _ in self.folding.spaces:
             logger.debug("folded a permutation of %d features between %s and %s", space.n,
                          space.producer.node.name, ", ".join(c.node.name for c in space.consumers))
-        return PassResult(graph, bool(folding.spaces))
+        return PassResult(graph, bool(self.folding.spaces), self.folding)

@@ -1,4 +1,6 @@
-"""Block plans: which outputs of one weight form which independent branch, and what each branch reads.
+"""Plans: what the rewrite of one weighted op must compute. ``Plan`` is what every kind shares (the weight's
+``[n_out, n_in]`` and the multiply-accumulates it leaves); ``BlockPlan`` is the block kind: which outputs of
+one weight form which independent branch, and what each branch reads.
 
 Orientation: a plan speaks of the weight as the linear map ``y = W x`` with ``W`` of shape
 ``[n_out, n_in]``. *Rows* are output features, *columns* are input features. ONNX stores the same weight
@@ -11,7 +13,8 @@ any weight entry outside ``(branch.rows x branch.cols)`` of its row's branch is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import abc
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -25,12 +28,35 @@ def _index_array(values) -> np.ndarray:
     return array
 
 
+class Plan(abc.ABC):
+    """What one weighted op's rewrite computes, of any kind; forms say which kind they execute."""
+
+    n_out: int
+    n_in: int
+
+    @property
+    @abc.abstractmethod
+    def macs(self) -> int:
+        """Multiply-accumulates per input vector of the rewritten operator."""
+
+    @property
+    def dense_macs(self) -> int:
+        return self.n_out * self.n_in
+
+    @property
+    def flop_reduction(self) -> float:
+        """Dense work divided by the rewritten work (infinite when nothing is read)."""
+        return self.dense_macs / self.macs if self.macs else float("inf")
+
+
 @dataclass(frozen=True)
 class Branch:
-    """One independent sub-operator: output ``rows`` computed from input ``cols`` (sorted, unique)."""
+    """One independent sub-operator: output ``rows`` computed from input ``cols`` (sorted, unique); ``block``
+    is its id, kept when the plan's features are relabelled (None: numbered by position in its plan)."""
 
     rows: np.ndarray
     cols: np.ndarray
+    block: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "rows", _index_array(self.rows))
@@ -43,11 +69,11 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class BlockPlan:
+class BlockPlan(Plan):
     """A partition of one weight's outputs into branches, plus rows that read no input.
 
-    Invariant: every output row is in exactly one branch or in ``constant_rows``; no branch is empty.
-    Branches may read overlapping columns (general block-sparse structure).
+    Invariant: every output row is in exactly one branch or in ``constant_rows``; no branch is empty; block
+    ids are unique. Branches may read overlapping columns (general block-sparse structure).
     """
 
     n_out: int
@@ -56,7 +82,8 @@ class BlockPlan:
     constant_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self):
-        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "branches", tuple(branch if branch.block is not None else replace(branch, block=i)
+                                                  for i, branch in enumerate(self.branches)))
         object.__setattr__(self, "constant_rows", _index_array(self.constant_rows))
         rows = np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
         if len(rows) != self.n_out or not np.array_equal(np.sort(rows), np.arange(self.n_out)):
@@ -66,6 +93,8 @@ class BlockPlan:
                 raise ValueError("plan branches must read and write at least one index")
             if branch.cols[0] < 0 or branch.cols[-1] >= self.n_in:
                 raise ValueError(f"plan columns must lie in [0, {self.n_in})")
+        if len({branch.block for branch in self.branches}) != len(self.branches):
+            raise ValueError("plan block ids must be unique")
 
     @property
     def unused_cols(self) -> np.ndarray:
@@ -80,25 +109,16 @@ class BlockPlan:
         """Multiply-accumulates per input vector of the decomposed operator."""
         return sum(branch.macs for branch in self.branches)
 
-    @property
-    def dense_macs(self) -> int:
-        return self.n_out * self.n_in
-
-    @property
-    def flop_reduction(self) -> float:
-        """Dense work divided by decomposed work (infinite when nothing is read)."""
-        return self.dense_macs / self.macs if self.macs else float("inf")
-
     def output_order(self) -> np.ndarray:
         """Output rows in the order the rewrite concatenates them: branches, then constant rows."""
         return np.concatenate([b.rows for b in self.branches] + [self.constant_rows])
 
     def relabeled(self, rows: Optional[np.ndarray] = None, cols: Optional[np.ndarray] = None) -> "BlockPlan":
         """The same plan after the outputs were reordered so that new row ``i`` is old row ``rows[i]`` (and
-        inputs likewise by ``cols``); branches ordered by their first input column."""
+        inputs likewise by ``cols``); branches ordered by their first input column, each keeping its block id."""
         row_pos = np.argsort(rows) if rows is not None else np.arange(self.n_out)
         col_pos = np.argsort(cols) if cols is not None else np.arange(self.n_in)
-        branches = sorted((Branch(row_pos[b.rows], col_pos[b.cols]) for b in self.branches),
+        branches = sorted((Branch(row_pos[b.rows], col_pos[b.cols], b.block) for b in self.branches),
                           key=lambda b: (b.cols[0], b.rows[0]))
         return BlockPlan(self.n_out, self.n_in, tuple(branches), row_pos[self.constant_rows])
 

@@ -1,13 +1,14 @@
 """One identity for a weight where it is used: the graph, the node that reads it, and the weight's name.
 
-Passes, annealing, reports and the torch side all key plans by ``Site``. Names are unique across the model
-once it is normalised (node names by ``normalize.UniqueNodeNames``, tensor names across scopes by the loader),
-so a site is stable from planning to the written model; a weight read by two nodes has two sites.
+Passes, annealing, reports and the torch side all key plans by ``Site``. Node names are unique across the
+model once it is normalised (``normalize.UniqueNodeNames``) and a node reads one weight, so a site is the node
+where it lives: two sites are the same when graph and node are, whatever the weight is called now (permutation
+folding gives a weight a new tensor); a weight read by two nodes has two sites.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 METADATA_NODE, METADATA_WEIGHT, METADATA_BLOCK = "onnx_decomp.node", "onnx_decomp.weight", "onnx_decomp.block"
 
@@ -16,7 +17,7 @@ METADATA_NODE, METADATA_WEIGHT, METADATA_BLOCK = "onnx_decomp.node", "onnx_decom
 class Site:
     graph: str
     node: str
-    weight: str
+    weight: str = field(compare=False)
 
     def __str__(self) -> str:
         return f"{self.node} ({self.weight})"

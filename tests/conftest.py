@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_decomp import GateConfig
+from onnx_decomp_passes import Site, find_weighted_ops
 
 IR_VERSION = 10  # what onnxruntime >= 1.20 loads; onnx's own default may be newer
 ANY_BLOCKS = GateConfig("flops", min_flop_reduction=1.0, forms=("branches",))  # whatever splits, untimed
@@ -46,6 +47,11 @@ def hidden_blocks(rng, block_shapes, empty_rows=0, empty_cols=0, dtype=np.float3
         w[r0:r0 + rows, c0:c0 + cols] = rng.uniform(0.1, 1.0, (rows, cols)) * rng.choice([-1, 1], (rows, cols))
         r0, c0 = r0 + rows, c0 + cols
     return w[rng.permutation(n_out)][:, rng.permutation(n_in)], len(block_shapes)
+
+
+def node_sites(graph) -> dict[str, Site]:
+    """Node name -> the site of its weight, for every MatMul/Gemm with a constant weight in ``graph``."""
+    return {op.node.name: op.site for op in find_weighted_ops(graph)[0]}
 
 
 def op_types(model: onnx.ModelProto) -> list[str]:

@@ -9,8 +9,8 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import make_model, op_types, run, tensor, value
-from onnx_decomp_passes import (Batched, BlockEinsum, BlockRewrite, FoldPermutation, KeepBlockLayout,
+from conftest import make_model, node_sites, op_types, run, tensor, value
+from onnx_decomp_passes import (Batched, BlockEinsum, BlockRewrite, FoldPermutation, KeepBlockLayout, plan_folding,
                                 plan_from_support)
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -65,12 +65,13 @@ def relu(i, x, y):
 def decompose(model, form, chains=False):
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
     ops = {n.name: n for n in graph.nodes}
-    plans = {name: plan_from_support(ops[name].inputs[1].values.T != 0) for name in ops if name.startswith("L")}
-    fold = FoldPermutation(plans)
-    fold(graph)
-    BlockRewrite(fold.plans, chosen={name: form for name in plans})(graph)
+    sites = node_sites(graph)
+    plans = {sites[name]: plan_from_support(ops[name].inputs[1].values.T != 0) for name in ops if name.startswith("L")}
+    fold = plan_folding(graph, plans)
+    FoldPermutation(fold)(graph)
+    emitted = BlockRewrite(fold.plans, chosen={site: form for site in plans})(graph).artifact
     if chains:
-        KeepBlockLayout()(graph)
+        KeepBlockLayout(emitted)(graph)
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     onnx.checker.check_model(out, full_check=True)
@@ -108,7 +109,7 @@ def test_folding_is_refused_where_a_permuted_tensor_has_another_reader(rng, case
     extra = ["h0"] if case == "graph output" else []
     model = chain_model(rng, between, extra_outputs=extra)
     out, fold = decompose(model, Batched())
-    refused = fold.refused
+    refused = {site.node: reason for site, reason in fold.refused.items()}
     if case == "softmax":
         assert "Softmax" in refused["L0"] and "in" not in refused
         assert op_types(out).count("GatherElements") == 1  # the unpermute; the input side was folded

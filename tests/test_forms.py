@@ -10,18 +10,19 @@ import pytest
 from onnx import helper
 
 import onnx_decomp
-from conftest import hidden_blocks, make_model, op_types, run, tensor, value
+from conftest import hidden_blocks, make_model, node_sites, op_types, run, tensor, value
 from onnx_decomp import GateConfig
-from onnx_decomp_passes import (ALL_FORMS, BlockPlan, BlockRewrite, Branch, PassError, plan_from_support)
-from onnx_decomp_passes.forms import Batched, BlockEinsum, GroupedConv
+from onnx_decomp_passes import FORMS, BlockPlan, BlockRewrite, Branch, PassError, plan_from_support
+from onnx_decomp_passes.forms import Batched, BlockEinsum, Conv1x1
 
 RTOL, ATOL = 1e-5, 1e-6
-PADDED = {form.name: type(form)(max_padding=10.0) if form.name != "branches" else form for form in ALL_FORMS}
+PADDED = {form.name: type(form)(max_padding=10.0) if form.name != "branches" else form for form in FORMS.values()}
 
 
 def rewrite(model, plans, form):
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
-    BlockRewrite(plans, chosen={name: form for name in plans})(graph)
+    sites = node_sites(graph)
+    BlockRewrite({sites[name]: plan for name, plan in plans.items()}, chosen={sites[name]: form for name in plans})(graph)
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     return out
@@ -48,7 +49,7 @@ def test_form_equals_dense_masked_model(rng, form, rank, shapes):
         np.testing.assert_allclose(run(out, {"x": x})[0], x @ (w * plan.mask()).T, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "grouped_conv"])
+@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "conv1x1"])
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("alpha,beta,bias", [(1.0, 1.0, None), (0.5, 2.0, "N"), (1.0, 0.5, "1xN"),
                                              (2.0, 1.0, "scalar"), (1.0, 3.0, "Mx1")])
@@ -99,7 +100,7 @@ def test_padding_limit_and_rank_are_checked(rng):
     vector = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")], [value("x", [12])],
                         [value("y", [12])], [tensor("B", np.eye(12, dtype=np.float32))])
     with pytest.raises(PassError, match="rank"):
-        rewrite(vector, {"fc": plan_from_support(np.eye(12, dtype=bool))}, GroupedConv())
+        rewrite(vector, {"fc": plan_from_support(np.eye(12, dtype=bool))}, Conv1x1())
 
 
 def test_shared_weight_with_same_plan_shares_the_stacked_blocks(rng):
@@ -114,7 +115,7 @@ def test_shared_weight_with_same_plan_shares_the_stacked_blocks(rng):
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["branches", "batched", "transposed", "einsum", "grouped_conv"])
+@pytest.mark.parametrize("form", ["branches", "batched", "transposed", "einsum", "conv1x1"])
 def test_decompose_reports_the_form_and_counts_its_flops(rng, form):
     w = (np.kron(np.eye(4), np.ones((8, 8))) * rng.standard_normal((32, 32))).astype(np.float32)
     model = matmul_model(w, 3)
@@ -124,7 +125,7 @@ def test_decompose_reports_the_form_and_counts_its_flops(rng, form):
     assert report.after.matmul_flops == report.before.matmul_flops // 4 == 2 * 10 * 32 * 32 // 4
 
 
-@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "grouped_conv"])
+@pytest.mark.parametrize("form", ["batched", "transposed", "einsum", "conv1x1"])
 def test_block_forms_keep_a_weight_stored_behind_a_cast(rng, form):
     """A float16 weight cast to float32 at run time: the stacked blocks stay float16 behind their own Cast."""
     w, _ = hidden_blocks(rng, [(4, 4)] * 3, dtype=np.float16)

@@ -7,8 +7,8 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
-from conftest import make_model, op_types, run, tensor, value
-from onnx_decomp_passes import (BlockPlan, BlockRewrite, Branch, PassError, PassManager, UniqueNodeNames,
+from conftest import make_model, node_sites, op_types, run, tensor, value
+from onnx_decomp_passes import (BlockPlan, BlockRewrite, Branch, PassError, PassManager, Site, UniqueNodeNames,
                                 plan_from_support)
 
 
@@ -52,7 +52,7 @@ def test_explicit_overlapping_plan_is_the_mask(rng, known_rank, permute_ops):
     plan = BlockPlan(4, 5, (Branch([0, 2], [0, 1, 2]), Branch([1], [2, 3, 4])), constant_rows=[3])
     model, graph = _graph(w, rng, known_rank)
 
-    result = PassManager([UniqueNodeNames(), BlockRewrite({"fc": plan})])(graph)
+    result = PassManager([UniqueNodeNames(), BlockRewrite({node_sites(graph)["fc"]: plan})])(graph)
 
     assert result.modified
     out = gs.export_onnx(result.graph)
@@ -68,9 +68,9 @@ def test_plan_for_unknown_node_or_wrong_shape_is_refused(rng):
     w = rng.standard_normal((4, 4)).astype(np.float32)
     _, graph = _graph(w, rng)
     with pytest.raises(PassError, match="not rewritable"):
-        BlockRewrite({"nope": plan_from_support(np.eye(4, dtype=bool))})(graph)
+        BlockRewrite({Site(graph.name, "nope", "B"): plan_from_support(np.eye(4, dtype=bool))})(graph)
     with pytest.raises(PassError, match="plan is 3x3"):
-        BlockRewrite({"fc": plan_from_support(np.eye(3, dtype=bool))})(graph)
+        BlockRewrite({node_sites(graph)["fc"]: plan_from_support(np.eye(3, dtype=bool))})(graph)
 
 
 def test_rewrite_needs_opset_11(rng):
@@ -78,7 +78,8 @@ def test_rewrite_needs_opset_11(rng):
     model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"], name="fc")],
                        [value("x", ["N", 4])], [value("y", ["N", 4])], [tensor("B", w)], opset=10)
     with pytest.raises(PassError, match="opset >= 11"):
-        BlockRewrite({"fc": plan_from_support(w != 0)})(gs.import_onnx(model))
+        graph = gs.import_onnx(model)
+        BlockRewrite({node_sites(graph)["fc"]: plan_from_support(w != 0)})(graph)
 
 
 def test_unique_node_names():

@@ -9,7 +9,7 @@ from typing import Iterator, Optional
 
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
                                 AnnealConfig, GateConfig, SessionConfig)
-from onnx_decomp.errors import DecompError
+from onnx_decomp.errors import DecompError, ValidationError
 from onnx_decomp.io.model_io import model_files
 
 
@@ -158,12 +158,11 @@ def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> An
 
 @contextmanager
 def report_on_failure() -> Iterator[None]:
-    """A failure that carries its report (a validation mismatch) prints the report's tables before the
-    one-line error."""
+    """A validation mismatch prints its report's tables before the one-line error."""
     try:
         yield
-    except DecompError as error:
-        if getattr(error, "report", None) is not None:
+    except ValidationError as error:
+        if error.report is not None:
             print(error.report.format())
         raise
 

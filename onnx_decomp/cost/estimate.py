@@ -36,8 +36,6 @@ from onnx_decomp_passes import Form
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-# per chained side, what KeepBlockLayout removes from a block form: (nodes, copies of the activations)
-CHAIN_SAVES = {"batched": (2, 1), "einsum": (1, 0)}
 ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Dropout"}
 
 
@@ -111,12 +109,12 @@ MEASURED = CostModel(node_us=0.70, copy_gbps=49.2, weight_gbps=14.2, gemm_gflops
 def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], root: "gs.Graph",
                      linked: tuple[bool, bool] = (False, False), model: CostModel = MEASURED) -> float:
     """Estimated dense/rewritten time ratio of the candidate's node alone in ``form`` at ``x_shape``; a
-    ``linked`` side (input, output) of a chained form does without its layout change (``CHAIN_SAVES``)."""
+    ``linked`` side (input, output) of a chained form does without its layout change (``Form.chain_saves``)."""
     dense, rewritten = one_node_models(candidate, form, x_shape, root)
     dtype = helper.tensor_dtype_to_np_dtype(dense.graph.input[0].type.tensor_type.elem_type)
     spec = [InputSpec("x", np.dtype(dtype), tuple(x_shape))]
     rewritten_us = model.graph_us(rewritten, spec)
-    saved = CHAIN_SAVES.get(form.name)
+    saved = form.chain_saves
     if saved is not None:
         n_out, n_in = candidate.op.shape
         rows = int(np.prod(x_shape[:-1]))

@@ -27,5 +27,5 @@ def one_node_models(candidate: Candidate, form: Form, x_shape: Sequence[int],
     dtype = np.dtype(op.node.inputs[0].dtype or op.weight.dtype)
     dense, rewritten = (one_node_graph(op, x_shape, dtype, root) for _ in range(2))
     plan = candidate.folded or candidate.plan
-    BlockRewrite({op.node.name: plan}, chosen={op.node.name: form})(rewritten)
+    BlockRewrite({op.site: plan}, chosen={op.site: form})(rewritten)
     return export_graph(dense), export_graph(rewritten)

@@ -129,9 +129,8 @@ def _anneal(model: ModelLike, calib: Optional[Arrays], labels: Optional[Arrays],
                 f"{config.tolerance:g} (tuning {tuning:.4g}): the calibration data may be too few samples")
             logger.warning(report.warnings[-1])
     if report.final is not None and not report.final.exact_ok:
-        error = ValidationError("the rewritten model differs from the masked, refitted dense model (see table)")
-        error.report = report
-        raise error
+        raise ValidationError("the rewritten model differs from the masked, refitted dense model (see table)",
+                              report)
     if report_dir is not None:
         report.write_folder(report_dir)
     return rewritten, report

@@ -1,10 +1,11 @@
 """The decompose and inspect drivers: load once, plan every node through the gate, rewrite, check, validate.
 
-Rule: ``inspect`` stops after the decisions; ``decompose`` folds their permutations into neighbouring weights
-(``FoldPermutation``), rewrites the nodes decided for rewriting in their chosen forms (``BlockRewrite``),
-keeps chains in block layout (``KeepBlockLayout``), checks the result with ``onnx.checker`` (full check,
-strict shape inference) and proves it against the original in ONNX Runtime; a mismatch raises
-``ValidationError`` carrying the report."""
+Rule: ``inspect`` stops after the decisions; ``decompose`` applies the permutation folding the decisions were
+judged under to the nodes it rewrites (``FoldPermutation``), rewrites them in their chosen forms and folded
+plans (``BlockRewrite``; every emitted node records its site and block in ``metadata_props``), keeps chains in
+block layout (``KeepBlockLayout``), checks the result with ``onnx.checker`` (full check, strict shape
+inference) and proves it against the original in ONNX Runtime; a mismatch raises ``ValidationError`` carrying
+the report."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import onnx
 from onnx_decomp.config import GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.model_stats import model_stats
-from onnx_decomp.decisions import Decision, forms_to_apply, plans_to_apply
+from onnx_decomp.decisions import Planning
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import ModelLike, check_model, load_references
@@ -24,15 +25,14 @@ from onnx_decomp.planning.gate import plan_nodes
 from onnx_decomp.planning.support import Support, support_of
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.runtime.validation import validate
-from onnx_decomp_passes import (FORMS_BY_NAME, BlockRewrite, FoldPermutation, KeepBlockLayout, PassError,
-                                PassManager)
+from onnx_decomp_passes import FORMS, BlockRewrite, FoldPermutation, KeepBlockLayout, PassError, PassManager
 
 Gate = Union[str, GateConfig]
 Session = Union[str, SessionConfig]
 
 
-def _report(ctx: ModelContext, decisions: list[Decision]) -> Report:
-    return Report(ctx.label, decisions, model_stats(ctx.scoped, ctx.shapes), notes=ctx.notes)
+def _report(ctx: ModelContext, planning: Planning) -> Report:
+    return Report(ctx.label, planning.decisions, model_stats(ctx.scoped, ctx.shapes), notes=ctx.notes)
 
 
 def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = "time",
@@ -42,17 +42,21 @@ def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = 
     return _report(ctx, plan_nodes(ctx, GateConfig.of(gate), SessionConfig.of(session)))
 
 
-def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
+def _rewrite(ctx: ModelContext, planning: Planning) -> onnx.ModelProto:
     """The model with every node decided for rewriting replaced in its chosen form (consumes ``ctx.graph``):
     permutations folded into neighbouring weights first, chains kept in block layout after; checked."""
-    fold = FoldPermutation(plans_to_apply(decisions))
+    rewrites = planning.rewrites()
+    plans = {site: candidate.folded or candidate.plan for site, candidate in rewrites.items()}
+    chosen = {site: FORMS[candidate.form] for site, candidate in rewrites.items() if candidate.form}
     try:
-        fold(ctx.graph)
-        chosen = {name: FORMS_BY_NAME[form] for name, form in forms_to_apply(decisions).items()}
-        PassManager([BlockRewrite(fold.plans, chosen=chosen), KeepBlockLayout()])(ctx.graph)
+        result = PassManager([FoldPermutation(planning.folding.restricted(set(rewrites))),
+                              BlockRewrite(plans, chosen=chosen)])(ctx.graph)
+        emitted = result.artifact.by_pass["BlockRewrite"]
+        KeepBlockLayout(emitted)(ctx.graph)
     except PassError as error:
-        raise UnsupportedConstructError(str(error)) from None
-    rewritten = export_graph(ctx.graph, like=ctx.proto)  # weights kept dense stay references to their files
+        raise UnsupportedConstructError(str(error)) from error
+    metadata = {name: props for emission in emitted.values() for name, props in emission.metadata.items()}
+    rewritten = export_graph(ctx.graph, like=ctx.proto, node_metadata=metadata)  # dense weights stay references
     check_model(rewritten)
     return rewritten
 
@@ -74,9 +78,9 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     gate, session, support = GateConfig.of(gate), SessionConfig.of(session), support_of(support)
     validation = validation or ValidationConfig()
     ctx = ModelContext.load(model, input_shapes, inline_functions)
-    decisions = plan_nodes(ctx, gate, session, support.masks(ctx))
-    report = _report(ctx, decisions)
-    rewritten = _rewrite(ctx, decisions)
+    planning = plan_nodes(ctx, gate, session, support.masks(ctx))
+    report = _report(ctx, planning)
+    rewritten = _rewrite(ctx, planning)
     report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs, data_prop=True))
     if not report.planned:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
@@ -86,9 +90,7 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
         report.validation = validate(ctx.proto, rewritten, ctx.specs, validation,
                                      support.tolerance(validation.tolerance), session, ctx.base_dir)
         if not report.validation.ok:
-            error = ValidationError("rewritten model differs from the original in ONNX Runtime (see table)")
-            error.report = report
-            raise error
+            raise ValidationError("rewritten model differs from the original in ONNX Runtime (see table)", report)
     else:
         report.notes.append("validation skipped (--check 0): the rewrite is unproven")
     if not references:

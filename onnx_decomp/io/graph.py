@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -21,6 +21,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnx_decomp.io.scopes import unique_scoped_names
 from onnx_decomp.io.shapes import symbolic_types
+from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp_passes import FoldConstantNodes, PassManager, UniqueNodeNames, all_graphs
 
 MODEL_FIELDS = ("doc_string", "domain", "model_version", "producer_name", "producer_version")
@@ -86,11 +87,16 @@ def import_graph(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> gs.
     return graph
 
 
-def export_graph(graph: gs.Graph, like: Optional[onnx.ModelProto] = None) -> onnx.ModelProto:
+def export_graph(graph: gs.Graph, like: Optional[onnx.ModelProto] = None,
+                 node_metadata: Optional[Mapping[str, Mapping[str, str]]] = None) -> onnx.ModelProto:
     """The graph as a ModelProto; with ``like`` (the model it was imported from), its model-level fields,
-    metadata and the default values of its overridable initializers are carried over."""
+    metadata and the default values of its overridable initializers are carried over; ``node_metadata``
+    (node name -> key -> value) becomes the named nodes' ``metadata_props``, in any graph."""
     with _quiet():
         model = gs.export_onnx(graph)
+    for node in (n for one in iter_graphs(model.graph) for n in one.node) if node_metadata else ():
+        for key, value in node_metadata.get(node.name, {}).items():
+            node.metadata_props.add(key=key, value=value)
     if like is not None:
         for name in MODEL_FIELDS:
             setattr(model, name, getattr(like, name))

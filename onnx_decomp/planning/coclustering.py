@@ -155,7 +155,7 @@ def blocks_plan(row_labels: np.ndarray, col_labels: np.ndarray, rows_kept: Optio
         rows = np.flatnonzero((row_labels == b) & rows_kept)
         cols = np.flatnonzero((col_labels == b) & cols_kept)
         if len(rows) and len(cols):
-            branches.append(Branch(rows, cols))
+            branches.append(Branch(rows, cols, int(b)))
         else:
             constant.append(rows)
     branches.sort(key=lambda branch: branch.rows[0])

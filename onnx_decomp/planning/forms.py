@@ -2,11 +2,12 @@
 Runtime measures fastest.
 
 Rule: a candidate is judged in the feature order permutation folding gives it (``plan_folding`` over every
-candidate that passes the MAC gate, as the rewrite will fold them), at every batch size the gate names
+candidate that passes the MAC gate, decided once: the rewrite applies this folding, restricted to the spaces
+of the nodes it rewrites, so what runs is what was judged), at every batch size the gate names
 (``GateConfig.batches``: the first dim of every input whose first dim is symbolic; none named: the input
 shapes as given), with shapes inferred through computed shapes (data propagation). A side where the node
 and its neighbour have matching blocks in order (``chain_links``) is credited with what a chain saves there
-(``cost.estimate``), assuming the neighbour takes the same form. Every form of
+(the form's ``chain_saves``), assuming the neighbour takes the same form. Every form of
 ``GateConfig.forms`` whose check passes is estimated at every batch size (``cost.estimate``); the chosen form
 has the best worst-case estimated speedup. With ``tune`` every such form is also timed (``cost.timing``) and
 the best worst-case measured speedup wins. With the time gate the chosen form is timed at every batch size and
@@ -24,7 +25,7 @@ from onnx_decomp.cost.estimate import estimate_speedup
 from onnx_decomp.cost.timing import measure_speedup
 from onnx_decomp.decisions import Candidate, FormCost
 from onnx_decomp.io.shapes import InputSpec, concrete_shapes
-from onnx_decomp_passes import FORMS_BY_NAME, BlockPlan, plan_folding
+from onnx_decomp_passes import FORMS, BlockPlan, Site, plan_folding
 from onnx_decomp_passes.forms.blocks import block_layout
 
 
@@ -37,10 +38,10 @@ def batch_specs(ctx: ModelContext, batch: int) -> list[InputSpec]:
             for spec in ctx.specs]
 
 
-def chain_links(plans: dict[str, BlockPlan], links: dict[str, str]) -> dict[str, tuple[bool, bool]]:
+def chain_links(plans: dict[Site, BlockPlan], links: dict[Site, Site]) -> dict[Site, tuple[bool, bool]]:
     """Node -> (input linked, output linked): the sides where a producer and its one consumer have matching
     blocks in order after folding, so that block forms stay in block layout between them (``KeepBlockLayout``)."""
-    linked: dict[str, tuple[bool, bool]] = {}
+    linked: dict[Site, tuple[bool, bool]] = {}
     for consumer, producer in links.items():
         out, into = block_layout(plans[producer]), block_layout(plans[consumer])
         if isinstance(out, str) or isinstance(into, str):
@@ -56,10 +57,9 @@ class FormChooser:
 
     def __init__(self, ctx: ModelContext, gate: GateConfig, session: SessionConfig, candidates: list[Candidate]):
         self.ctx, self.gate, self.session = ctx, gate, session
-        eligible = {c.op.node.name: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
-        folding = plan_folding(ctx.graph, eligible)
-        self.folded = folding.plans
-        self.linked = chain_links(folding.plans, folding.links)
+        eligible = {c.op.site: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
+        self.folding = plan_folding(ctx.graph, eligible)
+        self.linked = chain_links(self.folding.plans, self.folding.links)
         specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
         self.shapes = {b: concrete_shapes(ctx.proto, s, data_prop=True) for b, s in specs.items()}
 
@@ -71,16 +71,15 @@ class FormChooser:
 
     def __call__(self, candidate: Candidate) -> Candidate:
         op = candidate.op
-        candidate = replace(candidate, folded=self.folded.get(op.node.name, candidate.plan))
-        forms = [FORMS_BY_NAME[name] for name in self.gate.forms
-                 if FORMS_BY_NAME[name].check(op, candidate.folded) is None]
+        candidate = replace(candidate, folded=self.folding.plans.get(op.site, candidate.plan))
+        forms = [FORMS[name] for name in self.gate.forms if FORMS[name].check(op, candidate.folded) is None]
         if not forms:
             return candidate
         x_shapes = self._x_shapes(candidate)
         if x_shapes is None:  # nothing to estimate at: the first form that applies
             return replace(candidate, form=forms[0].name)
         root = self.ctx.graph
-        linked = self.linked.get(op.node.name, (False, False))
+        linked = self.linked.get(op.site, (False, False))
         costs = [FormCost(form.name, batch, estimate_speedup(candidate, form, shape, root, linked),
                           measure_speedup(candidate, form, shape, root, self.session) if self.gate.tune else None)
                  for form in forms for batch, shape in x_shapes.items()]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.decisions import Action, Candidate, Decision
+from onnx_decomp.decisions import Action, Candidate, Decision, Planning
 from onnx_decomp.planning.forms import FormChooser
 from onnx_decomp.planning.support import Masks, SupportOrPlan, as_plan
 from onnx_decomp_passes import MIN_OPSET, WeightedOp
@@ -47,10 +47,10 @@ def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate],
     return Decision(candidate.op, Action.REWRITE, "", candidate)
 
 
-def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> list[Decision]:
+def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> Planning:
     """A decision for every MatMul/Gemm with a constant operand: skipped ones with their reason, the others
     judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
-    else the nonzero pattern)."""
+    else the nonzero pattern); with the folding they were judged under."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
     candidates: dict[tuple, Candidate] = {}
     ops = []
@@ -65,7 +65,7 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
     choose = FormChooser(ctx, gate, session, ops)
     for candidate in tqdm(ops, desc="planning", unit="node", disable=None, leave=False):
         decisions.append(decide(candidate, gate, choose))
-    return decisions
+    return Planning(decisions, choose.folding)
 
 
 def _candidate(op: WeightedOp, mask: Optional[SupportOrPlan], notes: list[str]) -> Candidate:

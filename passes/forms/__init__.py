@@ -1,15 +1,13 @@
-"""Rewrite forms, one module each; ``DEFAULT_FORMS`` in order of preference when nothing chooses."""
+"""Rewrite forms, one module each, registered once here by name (``FORMS``); the front end's option values
+are these names."""
 
 from .base import Form
 from .batched import Batched
 from .branches import Branches
+from .conv1x1 import Conv1x1
 from .einsum import BlockEinsum
-from .grouped_conv import GroupedConv
 from .transposed import Transposed
 
-DEFAULT_FORMS: tuple[Form, ...] = (Branches(),)
-ALL_FORMS: tuple[Form, ...] = (Branches(), Batched(), Transposed(), BlockEinsum(), GroupedConv())
-FORMS_BY_NAME = {form.name: form for form in ALL_FORMS}
+FORMS: dict[str, Form] = {form.name: form for form in (Branches(), Batched(), Transposed(), BlockEinsum(), Conv1x1())}
 
-__all__ = ["Form", "Branches", "Batched", "BlockEinsum", "GroupedConv", "Transposed", "DEFAULT_FORMS",
-           "ALL_FORMS", "FORMS_BY_NAME"]
+__all__ = ["Form", "Branches", "Batched", "BlockEinsum", "Conv1x1", "Transposed", "FORMS"]

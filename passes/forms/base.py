@@ -1,4 +1,4 @@
-"""What a rewrite form is: a rule that may replace one planned MatMul/Gemm by an equivalent subgraph."""
+"""What a rewrite form is: a rule that may replace one planned weighted op by an equivalent subgraph."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from ..plan import BlockPlan
 
 
 class Form(abc.ABC):
-    """One way to execute a block plan. Subclasses state their rewrite rule in the class docstring."""
+    """One way to execute a block plan. Subclasses state their rewrite rule in the class docstring, and
+    declare what keeping a chain of them in block layout saves per chained side (``chain_saves``: nodes and
+    copies of the activations that ``KeepBlockLayout`` removes; None: the form does not chain)."""
 
     name: str
+    chain_saves: Optional[tuple[int, int]] = None
 
     @abc.abstractmethod
     def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
@@ -22,4 +25,5 @@ class Form(abc.ABC):
     @abc.abstractmethod
     def emit(self, builder: Builder, plan: BlockPlan) -> None:
         """Append to ``builder`` the nodes that compute ``builder.op``'s output under ``plan``; the last of
-        them writes the node's original output tensor."""
+        them writes the node's original output tensor. A form that chains records where its activations
+        enter and leave block layout (``Builder.entry``, ``Builder.exit``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..builder import Builder
 from ..plan import BlockPlan
-from .blocks import BlockForm, finish, read_slots, stacked_weights
+from .blocks import BlockForm, enter_blocks, finish, leave_blocks, read_slots, stacked_weights
 
 
 class Batched(BlockForm):
@@ -22,15 +22,20 @@ class Batched(BlockForm):
     """
 
     name = "batched"
+    chain_saves = (2, 1)  # a Transpose and a Reshape, one copy of the activations
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
         layout = self.layout(plan)
         lead = b.rank - 1
+        ones = [1] * lead  # a [k * b] constant in block layout [k, d_1..d_L, b] is [k, 1.., b]
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
         x = b.emit("Transpose", "x_block_major", [x], {"perm": [lead, *range(lead), lead + 1]})
+        enter_blocks(b, layout, 2, (layout.k, *ones, layout.b_in))
         weights = b.shared_weight(
             (*layout.weights_key(b.op, self.name), lead), "W_blocks",
             lambda: stacked_weights(b.op, layout).reshape(layout.k, *[1] * (lead - 1), layout.b_in, layout.b_out))
         y = b.emit("MatMul", "y_blocks", [x, weights])
         y = b.emit("Transpose", "y_feature_major", [y], {"perm": [*range(1, lead + 1), 0, lead + 1]})
-        finish(b, layout, b.reshape(y, [0] * lead + [-1], "y_slots"))
+        y = b.reshape(y, [0] * lead + [-1], "y_slots")
+        leave_blocks(b, layout, 2, (layout.k, *ones, layout.b_out))
+        finish(b, layout, y)

@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..builder import Builder
+from ..builder import BlockBoundary, Builder
 from ..ops import WeightedOp
 from ..plan import BlockPlan, Branch
 from .base import Form
@@ -102,6 +102,16 @@ def slot_bias(op: WeightedOp, layout: BlockLayout) -> Optional[np.ndarray]:
     slots = np.zeros(c.shape[:-1] + (layout.k * layout.b_out,), dtype=c.dtype)
     slots[..., layout.out_index] = c
     return slots
+
+
+def enter_blocks(b: Builder, layout: BlockLayout, nodes: int, constant_shape: tuple) -> None:
+    """Record that the last ``nodes`` nodes took the input into block layout."""
+    b.entry = BlockBoundary(b.nodes[-nodes:], True, layout.k, layout.b_in, constant_shape)
+
+
+def leave_blocks(b: Builder, layout: BlockLayout, nodes: int, constant_shape: tuple) -> None:
+    """Record that the last ``nodes`` nodes took the output out of block layout."""
+    b.exit = BlockBoundary(b.nodes[-nodes:], False, layout.k, layout.b_out, constant_shape)
 
 
 def finish(b: Builder, layout: BlockLayout, y_slots) -> None:

@@ -51,11 +51,12 @@ class Branches(Form):
             ends = np.cumsum([len(cols) for cols in reads])
             reads = [np.arange(end - len(cols), end) for cols, end in zip(reads, ends)]
         for k, (branch, cols) in enumerate(zip(plan.branches, reads)):
-            x_k = b.select(x, cols, plan.n_in, f"x{k}")
-            inputs = [x_k, b.branch_weight(branch.rows, branch.cols, k)]
-            if gemm and op.bias is not None:
-                inputs.append(b.constant(f"C{k}", b.bias_part(branch.rows)))
-            pieces.append(b.emit("Gemm" if gemm else "MatMul", f"y{k}", inputs, attrs if gemm else {}))
+            with b.for_block(branch.block):
+                x_k = b.select(x, cols, plan.n_in, f"x{k}")
+                inputs = [x_k, b.branch_weight(branch.rows, branch.cols, k)]
+                if gemm and op.bias is not None:
+                    inputs.append(b.constant(f"C{k}", b.bias_part(branch.rows)))
+                pieces.append(b.emit("Gemm" if gemm else "MatMul", f"y{k}", inputs, attrs if gemm else {}))
         if len(plan.constant_rows):
             pieces.append(self._constant_rows(b, plan, x))
         joined = pieces[0] if len(pieces) == 1 else b.emit("Concat", "concat", pieces, {"axis": -1})

@@ -7,7 +7,7 @@ from typing import Optional
 from ..builder import Builder
 from ..ops import WeightedOp
 from ..plan import BlockPlan
-from .blocks import BlockForm, finish, read_slots, stacked_weights
+from .blocks import BlockForm, enter_blocks, finish, leave_blocks, read_slots, stacked_weights
 
 MIN_EINSUM_OPSET = 12
 
@@ -24,6 +24,7 @@ class BlockEinsum(BlockForm):
     """
 
     name = "einsum"
+    chain_saves = (1, 0)  # a Reshape, which aliases
 
     def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < MIN_EINSUM_OPSET:
@@ -34,7 +35,10 @@ class BlockEinsum(BlockForm):
         layout = self.layout(plan)
         lead = b.rank - 1
         x = b.reshape(read_slots(b, layout), [0] * lead + [layout.k, layout.b_in], "x_blocks")
+        enter_blocks(b, layout, 1, (layout.k, layout.b_in))
         weights = b.shared_weight(layout.weights_key(b.op, self.name),
                                     "W_blocks", lambda: stacked_weights(b.op, layout))
         y = b.emit("Einsum", "y_blocks", [x, weights], {"equation": "...ki,kio->...ko"})
-        finish(b, layout, b.reshape(y, [0] * lead + [-1], "y_slots"))
+        y = b.reshape(y, [0] * lead + [-1], "y_slots")
+        leave_blocks(b, layout, 1, (layout.k, layout.b_out))
+        finish(b, layout, y)

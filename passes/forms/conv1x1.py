@@ -1,4 +1,5 @@
-"""The grouped-Conv form: all blocks in one 1x1 Conv with ``group = k``, positions as spatial dims."""
+"""The 1x1-Conv form: a MatMul/Gemm's blocks run as one grouped 1x1 Conv (``group = k``), positions as
+spatial dims."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .blocks import BlockForm, finish, read_slots, stacked_weights
 MAX_RANK = 4  # ONNX Runtime's CPU Conv takes up to 3 spatial dims
 
 
-class GroupedConv(BlockForm):
+class Conv1x1(BlockForm):
     """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` (2 to 4) and the plan laid out as ``k`` blocks
     of ``b_in x b_out`` (``forms.blocks``)::
 
@@ -26,14 +27,14 @@ class GroupedConv(BlockForm):
     instead runs one tiny GEMM per row and group, measured far slower). Needs opset 13 (Squeeze axes input).
     """
 
-    name = "grouped_conv"
+    name = "conv1x1"
 
     def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < 13:
-            return "grouped Conv form needs opset 13"
+            return "1x1-Conv form needs opset 13"
         shape = op.node.inputs[0].shape
         if shape is not None and len(shape) > MAX_RANK:
-            return f"grouped Conv form takes inputs of rank <= {MAX_RANK}"
+            return f"1x1-Conv form takes inputs of rank <= {MAX_RANK}"
         return super().check(op, plan)
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
