@@ -23,6 +23,7 @@ import json
 import time
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -57,12 +58,16 @@ def source_digest() -> str:
     return hashlib.sha256(source_zip().read_bytes()).hexdigest()
 
 
-def tokenizer(sequence: int = SEQUENCE) -> tokenizers.Tokenizer:
-    """The model's WordPiece tokenizer, truncating and padding every text to ``sequence`` tokens."""
+def tokenizer(sequence: Optional[int] = SEQUENCE) -> tokenizers.Tokenizer:
+    """The model's WordPiece tokenizer, truncating and padding every text to ``sequence`` tokens (None:
+    neither)."""
     with zipfile.ZipFile(source_zip()) as archive:
         tok = tokenizers.Tokenizer.from_str(archive.read("tokenizer.json").decode())
-    tok.enable_truncation(sequence)
-    tok.enable_padding(length=sequence)
+    tok.no_truncation()
+    tok.no_padding()
+    if sequence is not None:
+        tok.enable_truncation(sequence)
+        tok.enable_padding(length=sequence)
     return tok
 
 
