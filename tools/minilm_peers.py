@@ -121,7 +121,7 @@ def low_rank_attention(model: onnx.ModelProto, rank: int) -> onnx.ModelProto:
 
 
 def speed(models: dict[str, Path], sources: dict[str, str]) -> dict:
-    """``{(batch, name): [round times in s]}`` (module rule), the first model first in every round."""
+    """``{(batch, name): time of each round in ms}`` (module rule)."""
     protos = {name: at_sequence(onnx.load(str(path))) for name, path in models.items()}
     report = bench_models(protos, BATCHES, SessionConfig(provider="cpu", threads=1), clock="cpu",
                           flop_sources=sources)
