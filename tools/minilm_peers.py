@@ -1,0 +1,202 @@
+"""all-MiniLM-L6-v2 against ONNX Runtime's own compression, side by side in one run; and how fast smaller
+MiniLM structures would run under int8.
+
+    python tools/minilm_peers.py                  # dense, int8 per tensor / per channel, int4: fidelity and speed
+    python tools/minilm_peers.py --feasibility    # FFN halved, + low-rank attention: speed fp32 and int8
+
+Models (written to ``--work``, default ``build/minilm``): the dense export (``minilm.ensure_model``);
+``quantize_dynamic`` with int8 weights, per tensor (its default) and per channel; 4-bit
+``MatMulNBitsQuantizer`` (block 32, ``accuracy_level`` 4, its default asymmetric weights).
+Feasibility (speed only: the kept units and the factors are not fitted to any data): every FFN's hidden
+size cut to its first ``hidden`` units by slicing the weights; every attention projection (q, k, v, output)
+replaced by two MatMuls of its rank-``r`` truncated SVD; each also quantized int8 per channel.
+
+Fidelity: ``minilm_eval`` (1000 docstring pairs, batch 1, sequence 128): recall@1, MRR, mean cosine to the
+dense model. MACs: MatMul multiply-accumulates of one sequence of 128 (a quantized model counts its float
+source's). Speed: ``bench_models``, one intra-op thread, that thread's CPU time, medians over interleaved
+rounds of the per-round time ratio, at batch 1 and 32 with the sequence fixed to 128 (random token ids and
+masks: the work does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from onnx_decomp import SessionConfig
+from onnx_decomp.cost.model_stats import node_macs
+from onnx_decomp.drivers.bench import bench_models
+from onnx_decomp.report.table import table
+from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp_models import minilm
+from onnx_decomp_models.minilm_eval import Fidelity, embed, evaluate, retrieval
+
+BATCHES, SEQUENCE, D_MODEL, FFN = (1, 32), minilm.SEQUENCE, 384, 1536
+FEASIBILITY = {"ffn768": (768, None), "ffn768+r96": (768, 96), "ffn512+r64": (512, 64)}
+
+
+def quantize_int8(source: Path, target: Path, per_channel: bool) -> Path:
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=per_channel)
+    return target
+
+
+def quantize_int4(source: Path, target: Path) -> Path:
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    return target
+
+
+def at_sequence(model: onnx.ModelProto, length: int = SEQUENCE) -> onnx.ModelProto:
+    """A copy whose inputs have their sequence dim fixed to ``length`` (the batch stays symbolic)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for graph_input in fixed.graph.input:
+        graph_input.type.tensor_type.shape.dim[1].dim_value = length
+    return fixed
+
+
+def macs(model: onnx.ModelProto) -> int:
+    """MatMul multiply-accumulates of one sequence of ``SEQUENCE`` tokens, at the shapes ONNX Runtime gives
+    (ONNX shape inference loses this graph's batch dim, so ``model_stats`` would count nothing)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    matmuls = [node for node in probe.graph.node if node.op_type == "MatMul"]
+    names = list(dict.fromkeys(name for node in matmuls for name in (node.input[0], node.output[0])))
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    feed = {name: np.ones((1, SEQUENCE), np.int64) for name in minilm.INPUTS}
+    values = make_session(probe, SessionConfig(provider="cpu")).run(names, feed)
+    shapes = {name: list(value.shape) for name, value in zip(names, values)}
+    return sum(node_macs(node, shapes) for node in matmuls)
+
+
+def shrink_ffn(model: onnx.ModelProto, hidden: int) -> onnx.ModelProto:
+    """Every FFN cut to its first ``hidden`` units: the up weight's columns, its bias, the down weight's rows."""
+    cuts = {(D_MODEL, FFN): np.s_[:, :hidden], (FFN,): np.s_[:hidden], (FFN, D_MODEL): np.s_[:hidden]}
+    counts = dict.fromkeys(cuts, 0)
+    for index, tensor in enumerate(model.graph.initializer):
+        shape = tuple(tensor.dims)
+        if shape in cuts:
+            counts[shape] += 1
+            cut = numpy_helper.to_array(tensor)[cuts[shape]]
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(cut), tensor.name))
+    if set(counts.values()) != {6}:
+        raise ValueError(f"expected 6 FFN weights of each shape, found {counts}")
+    del model.graph.value_info[:]
+    return model
+
+
+def low_rank_attention(model: onnx.ModelProto, rank: int) -> onnx.ModelProto:
+    """Every MatMul with a ``[D_MODEL, D_MODEL]`` weight (q, k, v and output projections) replaced by
+    ``x @ A @ B``, ``A B`` its rank-``rank`` truncated SVD."""
+    weights = {t.name: t for t in model.graph.initializer if tuple(t.dims) == (D_MODEL, D_MODEL)}
+    nodes, replaced = [], 0
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        u, s, vt = np.linalg.svd(numpy_helper.to_array(weights[node.input[1]]).astype(np.float64))
+        first, second, middle = f"{node.input[1]}_a", f"{node.input[1]}_b", f"{node.output[0]}_low_rank"
+        model.graph.initializer.extend([numpy_helper.from_array((u[:, :rank] * s[:rank]).astype(np.float32), first),
+                                        numpy_helper.from_array(vt[:rank].astype(np.float32), second)])
+        nodes += [helper.make_node("MatMul", [node.input[0], first], [middle], name=f"{node.name}_a"),
+                  helper.make_node("MatMul", [middle, second], list(node.output), name=f"{node.name}_b")]
+        replaced += 1
+    if replaced != 24:
+        raise ValueError(f"expected 24 attention projections, found {replaced}")
+    kept = [t for t in model.graph.initializer if t.name not in weights]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def speed(models: dict[str, Path], sources: dict[str, str]) -> dict:
+    """``{(batch, name): time of each round in ms}`` (module rule)."""
+    protos = {name: at_sequence(onnx.load(str(path))) for name, path in models.items()}
+    report = bench_models(protos, BATCHES, SessionConfig(provider="cpu", threads=1), clock="cpu",
+                          flop_sources=sources)
+    return {(r.batch, r.model): np.array(r.samples_ms) for r in report.results}
+
+
+def ratio(times: dict, batch: int, reference: str, name: str) -> str:
+    return f"{np.median(times[batch, reference] / times[batch, name]):.2f}x"
+
+
+def peers(work: Path) -> None:
+    dense = minilm.ensure_model(work / "model.onnx")
+    models = {"dense fp32": dense,
+              "int8 per tensor": quantize_int8(dense, work / "int8_tensor.onnx", per_channel=False),
+              "int8 per channel": quantize_int8(dense, work / "int8_channel.onnx", per_channel=True),
+              "int4 block 32": quantize_int4(dense, work / "int4.onnx")}
+    start = time.perf_counter()
+    reference = embed(dense)
+    fidelity = {"dense fp32": Fidelity(*retrieval(reference), cosine=1.0)}
+    fidelity.update({name: evaluate(path, reference) for name, path in list(models.items())[1:]})
+    evaluated = time.perf_counter() - start
+    start = time.perf_counter()
+    times = speed(models, dict.fromkeys(models, "dense fp32"))
+    timed = time.perf_counter() - start
+    dense_macs = macs(onnx.load(str(dense)))
+    rows = [("model", "recall@1", "MRR", "cosine to dense", "MatMul GMACs", *(f"speed b{b}" for b in BATCHES),
+             *(f"ms b{b}" for b in BATCHES))]
+    for name in models:
+        f = fidelity[name]
+        rows.append((name, f"{f.recall_at_1:.3f}", f"{f.mrr:.3f}", f"{f.cosine:.4f}", f"{dense_macs / 1e9:.3f}",
+                     *(ratio(times, b, "dense fp32", name) for b in BATCHES),
+                     *(f"{np.median(times[b, name]):.1f}" for b in BATCHES)))
+    print(table(rows))
+    print(f"fidelity on {len(reference) // 2} pairs in {evaluated:.0f} s; speed in {timed:.0f} s (sequence "
+          f"{SEQUENCE}, one thread, CPU clock; speed: median per-round ratio to dense fp32)")
+
+
+def feasibility(work: Path) -> None:
+    dense = minilm.ensure_model(work / "model.onnx")
+    folder = work / "feasibility"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = {"dense fp32": dense,
+              "int8 per tensor": quantize_int8(dense, work / "int8_tensor.onnx", per_channel=False),
+              "int8 per channel": quantize_int8(dense, work / "int8_channel.onnx", per_channel=True)}
+    sources = {name: "dense fp32" for name in models}
+    for name, (hidden, rank) in FEASIBILITY.items():
+        model = shrink_ffn(onnx.load(str(dense)), hidden)
+        model = low_rank_attention(model, rank) if rank else model
+        path = folder / f"{name}.onnx"
+        onnx.save(model, str(path))
+        models[name], sources[name] = path, name
+        models[f"{name} int8"] = quantize_int8(path, folder / f"{name}_int8.onnx", per_channel=True)
+        sources[f"{name} int8"] = name
+    counts = {name: macs(onnx.load(str(models[name]))) for name in set(sources.values())}
+    start = time.perf_counter()
+    times = speed(models, sources)
+    rows = [("model", "MatMul GMACs", *(f"vs dense b{b}" for b in BATCHES),
+             *(f"vs int8/channel b{b}" for b in BATCHES), *(f"ms b{b}" for b in BATCHES))]
+    for name in models:
+        rows.append((name, f"{counts[sources[name]] / 1e9:.3f}", *(ratio(times, b, "dense fp32", name) for b in BATCHES),
+                     *(ratio(times, b, "int8 per channel", name) for b in BATCHES),
+                     *(f"{np.median(times[b, name]):.1f}" for b in BATCHES)))
+    print(table(rows))
+    print(f"speed in {time.perf_counter() - start:.0f} s (sequence {SEQUENCE}, one thread, CPU clock; ratios: "
+          "medians of per-round time ratios)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feasibility", action="store_true", help="structure + int8 speed instead of the peers")
+    parser.add_argument("--work", type=Path, default=minilm.MODEL.parent)
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log advice on the root logger
+    (feasibility if args.feasibility else peers)(args.work)
+
+
+if __name__ == "__main__":
+    main()
