@@ -4,20 +4,24 @@ with the DejaVu fonts matplotlib ships (PIL), the text of every image known.
 Rule: the top-level ``*.py`` files of the standard library, sorted by name; every ``CALIB_EVERY``-th file
 feeds calibration, the others evaluation (so the two never share a file), and an evaluation line whose text
 also occurs in calibration is dropped. A usable line has at least ``MIN_LETTERS`` letters and only
-characters of the recognizer's dictionary; its whitespace runs become one space. From each file, lines
-evenly spread over it:
-- ``crops``: grey images of height 48, one line each (its start, whole words, at most ``CROP_WIDTH`` px
-  wide), DejaVu Sans or Sans Mono at 24-30 px, dark text on a light background;
-- ``pages``: 640 x 640 pages of consecutive lines at their indentation (16-26 px), with the box of each
-  line's ink (``page_boxes``: x0, y0, x1, y1);
+characters of the recognizer's dictionary; its whitespace runs become one space.
+- ``crops``: from the split's files in order until there are enough, ``ceil(crops / files)`` lines evenly
+  spread over each file, a line's start in whole words at most ``CROP_WIDTH`` px wide (padding included),
+  drawn on a grey image of height 48 in DejaVu Sans or Sans Mono at 24-30 px, dark text on a light
+  background; a text already drawn (or in calibration) is skipped;
+- ``pages``: from files evenly spread over the split, up to 40 consecutive lines from the file's middle at
+  their indentation on a 640 x 640 page (16-26 px), with the box of each line's ink (``page_boxes``: x0,
+  y0, x1, y1);
 - the direction classifier's images: every crop upright (label 0) and rotated 180 degrees (label 1).
 Every choice comes from one seeded generator per split: the same interpreter gives the same images
-(``digest`` hashes the texts and pixels).
+(``digest`` hashes the texts and pixels; FreeType in Pillow and the fonts in matplotlib count too).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from onnx_decomp_models.ocr import SIZES, characters
+from onnx_decomp_models import ocr
 
-CALIB_EVERY, MIN_LETTERS, CROP_WIDTH = 4, 3, 312
+CALIB_EVERY, MIN_LETTERS, CROP_WIDTH, MAX_PAD = 4, 3, 312, 8
 FONTS = ("DejaVuSans.ttf", "DejaVuSansMono.ttf")
 CROP_SIZES, PAGE_SIZES = (24, 26, 28, 30), (16, 18, 20, 22, 24, 26)
 COUNTS = {"calib": {"crops": 64, "pages": 8}, "eval": {"crops": 256, "pages": 16}}
 SEEDS = {"calib": 1, "eval": 2}
-PAGE = SIZES["det"]
+PAGE = ocr.SIZES["det"]
 
 
 @dataclass
@@ -98,8 +102,8 @@ def render_crop(text: str, face: ImageFont.FreeTypeFont, pad: int, ink: int, pap
     """One line on a grey image of height 48, ``pad`` px on either side, centred on the font's height."""
     ascent, descent = face.getmetrics()
     width = int(np.ceil(face.getlength(text))) + 2 * pad
-    image = Image.new("L", (width, SIZES["rec"][0]), paper)
-    ImageDraw.Draw(image).text((pad, (SIZES["rec"][0] - ascent - descent) // 2), text, font=face, fill=ink)
+    image = Image.new("L", (width, ocr.SIZES["rec"][0]), paper)
+    ImageDraw.Draw(image).text((pad, (ocr.SIZES["rec"][0] - ascent - descent) // 2), text, font=face, fill=ink)
     return np.asarray(image)
 
 
@@ -132,7 +136,7 @@ def spread(items: list, count: int) -> list:
 
 def render_split(name: str, exclude: frozenset = frozenset()) -> Split:
     """The crops and pages of split ``name`` (module rule), none of whose crop texts is in ``exclude``."""
-    rng, alphabet = np.random.default_rng(SEEDS[name]), frozenset(characters()) - {"blank"}
+    rng, alphabet = np.random.default_rng(SEEDS[name]), frozenset(ocr.characters()) - {"blank"}
     files, counts, split = source_files()[name], COUNTS[name], Split()
     per_file = -(-counts["crops"] // len(files))
     for path in files:
@@ -140,8 +144,8 @@ def render_split(name: str, exclude: frozenset = frozenset()) -> Split:
         if len(split.crops) < counts["crops"]:
             for _, text in spread(lines, per_file):
                 face = font(FONTS[rng.integers(len(FONTS))], int(rng.choice(CROP_SIZES)))
-                text = fit(text, face, CROP_WIDTH - 16)
-                pad, ink, paper = int(rng.integers(2, 9)), int(rng.integers(0, 70)), int(rng.integers(200, 256))
+                text = fit(text, face, CROP_WIDTH - 2 * MAX_PAD)
+                pad, ink, paper = int(rng.integers(2, MAX_PAD + 1)), int(rng.integers(0, 70)), int(rng.integers(200, 256))
                 if (text in exclude or text in split.texts or len(split.crops) == counts["crops"]
                         or sum(c.isalpha() for c in text) < MIN_LETTERS):
                     continue
@@ -150,7 +154,7 @@ def render_split(name: str, exclude: frozenset = frozenset()) -> Split:
                 split.files += [path.name] if path.name not in split.files else []
     page_files = spread(files, counts["pages"])
     for path in page_files:
-        lines = usable_lines(path, frozenset(alphabet))
+        lines = usable_lines(path, alphabet)
         start = len(lines) // 2
         image, boxes, texts = render_page(lines[start:start + 40], rng)
         split.pages.append(image)
@@ -165,3 +169,28 @@ def splits() -> tuple[Split, Split]:
     """Calibration and evaluation (module rule)."""
     calib = render_split("calib")
     return calib, render_split("eval", frozenset(calib.texts))
+
+
+def calibration(kind: str) -> dict[str, np.ndarray]:
+    """The calibration split as ``kind``'s input, keyed by its input name."""
+    calib = splits()[0]
+    if kind == "rec":
+        return {ocr.INPUT: ocr.rec_input(calib.crops)}
+    if kind == "det":
+        return {ocr.INPUT: ocr.det_input(calib.pages)}
+    return {ocr.INPUT: ocr.cls_input(calib.cls_images()[0][::2])}  # every other crop, upright and rotated
+
+
+def save_calibration(folder: Path = Path(__file__).parent / "ocr") -> None:
+    """``folder/<kind>_calib.npz`` for every model (about 2 MB in all) and ``calib.json``: the interpreter
+    and the digests of both splits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in ("det", "rec", "cls"):
+        np.savez_compressed(folder / f"{kind}_calib.npz", **calibration(kind))
+    calib, evaluation = splits()
+    meta = {"python": sys.version.split()[0], "calib_digest": calib.digest(), "eval_digest": evaluation.digest()}
+    (folder / "calib.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    save_calibration()

@@ -106,8 +106,9 @@ def _constants(graph: onnx.GraphProto) -> Mapping[str, np.ndarray]:
 
 
 def facts(model: onnx.ModelProto) -> dict[str, object]:
-    """Opset, where the weights are, op counts, Conv kinds, BatchNormalization after Conv or not, HardSwish
-    chains, Adds of two computed tensors, Concats, the input's dims."""
+    """Opset, where the weights are, op counts, Conv kinds and output channels (and how many have all-zero
+    weights), BatchNormalization after Conv or not, HardSwish chains, Adds of two computed tensors, Concats,
+    the input's dims."""
     graph = model.graph
     constants = _constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
@@ -128,6 +129,9 @@ def facts(model: onnx.ModelProto) -> dict[str, object]:
         "parameters": int(sum(v.size for v in constants.values())),
         "ops": dict(Counter(n.op_type for n in graph.node if n.op_type != "Constant").most_common()),
         "Conv kinds": dict(convs),
+        "Conv output channels all zero": sum(int(np.sum(~constants[n.input[1]].reshape(
+            constants[n.input[1]].shape[0], -1).any(1))) for n in graph.node if n.op_type == "Conv"),
+        "Conv output channels": sum(constants[n.input[1]].shape[0] for n in graph.node if n.op_type == "Conv"),
         "BatchNormalization after Conv": sum(producer.get(n.input[0]) is not None and
                                              producer[n.input[0]].op_type == "Conv" for n in bn),
         "BatchNormalization elsewhere": sum(producer.get(n.input[0]) is None or
