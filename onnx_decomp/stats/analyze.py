@@ -29,6 +29,7 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import InvalidModelError, UnsupportedConstructError
 from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.io.model_io import ModelLike, load_model
+from onnx_decomp.io.references import inside
 from onnx_decomp.io.walk import iter_tensors
 from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.report.analysis import AnalysisReport, ChainAnalysis, TensorAnalysis
@@ -91,7 +92,7 @@ def _choose_nulls(ctx: ModelContext, by_weight: dict, config: AnalysisConfig, re
     choices = {name: choose_null(name, recorded, rules) for name in by_weight}
     reference_path = config.init_reference
     if reference_path is None and REFERENCE_KEY in metadata and ctx.source is not None:
-        reference_path = ctx.source.parent / metadata[REFERENCE_KEY]
+        reference_path = inside(ctx.source.parent, metadata[REFERENCE_KEY], f"metadata {REFERENCE_KEY}")
     needs_reference = {n for n, c in choices.items() if c.spec.name == "reference"}
     initial = _initial_tensors(Path(reference_path), set(by_weight)) if reference_path else {}
     if needs_reference - set(initial):
