@@ -1,13 +1,28 @@
-"""Atomic outputs: write into a staging folder beside the target, then rename into place."""
+"""Atomic outputs: write into a staging folder beside the target, then rename into place. A target is a new
+name or a regular file: a device, pipe or socket (``/dev/null``, ``/dev/stdout``) is never replaced."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
+
+from onnx_decomp.errors import DecompError
+
+
+def check_replaceable(path: Union[str, os.PathLike]) -> None:
+    """A DecompError when ``path`` (symlinks followed) exists and is neither a regular file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # nothing there (or no name the system takes: writing will say)
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DecompError(f"{path}: not a regular file (a device, pipe or socket): never replaced; "
+                          "give a file path")
 
 
 @contextmanager
@@ -15,6 +30,7 @@ def staged_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """Yield a staging path for ``path``; on success every file written beside it is renamed into
     ``path``'s folder (the file named like ``path`` last), on failure nothing is left behind."""
     path = Path(path)
+    check_replaceable(path)
     staging = Path(tempfile.mkdtemp(prefix=".onnx-decomp-", dir=path.parent))
     try:
         yield staging / path.name
