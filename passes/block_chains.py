@@ -4,9 +4,9 @@ independent sub-networks, with no reshaping, transposing or gathering between th
 Rule (after ``BlockRewrite``): where a block form's output leaves block layout, passes through per-feature
 nodes, and enters block layout again with the same ``k`` blocks of ``b`` features, the layout changes cancel:
 
-    batched: MatMul(., W[k, 1.., ., b]) -> Transpose -> Reshape([0]*L + [-1])
+    batched: MatMul(., W[k, 1.., ., b]) -> Transpose -> Reshape([0]*L + [k*b])
              -> f.. -> Reshape([0]*L + [k, b]) -> Transpose
-    einsum:  Einsum(., W[k, ., b]) -> Reshape([0]*L + [-1]) -> f.. -> Reshape([0]*L + [k, b])
+    einsum:  Einsum(., W[k, ., b]) -> Reshape([0]*L + [k*b]) -> f.. -> Reshape([0]*L + [k, b])
 
 become ``MatMul -> f..`` (or ``Einsum -> f..``), each ``f`` taking the block tensor directly, its ``[k*b]``
 constants reshaped to the block layout (scalars stay). The per-feature nodes are those ``fold_permutation``
@@ -48,7 +48,7 @@ def _block_source(merge: gs.Node, outputs: set):
     nodes leaving the layout, whether re-entry needs a Transpose) or None."""
     target = _reshape_target(merge)
     lead = len(target or []) - 1
-    if target is None or lead < 1 or target != [0] * lead + [-1] or not merge.inputs[0].inputs:
+    if target is None or lead < 1 or target[:lead] != [0] * lead or not merge.inputs[0].inputs:
         return None
     producer = merge.inputs[0].inputs[0]
     if producer.op == "Transpose" and producer.attrs.get("perm") == [*range(1, lead + 1), 0, lead + 1]:
@@ -57,11 +57,14 @@ def _block_source(merge: gs.Node, outputs: set):
         if w is None or w.ndim != lead + 2 or _only_reader(matmul.outputs[0], outputs) is not producer:
             return None
         k, b = w.shape[0], w.shape[-1]
-        return matmul.outputs[0], (k, *[1] * lead, b), lead, k, b, [producer, merge], True
-    w = _const(producer.inputs[1]) if producer.op == "Einsum" and len(producer.inputs) == 2 else None
-    if w is None or w.ndim != 3 or producer.attrs.get("equation") != "...ki,kio->...ko":
-        return None
-    return producer.outputs[0], (w.shape[0], w.shape[2]), lead, w.shape[0], w.shape[2], [merge], False
+        source = matmul.outputs[0], (k, *[1] * lead, b), lead, k, b, [producer, merge], True
+    else:
+        w = _const(producer.inputs[1]) if producer.op == "Einsum" and len(producer.inputs) == 2 else None
+        if w is None or w.ndim != 3 or producer.attrs.get("equation") != "...ki,kio->...ko":
+            return None
+        k, b = w.shape[0], w.shape[2]
+        source = producer.outputs[0], (k, b), lead, k, b, [merge], False
+    return source if target[lead] == k * b else None
 
 
 def _cancel(merge: gs.Node, graph: gs.Graph, outputs: set) -> bool:

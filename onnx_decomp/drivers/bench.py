@@ -24,7 +24,7 @@ from onnx_decomp.cost.model_stats import model_stats
 from onnx_decomp.cost.timing import CLOCKS, interleaved_times
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
-from onnx_decomp.io.shapes import InputSpec, concrete_shapes, input_specs
+from onnx_decomp.io.shapes import InputSpec, batched_inputs, concrete_shapes, input_specs
 from onnx_decomp.report.bench import BenchReport, BenchResult
 from onnx_decomp.runtime.quantize import quantize_int8
 from onnx_decomp.runtime.sessions import make_session, onnxruntime, random_inputs, session_device
@@ -43,9 +43,7 @@ def _interface(model: onnx.ModelProto) -> tuple:
 def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
     """The inputs at ``batch`` (symbolic first dims; other symbolic dims 1); an error when none is symbolic
     and ``batch`` differs from the model's."""
-    specs = input_specs(model)
-    symbolic = {v.name for v in model.graph.input
-                if v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    specs, symbolic = input_specs(model), batched_inputs(model)
     if not symbolic and any(s.shape and s.shape[0] != batch for s in specs):
         raise UnsupportedConstructError(f"--batch {batch}: the model's inputs have a fixed first dim")
     return [replace(s, shape=(batch, *s.shape[1:])) if s.name in symbolic else s for s in specs]

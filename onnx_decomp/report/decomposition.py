@@ -108,7 +108,8 @@ class Report:
         lines += ["", table(stats)]
         if self.validation is not None:
             v = self.validation
-            lines += ["", f"validation on {v.device}, {v.runs} input set(s), {v.tolerance.describe()}:",
+            edges = f" (the first also at batch {', '.join(map(str, v.edge_batches))})" if v.edge_batches else ""
+            lines += ["", f"validation on {v.device}, {v.runs} input set(s){edges}, {v.tolerance.describe()}:",
                       table([("output", "max abs diff", "max rel diff", "rel L2", "ok")] +
                             [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.rel_l2:.3g}",
                               "yes" if d.ok else "NO") for d in v.outputs])]
