@@ -151,6 +151,8 @@ def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
         return skip(f"weight computed by {computed} from constants (not rewritten)") if computed else None
     if len(weight.shape) != 2:
         return skip(f"{len(weight.shape)}-D constant weight (only 2-D is supported)")
+    if 0 in weight.shape:
+        return skip(f"empty weight {list(weight.shape)}: nothing to rewrite")
     if not _is_float(weight.dtype):
         return skip(f"{dtype_name(weight.dtype)} weight (only float16/32/64; quantized left alone)")
     if node.op == "MatMul":

@@ -60,13 +60,3 @@ def test_a_batch_size_the_original_cannot_take_is_not_compared(rng):
     result = validate(model, model, input_specs(model, {"x": (4, 32)}), ValidationConfig(check=1), Tolerance())
     assert result.ok and result.edge_batches == [1]
 
-
-def test_inf_weights_rewritten_exactly_are_proven_equal(rng):
-    """The rewrite keeps an Inf where it was, so both models give the same infinities: inf - inf is no
-    difference."""
-    model = blocked(rng)
-    weight = onnx.numpy_helper.to_array(model.graph.initializer[0]).copy()
-    weight[np.nonzero(weight)[0][0], np.nonzero(weight)[1][0]] = np.inf
-    model.graph.initializer[0].CopyFrom(tensor("B", weight))
-    rewritten, report = onnx_decomp.decompose(model, gate=GateConfig("flops"))
-    assert report.planned and report.validation.ok

@@ -49,6 +49,14 @@ def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
     return [replace(s, shape=(batch, *s.shape[1:])) if s.name in symbolic else s for s in specs]
 
 
+def _reduction(dense_flops: int, model_flops: int) -> float:
+    """Dense FLOPs / the model's: inf when the model has none left, NaN (no figure; null in JSON) when
+    neither has any."""
+    if model_flops:
+        return dense_flops / model_flops
+    return float("inf") if dense_flops else float("nan")
+
+
 def _check_clock(clock: str, session: SessionConfig) -> None:
     if clock not in CLOCKS:
         raise UnsupportedConstructError(f"--clock must be one of {tuple(CLOCKS)}, got {clock!r}")
@@ -109,6 +117,6 @@ def bench_models(models: Mapping[str, onnx.ModelProto], batches: Sequence[int],
             model_flops, dense_flops = flops[sources[name]], flops[sources[names[0]]]
             report.results.append(BenchResult(
                 batch, name, [float(t) for t in times[:, i] * 1e3], float(np.median(times[:, 0] / times[:, i])),
-                model_flops, dense_flops / model_flops if model_flops else float("inf")))
+                model_flops, _reduction(dense_flops, model_flops)))
         logger.info("batch %d: %d rounds", batch, len(times))
     return report

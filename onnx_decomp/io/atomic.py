@@ -1,15 +1,20 @@
 """Atomic outputs: write into a staging folder beside the target, then rename into place. A target is a new
-name or a regular file: a device, pipe or socket (``/dev/null``, ``/dev/stdout``) is never replaced."""
+name or a regular file: a device, pipe or socket (``/dev/null``, ``/dev/stdout``) is never replaced. JSON is
+written as the standard defines it: a number that is not finite (an infinite FLOP reduction) is ``null``."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
+
+import numpy as np
 
 from onnx_decomp.errors import DecompError
 
@@ -44,3 +49,21 @@ def write_text(path: Union[str, os.PathLike], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with staged_output(path) as staged:
         staged.write_text(text)
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and floats that are not finite as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+def write_json(path: Union[str, os.PathLike], data: Any) -> None:
+    """Write ``data`` as standard JSON (module rule), atomically."""
+    write_text(path, json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n")
