@@ -44,7 +44,10 @@ def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = 
 
 def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
     """The model with every node decided for rewriting replaced in its chosen form (consumes ``ctx.graph``):
-    permutations folded into neighbouring weights first, chains kept in block layout after; checked."""
+    permutations folded into neighbouring weights first, chains kept in block layout after; checked. With
+    nothing to rewrite, the model as loaded: what needs no rewrite comes out as it went in."""
+    if not plans_to_apply(decisions):
+        return ctx.proto
     fold = FoldPermutation(plans_to_apply(decisions))
     try:
         fold(ctx.graph)
