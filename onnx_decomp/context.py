@@ -14,7 +14,7 @@ from onnx_decomp.io.graph import import_graph, overridable_initializers
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
 from onnx_decomp.io.scopes import unique_scoped_names
 from onnx_decomp.io.shapes import InputShapes, InputSpec, concrete_shapes, input_specs
-from onnx_decomp_passes import LinearOp, Skipped, find_linear_ops
+from onnx_decomp_passes import WeightedOp, Skipped, find_weighted_ops
 
 if TYPE_CHECKING:  # the graph is made and exported by io.graph only
     import onnx_graphsurgeon as gs
@@ -32,7 +32,7 @@ class ModelContext:
     source: Optional[Path]  # the file; its external data stays there and is read when used
     graph: "gs.Graph"
     specs: list[InputSpec]
-    ops: list[LinearOp]
+    ops: list[WeightedOp]
     skipped: list[Skipped]
     notes: list[str] = field(default_factory=list)
 
@@ -48,7 +48,7 @@ class ModelContext:
         notes: list[str] = []
         specs = input_specs(proto, input_shapes, notes)
         graph = import_graph(proto, None if source is None else source.parent)
-        ops, skipped = find_linear_ops(graph)
+        ops, skipped = find_weighted_ops(graph)
         overridable = set(overridable_initializers(proto))
         skipped += [Skipped(node.name, node.op, graph.name, "weight is a graph input with a default value "
                             "(overridable at run time)")

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
-from onnx_decomp_passes import BlockPlan, LinearOp, Skipped
+from onnx_decomp_passes import BlockPlan, WeightedOp, Skipped
 
 
 class Action(str, enum.Enum):
@@ -37,7 +37,7 @@ class Candidate:
     (``folded``, what runs), the cost of every form looked at, and the measured speedup the gate judges (the
     worst over the batch sizes)."""
 
-    op: LinearOp
+    op: WeightedOp
     plan: BlockPlan
     density: float
     speedup: Optional[float] = None
@@ -67,7 +67,7 @@ class Decision:
     """The action taken on one op and why; ``candidate`` is the plan it was judged on (None when skipped
     before planning)."""
 
-    subject: Union[LinearOp, Skipped]
+    subject: Union[WeightedOp, Skipped]
     action: Action
     reason: str = ""
     candidate: Optional[Candidate] = None

@@ -12,13 +12,16 @@ from .forms import (ALL_FORMS, DEFAULT_FORMS, FORMS_BY_NAME, Batched, BlockEinsu
 from .fold_permutation import FoldPermutation, Folding, plan_folding
 from .infra import Pass, PassError, PassManager, PassResult
 from .normalize import FoldConstantNodes, UniqueNodeNames
-from .ops import Layout, LinearOp, Skipped, all_graphs, find_chains, find_linear_ops, one_node_graph
+from .ops import (CONV, LINEAR, Layout, OutputBias, Skipped, WeightedOp, all_graphs, find_chains, find_weighted_ops,
+                  one_node_graph)
+from .site import Site
 from .plan import BlockPlan, Branch, plan_from_support
 
 __all__ = [
     "Pass", "PassError", "PassManager", "PassResult",
     "BlockPlan", "Branch", "plan_from_support",
-    "Layout", "LinearOp", "Skipped", "all_graphs", "find_linear_ops", "find_chains", "one_node_graph",
+    "Layout", "WeightedOp", "OutputBias", "Skipped", "Site", "LINEAR", "CONV", "all_graphs", "find_weighted_ops",
+    "find_chains", "one_node_graph",
     "Builder", "Form", "Branches", "Batched", "BlockEinsum", "GroupedConv", "Transposed", "DEFAULT_FORMS",
     "ALL_FORMS", "FORMS_BY_NAME", "BlockRewrite", "MIN_OPSET", "FoldPermutation", "Folding", "plan_folding",
     "KeepBlockLayout",

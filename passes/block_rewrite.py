@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from .builder import Builder, NameTable
 from .forms import DEFAULT_FORMS, Form
 from .infra import Pass, PassError, PassResult
-from .ops import LinearOp, all_graphs, find_linear_ops
+from .ops import WeightedOp, all_graphs, find_weighted_ops
 from .plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ class BlockRewrite(Pass):
             raise PassError(f"block rewrite needs opset >= {MIN_OPSET}, graph has {graph.opset}")
 
     def ensures(self, graph: gs.Graph) -> None:
-        left = {op.node.name for op in find_linear_ops(graph)[0]} & set(self.plans)
+        left = {op.node.name for op in find_weighted_ops(graph)[0]} & set(self.plans)
         if left:
             raise PassError(f"planned nodes still present after the rewrite: {sorted(left)}")
 
     def call(self, graph: gs.Graph) -> PassResult:
         shared: dict = {}
         names = NameTable(graph)
-        ops = {op.node.name: op for op in find_linear_ops(graph)[0]}
+        ops = {op.node.name: op for op in find_weighted_ops(graph)[0]}
         missing = sorted(set(self.plans) - set(ops))
         if missing:
             raise PassError(f"plans name nodes that are not rewritable MatMul/Gemm: {missing}")
@@ -75,7 +75,7 @@ class BlockRewrite(Pass):
                 subgraph.toposort(recurse_subgraphs=False)
         return PassResult(graph, bool(self.plans))
 
-    def _form(self, op: LinearOp, plan: BlockPlan) -> Form:
+    def _form(self, op: WeightedOp, plan: BlockPlan) -> Form:
         reasons = []
         for form in [self.chosen[op.node.name]] if op.node.name in self.chosen else self.forms:
             reason = form.check(op, plan)

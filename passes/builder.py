@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ops import LinearOp, all_graphs
+from .ops import WeightedOp, all_graphs
 
 
 def index(values) -> np.ndarray:
@@ -47,7 +47,7 @@ class NameTable:
 class Builder:
     """Collects the nodes that replace ``op``; ``shared`` caches branch weights across nodes."""
 
-    def __init__(self, op: LinearOp, shared: dict, names: NameTable):
+    def __init__(self, op: WeightedOp, shared: dict, names: NameTable):
         self.op, self.shared, self.names, self.prefix = op, shared, names, op.node.name
         self._matrix = None
         shape = op.node.inputs[0].shape

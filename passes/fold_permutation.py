@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from .builder import Builder, NameTable
 from .forms.blocks import block_layout
 from .infra import Pass, PassResult
-from .ops import BROADCAST_CONSTANT, ELEMENTWISE, LinearOp, all_graphs, find_linear_ops
+from .ops import BROADCAST_CONSTANT, ELEMENTWISE, WeightedOp, all_graphs, find_weighted_ops
 from .plan import BlockPlan
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FeatureSpace:
-    producer: LinearOp
-    consumers: list[LinearOp]
+    producer: WeightedOp
+    consumers: list[WeightedOp]
     constants: list[tuple[gs.Node, int]]  # (node, input index) of per-feature constants to reorder
     n: int
 
@@ -47,7 +47,7 @@ def _per_feature_constant(tensor: gs.Constant, n: int) -> Optional[bool]:
     return True if shape[-1] == n and int(np.prod(shape)) == n else None
 
 
-def feature_space(producer: LinearOp, ops: Mapping[int, LinearOp]) -> Union[FeatureSpace, str]:
+def feature_space(producer: WeightedOp, ops: Mapping[int, WeightedOp]) -> Union[FeatureSpace, str]:
     """The space of the module docstring, or why it cannot be relabelled."""
     graph, n = producer.graph, producer.shape[0]
     members = {id(node) for node in graph.nodes}
@@ -148,7 +148,7 @@ class Folding:
         afresh; the old ones are left to whoever else reads them)."""
         names = NameTable(graph)
 
-        def builder(op: LinearOp) -> Builder:
+        def builder(op: WeightedOp) -> Builder:
             return Builder(op, {}, names)
 
         ops = {}
@@ -175,10 +175,10 @@ def plan_folding(graph: gs.Graph, plans: Mapping[str, BlockPlan]) -> Folding:
     ``_wanted_orders``) that makes the most planned sides contiguous, the producer's first on ties. Reads
     the graph only; ``Folding.apply`` writes it."""
     folding = Folding(plans=dict(plans))
-    ops, _ = find_linear_ops(graph)
+    ops, _ = find_weighted_ops(graph)
     by_node = {id(op.node): op for op in ops}
     uses = _uses(graph)
-    for producer in ops:  # find_linear_ops lists each graph's nodes in order: producers before consumers
+    for producer in ops:  # find_weighted_ops lists each graph's nodes in order: producers before consumers
         space = feature_space(producer, by_node)
         if isinstance(space, str):
             folding.refused[producer.node.name] = space

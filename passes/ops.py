@@ -1,13 +1,23 @@
-"""Find the MatMul/Gemm nodes whose weight is a constant 2-D float matrix, in the graph and its subgraphs.
+"""The weighted operator: one view of a MatMul, Gemm or Conv with a constant weight, for the passes and the
+search alike.
 
-Rule: a node qualifies when it is ``MatMul(x, B)`` or ``Gemm(A, B[, C])`` with ``transA=0``, ``B`` a constant
-2-D float16/32/64 tensor, or such a constant behind a ``Cast`` to a float type (fp16 weights computed in
-fp32), and ``C`` (if any) a constant. Other MatMul/Gemm nodes that hold a constant operand, or whose weight
-is computed from constants by another op, are returned as ``Skipped`` with the reason, and so is every
-MatMul/Gemm inside a model-local function; nodes with no constant operand (activation products) are ignored.
+Rule: a node qualifies when it is ``MatMul(x, B)``, ``Gemm(A, B[, C])`` with ``transA=0`` and ``B`` 2-D, or
+``Conv(X, W[, B])``, with the weight a constant float16/32/64 tensor, or such a constant behind a ``Cast`` to
+a float type (fp16 weights computed in fp32), and a Gemm's ``C`` or a Conv's ``B`` (if any) a constant.
+Other such nodes holding a constant operand, or whose weight is computed from constants by another op, are
+returned as ``Skipped`` with the reason, and so is every one inside a model-local function; nodes with no
+constant operand (activation products) are ignored. ``find_weighted_ops`` looks at MatMul/Gemm by default
+(what the rewrite supports); Conv is seen when asked for.
 
 Orientation, one vocabulary for the whole package: a weight is the linear map ``y = W x`` with
-``W [n_out, n_in]``; ``Layout`` says how the stored tensor relates to ``W``.
+``W [n_out, n_in]``; ``Layout`` says how the stored tensor relates to ``W``. For a Conv, ``W`` is the kernel
+unrolled over its window: ``[C_out, C_in / group * kh * kw]`` (output channel o reads input channels of its
+group only); its features are channels, on axis 1 of the activations, where MatMul/Gemm have them last.
+
+The effective weight is ``alpha * W`` (Gemm's alpha, 1 otherwise); ``stored_from`` turns an effective
+weight back into what the model stores (layout, shape, element type). The output bias (``output_bias``) is
+what adds one value per output feature: Gemm's ``beta * C`` or Conv's ``B``, or for a MatMul the constant of
+the one ``Add`` that alone reads its output, each only when no other node reads that constant.
 """
 
 from __future__ import annotations
@@ -21,52 +31,127 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from .site import Site
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+LINEAR = ("MatMul", "Gemm")
+CONV = ("Conv",)
 
 
 class Layout(enum.Enum):
-    """How a stored 2-D weight holds ``W [n_out, n_in]``."""
+    """How a stored weight holds ``W [n_out, n_in]``."""
 
     OUT_IN = "out_in"  # the tensor is W itself: Gemm transB=1, nn.Linear.weight
     IN_OUT = "in_out"  # the tensor is W.T: MatMul B[K, N], Gemm transB=0
+    KERNEL = "kernel"  # a Conv kernel [C_out, C_in / group, k...]: W is it unrolled over the window
 
     @classmethod
     def of(cls, node: gs.Node) -> "Layout":
         """The layout in which ``node`` reads its weight (input 1)."""
+        if node.op == "Conv":
+            return cls.KERNEL
         return cls.OUT_IN if node.op == "Gemm" and node.attrs.get("transB", 0) else cls.IN_OUT
 
     def flipped(self) -> "Layout":
+        """The layout of a 2-D tensor's transpose."""
         return Layout.IN_OUT if self is Layout.OUT_IN else Layout.OUT_IN
 
     def to_matrix(self, stored: np.ndarray) -> np.ndarray:
         """``W [n_out, n_in]`` from a tensor stored in this layout (a view, no copy)."""
+        if self is Layout.KERNEL:
+            return stored.reshape(stored.shape[0], -1)
         return stored if self is Layout.OUT_IN else stored.T
 
     def from_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """The tensor to store for ``W [n_out, n_in]`` in this layout (a view, no copy)."""
-        return matrix if self is Layout.OUT_IN else matrix.T
+        """The 2-D tensor to store for ``W [n_out, n_in]`` in this layout (a view, no copy; a kernel still
+        needs its window shape back, ``WeightedOp.stored_from``)."""
+        return matrix.T if self is Layout.IN_OUT else matrix
+
+
+@dataclass(frozen=True)
+class OutputBias:
+    """A per-output bias of the module rule: the constant, the scale it is added with, the node adding it."""
+
+    tensor: gs.Constant
+    scale: float
+    node: gs.Node
 
 
 @dataclass
-class LinearOp:
-    """A node computing ``y = x @ W.T (+ bias)`` with a constant ``W`` of shape ``[n_out, n_in]``."""
+class WeightedOp:
+    """A node computing ``y = W x (+ bias)`` with a constant ``W`` (module rule)."""
 
     node: gs.Node
     graph: gs.Graph
     weight: gs.Constant
     layout: Layout
-    bias: Optional[gs.Constant] = None  # Gemm's C, unscaled
+    bias: Optional[gs.Constant] = None  # the node's own bias input: Gemm's C (unscaled), Conv's B
     cast: Optional[gs.Node] = None  # the Cast between ``weight`` and the node, if the weight is stored so
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(n_out, n_in)``."""
-        rows, cols = self.weight.shape
-        return (rows, cols) if self.layout is Layout.OUT_IN else (cols, rows)
+        """``(n_out, n_in)`` of the matrix view."""
+        shape = tuple(self.weight.shape)
+        if self.layout is Layout.KERNEL:
+            return shape[0], int(np.prod(shape[1:]))
+        return shape if self.layout is Layout.OUT_IN else shape[::-1]
+
+    @property
+    def feature_axis(self) -> int:
+        """The axis of the activations that holds the features: channels for a Conv, else the last."""
+        return 1 if self.layout is Layout.KERNEL else -1
+
+    @property
+    def groups(self) -> int:
+        return int(self.node.attrs.get("group", 1)) if self.layout is Layout.KERNEL else 1
+
+    @property
+    def window(self) -> int:
+        """Kernel positions per input channel (1 for MatMul/Gemm)."""
+        return int(np.prod(self.weight.shape[2:])) if self.layout is Layout.KERNEL else 1
+
+    @property
+    def alpha(self) -> float:
+        return float(self.node.attrs.get("alpha", 1.0)) if self.node.op == "Gemm" else 1.0
+
+    @property
+    def site(self) -> Site:
+        return Site(self.graph.name, self.node.name, self.weight.name)
 
     def matrix(self) -> np.ndarray:
-        """The weight as ``W[n_out, n_in]`` (``stored_values``: a fresh load of a lazy weight, else a view)."""
+        """The stored weight as ``W[n_out, n_in]`` (``stored_values``: a fresh load of a lazy weight, else a
+        view)."""
         return self.layout.to_matrix(stored_values(self.weight))
+
+    def effective(self, dtype=np.float64) -> np.ndarray:
+        """``alpha * W`` as ``dtype`` (a read-only view of the stored values where nothing needs converting)."""
+        view = self.matrix()
+        if self.alpha == 1 and view.dtype == dtype:
+            return view
+        return self.alpha * view.astype(dtype)
+
+    def stored_from(self, matrix: np.ndarray) -> np.ndarray:
+        """What the model stores for the effective weight ``matrix [n_out, n_in]``: divided by alpha, in the
+        stored layout, shape and element type."""
+        stored = self.layout.from_matrix(matrix / self.alpha).reshape(self.weight.shape)
+        return np.ascontiguousarray(stored, dtype=self.weight.dtype)
+
+    def output_bias(self) -> Optional[OutputBias]:
+        """The per-output bias of the module rule, or None."""
+        n_out = self.shape[0]
+        if self.node.op in ("Gemm", "Conv"):
+            beta = float(self.node.attrs.get("beta", 1.0)) if self.node.op == "Gemm" else 1.0
+            ok = self.bias is not None and beta != 0 and _per_output(self.bias, n_out) and len(self.bias.outputs) == 1
+            return OutputBias(self.bias, beta, self.node) if ok else None
+        output = self.node.outputs[0]
+        readers = output.outputs
+        if len(readers) != 1 or readers[0].op != "Add" or output in self.graph.outputs:
+            return None
+        others = [t for t in readers[0].inputs if t is not output]
+        if len(others) == 1 and isinstance(others[0], gs.Constant) and _per_output(others[0], n_out) \
+                and len(others[0].outputs) == 1:
+            return OutputBias(others[0], 1.0, readers[0])
+        return None
 
     @property
     def node_name(self) -> str:
@@ -81,6 +166,12 @@ class LinearOp:
         return self.graph.name
 
 
+def _per_output(tensor: gs.Constant, n_out: int) -> bool:
+    """A constant that adds one value per output feature (``[n]``, ``[1, n]``, ...)."""
+    shape = tuple(tensor.shape)
+    return len(shape) >= 1 and shape[-1] == n_out and int(np.prod(shape)) == n_out
+
+
 def stored_values(tensor: gs.Constant) -> np.ndarray:
     """A constant's values, loaded for this caller alone while they are still lazy: onnx-graphsurgeon's
     ``values`` would keep a second copy of every weight beside the ModelProto's own."""
@@ -90,7 +181,7 @@ def stored_values(tensor: gs.Constant) -> np.ndarray:
 
 @dataclass
 class Skipped:
-    """A MatMul/Gemm with a constant operand that the rewrite leaves alone, and why."""
+    """A MatMul/Gemm/Conv with a constant operand that the rewrite leaves alone, and why."""
 
     node_name: str
     op_type: str
@@ -135,7 +226,7 @@ def _computed_from_constants(tensor) -> Optional[str]:
     return None
 
 
-def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
+def _classify(node: gs.Node, graph: gs.Graph) -> "WeightedOp | Skipped | None":
     def skip(reason: str) -> Skipped:
         return Skipped(node.name, node.op, graph.name, reason)
 
@@ -149,40 +240,42 @@ def _classify(node: gs.Node, graph: gs.Graph) -> "LinearOp | Skipped | None":
             return skip("constant is the first operand, not the weight")
         computed = _computed_from_constants(inputs[1])
         return skip(f"weight computed by {computed} from constants (not rewritten)") if computed else None
-    if len(weight.shape) != 2:
-        return skip(f"{len(weight.shape)}-D constant weight (only 2-D is supported)")
+    rank = len(weight.shape)
+    if (rank != 2) if node.op != "Conv" else (rank < 3):
+        wanted = "2-D" if node.op != "Conv" else "at least 3-D"
+        return skip(f"{rank}-D constant weight (only {wanted} is supported)")
     if 0 in weight.shape:
         return skip(f"empty weight {list(weight.shape)}: nothing to rewrite")
     if not _is_float(weight.dtype):
         return skip(f"{dtype_name(weight.dtype)} weight (only float16/32/64; quantized left alone)")
     if node.op == "MatMul":
-        return LinearOp(node, graph, weight, Layout.of(node), cast=cast)
+        return WeightedOp(node, graph, weight, Layout.of(node), cast=cast)
     if node.attrs.get("transA", 0):
         return skip("Gemm with transA=1")
     bias = inputs[2] if len(inputs) > 2 and not inputs[2].is_empty() else None
     if bias is not None and not isinstance(bias, gs.Constant):
-        return skip("Gemm bias C is not a constant")
-    return LinearOp(node, graph, weight, Layout.of(node), bias=bias, cast=cast)
+        return skip(f"{node.op} bias {'C' if node.op == 'Gemm' else 'B'} is not a constant")
+    return WeightedOp(node, graph, weight, Layout.of(node), bias=bias, cast=cast)
 
 
-def find_linear_ops(graph: gs.Graph) -> tuple[list[LinearOp], list[Skipped]]:
-    """Every qualifying MatMul/Gemm in ``graph`` and its subgraphs, and those skipped with a reason
+def find_weighted_ops(graph: gs.Graph, op_types: Sequence[str] = LINEAR) -> tuple[list[WeightedOp], list[Skipped]]:
+    """Every qualifying node of ``op_types`` in ``graph`` and its subgraphs, and those skipped with a reason
     (module rule), model-local functions included."""
-    found: list[LinearOp] = []
+    found: list[WeightedOp] = []
     skipped: list[Skipped] = []
     for subgraph in all_graphs(graph):
         for node in subgraph.nodes:
-            if node.op not in ("MatMul", "Gemm"):
+            if node.op not in op_types:
                 continue
             result = _classify(node, subgraph)
-            if isinstance(result, LinearOp):
+            if isinstance(result, WeightedOp):
                 found.append(result)
             elif isinstance(result, Skipped):
                 skipped.append(result)
     for function in graph.functions:
         skipped += [Skipped(node.name, node.op, f"function {function.name}",
                             f"inside model-local function {function.name!r} (inline it to rewrite)")
-                    for node in function.nodes if node.op in ("MatMul", "Gemm")]
+                    for node in function.nodes if node.op in op_types]
     return found, skipped
 
 
@@ -198,7 +291,7 @@ def _per_feature(node: gs.Node) -> bool:
     return node.op in BROADCAST_CONSTANT and sum(isinstance(t, gs.Constant) for t in node.inputs) == 1
 
 
-def find_chains(ops: list[LinearOp]) -> list[tuple[LinearOp, LinearOp]]:
+def find_chains(ops: list[WeightedOp]) -> list[tuple[WeightedOp, WeightedOp]]:
     """Pairs ``(first, second)`` where ``first``'s output reaches ``second``'s input only through
     per-feature nodes, each with a single consumer, and the hidden sizes agree."""
     by_node = {id(op.node): op for op in ops}
@@ -218,7 +311,7 @@ def find_chains(ops: list[LinearOp]) -> list[tuple[LinearOp, LinearOp]]:
     return chains
 
 
-def one_node_graph(op: LinearOp, x_shape: Sequence[int], dtype, root: gs.Graph) -> gs.Graph:
+def one_node_graph(op: WeightedOp, x_shape: Sequence[int], dtype, root: gs.Graph) -> gs.Graph:
     """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
     its weight and bias; opset and IR version of ``root``, the graph ``op`` belongs to at the top."""
     x, y = gs.Variable("x", dtype, list(x_shape)), gs.Variable("y", dtype)

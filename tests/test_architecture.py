@@ -97,7 +97,7 @@ def test_the_project_keeps_its_layering():
 def test_the_checker_finds_planted_violations(tmp_path):
     files = {
         "passes/bad.py": "import onnx_decomp\n",
-        "passes/fine.py": "from .ops import LinearOp\nimport onnx_graphsurgeon as gs\n",
+        "passes/fine.py": "from .ops import WeightedOp\nimport onnx_graphsurgeon as gs\n",
         "onnx_decomp/context.py": "def f():\n    import onnx_graphsurgeon\n",
         "onnx_decomp/io/fine.py": "import onnx_graphsurgeon as gs\n",
         "onnx_decomp/stats/trainer.py": "from torch import nn\n",

@@ -40,7 +40,7 @@ def attention_unit(path):
     ctx = ModelContext.load(path, SHAPES)
     network = Network(ctx)
     units = [u for u in build_units(ctx, network, {}, AnnealConfig()) if u.kind == "attention"]
-    return network, find_attention(network, ctx.shapes), units
+    return network, find_attention(network.layers, ctx.shapes), units
 
 
 def test_the_attention_block_is_found_and_its_unit_cuts_whole_heads_consistently(tiny):

@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from onnx_decomp.torch import apply_block_mask, export, finetune_under_mask
-from onnx_decomp_passes import BlockPlan, Branch, Layout, find_linear_ops, plan_from_support
+from onnx_decomp_passes import BlockPlan, Branch, Layout, find_weighted_ops, plan_from_support
 
 
 def mlp(seed=0):
@@ -141,7 +141,7 @@ def test_plans_keyed_by_onnx_initializer_follow_the_weight_layout(tmp_path, rng,
     torch.manual_seed(0)
     model = Sequence3d()
     exported = export(model, (torch.randn(2, 5, 12),), tmp_path / "model.onnx", dynamo=dynamo)
-    ops, _ = find_linear_ops(gs.import_onnx(onnx.load(str(exported.path))))
+    ops, _ = find_weighted_ops(gs.import_onnx(onnx.load(str(exported.path))))
     by_parameter = {exported.bindings[op.weight.name][0].parameter: op for op in ops}
     first, second = by_parameter["first.weight"], by_parameter["second.p"]
     assert first.weight.name != "first.weight" and first.layout is Layout.IN_OUT  # MatMul: W.T, renamed
@@ -155,7 +155,7 @@ def test_plans_keyed_by_onnx_initializer_follow_the_weight_layout(tmp_path, rng,
     assert torch.all(model.first.weight.detach()[~torch.from_numpy(plan_first.mask())] == 0)  # W itself
     assert torch.all(model.second.p.detach().T[~torch.from_numpy(plan_second.mask())] == 0)  # P = W.T
     again = export(model, (torch.randn(2, 5, 12),), tmp_path / "again.onnx", dynamo=dynamo)
-    ops, _ = find_linear_ops(gs.import_onnx(onnx.load(str(again.path))))
+    ops, _ = find_weighted_ops(gs.import_onnx(onnx.load(str(again.path))))
     for op in ops:
         plan = plan_first if op.shape == (24, 12) else plan_second
         assert np.all(op.matrix()[~plan.mask()] == 0)

@@ -18,7 +18,7 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.model_io import load_model
 from onnx_decomp.stats.null_models import NULL_KEY_PREFIX, REFERENCE_KEY, nulls_from_metadata
 from onnx_decomp.torch import export, record_init
-from onnx_decomp_passes import find_linear_ops
+from onnx_decomp_passes import find_weighted_ops
 
 
 pytestmark = pytest.mark.slow  # every test here exports with torch or trains
@@ -106,7 +106,7 @@ def test_every_weight_is_bound_to_its_parameter_by_value_in_its_layout(tmp_path,
     matrices = {name for name, value in parameters.items() if value.ndim == 2}
     assert matrices <= set(bound)  # every weight matrix (embeddings included) found
     # Gemm(transB=1) holds W [out, in] like nn.Linear; MatMul holds W.T: either way W is the parameter
-    ops, _ = find_linear_ops(gs.import_onnx(onnx.load(str(exported.path))))
+    ops, _ = find_weighted_ops(gs.import_onnx(onnx.load(str(exported.path))))
     assert ops
     for op in ops:
         (binding,) = exported.bindings[op.weight.name]

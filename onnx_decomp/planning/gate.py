@@ -23,7 +23,7 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Action, Candidate, Decision
 from onnx_decomp.planning.forms import FormChooser
 from onnx_decomp.planning.support import Masks, SupportOrPlan, as_plan
-from onnx_decomp_passes import MIN_OPSET, LinearOp
+from onnx_decomp_passes import MIN_OPSET, WeightedOp
 
 
 def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
@@ -68,7 +68,7 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
     return decisions
 
 
-def _candidate(op: LinearOp, mask: Optional[SupportOrPlan], notes: list[str]) -> Candidate:
+def _candidate(op: WeightedOp, mask: Optional[SupportOrPlan], notes: list[str]) -> Candidate:
     """The plan of ``mask``, a Boolean support or the plan itself (None: the nonzero pattern; a weight the
     analysis left out has no mask), from one read of the weight."""
     matrix = op.matrix()

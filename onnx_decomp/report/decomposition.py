@@ -11,7 +11,7 @@ from onnx_decomp.decisions import Decision
 from onnx_decomp.io.atomic import write_json
 from onnx_decomp.report.table import table
 from onnx_decomp.runtime.validation import ValidationResult
-from onnx_decomp_passes import LinearOp
+from onnx_decomp_passes import WeightedOp
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class NodeReport:
     def of(cls, decision: Decision) -> "NodeReport":
         subject, candidate = decision.subject, decision.candidate
         row = cls(subject.node_name, subject.op_type, subject.graph_name, decision.action.value, decision.reason)
-        if isinstance(subject, LinearOp):
+        if isinstance(subject, WeightedOp):
             row = replace(row, weight=subject.weight.name, shape=list(subject.shape))
         if candidate is not None:
             plan = candidate.plan

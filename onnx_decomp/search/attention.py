@@ -21,11 +21,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
-import onnx
+from onnx_decomp.search.network import Layer
 
-from onnx_decomp.search.network import Network
+if TYPE_CHECKING:  # the graph's tensors and nodes are read through their attributes only
+    import onnx_graphsurgeon as gs
 
 OPAQUE = {"Shape", "Size"}
 
@@ -44,28 +45,16 @@ class AttentionBlock:
         return (*self.query_key, self.value, self.output)
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
-
-
-def _result(network: Network, index: int, nodes: Mapping[str, onnx.NodeProto], consumers) -> str:
+def _result(layer: Layer) -> gs.Variable:
     """The tensor holding a layer's result: its bias Add's output for a MatMul with a bias."""
-    layer = network.layers[index]
-    output = nodes[layer.node].output[0]
-    if layer.bias and nodes[layer.node].op_type == "MatMul":
-        adds = [n for n in consumers.get(output, []) if n.op_type == "Add"]
-        output = adds[0].output[0] if len(adds) == 1 else output
-    return output
+    bias = layer.output_bias
+    return bias.node.outputs[0] if bias is not None and bias.node is not layer.op.node else layer.op.node.outputs[0]
 
 
-def _heads(tensor: str, width: int, consumers, shapes: Mapping[str, list]) -> Optional[int]:
+def _heads(tensor: gs.Variable, width: int, shapes: Mapping[str, list]) -> Optional[int]:
     """H when a Reshape of ``tensor`` splits its last axis into ``[H, width / H]`` (rule 1)."""
-    for node in consumers.get(tensor, []):
-        shape = shapes.get(node.output[0]) if node.op_type == "Reshape" else None
+    for node in tensor.outputs:
+        shape = shapes.get(node.outputs[0].name) if node.op == "Reshape" else None
         if shape and len(shape) >= 2 and all(isinstance(d, int) for d in shape[-2:]):
             heads, dim = shape[-2:]
             if heads >= 2 and heads * dim == width:
@@ -73,51 +62,51 @@ def _heads(tensor: str, width: int, consumers, shapes: Mapping[str, list]) -> Op
     return None
 
 
-def _reached(tensor: str, layer_nodes: Mapping[str, int], consumers) -> dict[int, bool]:
+def _reached(tensor: gs.Variable, layer_nodes: Mapping[int, int]) -> dict[int, bool]:
     """Layer index -> whether every path to it from ``tensor`` crossed a Softmax (rule 2)."""
     reached: dict[int, bool] = {}
     seen, queue = set(), deque([(tensor, False)])
     while queue:
-        name, softmax = queue.popleft()
-        for node in consumers.get(name, []):
-            if node.name in layer_nodes:
-                index = layer_nodes[node.name]
+        current, softmax = queue.popleft()
+        for node in current.outputs:
+            if id(node) in layer_nodes:
+                index = layer_nodes[id(node)]
                 reached[index] = reached.get(index, True) and softmax
                 continue
-            if node.op_type in OPAQUE:
+            if node.op in OPAQUE:
                 continue
-            crossed = softmax or node.op_type == "Softmax"
-            for output in node.output:
-                if (output, crossed) not in seen:
-                    seen.add((output, crossed))
+            crossed = softmax or node.op == "Softmax"
+            for output in node.outputs:
+                if (id(output), crossed) not in seen:
+                    seen.add((id(output), crossed))
                     queue.append((output, crossed))
     return reached
 
 
-def find_attention(network: Network, shapes: Mapping[str, list]) -> list[AttentionBlock]:
-    """Every attention block of the module rules, in topological order of their output projections."""
-    graph = network.proto.graph
-    nodes, consumers = {n.name: n for n in graph.node}, _consumers(graph)
-    layer_nodes = {layer.node: layer.index for layer in network.layers}
-    by_input: dict[tuple[str, int], list[int]] = {}
-    for layer in network.layers:
-        by_input.setdefault((layer.input, layer.shape[0]), []).append(layer.index)
+def find_attention(layers: Sequence[Layer], shapes: Mapping[str, list]) -> list[AttentionBlock]:
+    """Every attention block of the module rules among ``layers``, in topological order of their output
+    projections."""
+    layer_nodes = {id(layer.op.node): layer.index for layer in layers}
+    by_index = {layer.index: layer for layer in layers}
+    by_input: dict[tuple[int, int], list[int]] = {}
+    for layer in layers:
+        by_input.setdefault((id(layer.op.node.inputs[0]), layer.shape[0]), []).append(layer.index)
     blocks, used = [], set()
     for (_, width), members in by_input.items():
         for triple in combinations(members, 3):
             if used & set(triple):
                 continue
-            results = {i: _result(network, i, nodes, consumers) for i in triple}
-            heads = {_heads(results[i], width, consumers, shapes) for i in triple}
+            results = {i: _result(by_index[i]) for i in triple}
+            heads = {_heads(results[i], width, shapes) for i in triple}
             if len(heads) != 1 or None in heads:
                 continue
-            reached = {i: _reached(results[i], layer_nodes, consumers) for i in triple}
+            reached = {i: _reached(results[i], layer_nodes) for i in triple}
             targets = {target for found in reached.values() for target in found}
             if len(targets) != 1:
                 continue
             (output,) = targets
             values = [i for i in triple if reached[i][output] is False]
-            if len(values) != 1 or network.layers[output].shape[1] != width:
+            if len(values) != 1 or by_index[output].shape[1] != width:
                 continue
             query_key = tuple(i for i in triple if i != values[0])
             blocks.append(AttentionBlock(query_key, values[0], output, heads.pop()))

@@ -152,23 +152,16 @@ def _stacks(pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
     return stacks
 
 
-def residual_layers(network: Network) -> set[int]:
+def residual_layers(layers: Sequence[Layer]) -> set[int]:
     """Square layers whose output (or their bias Add's output) is added to their own input."""
-    consumers: dict[str, list] = {}
-    for node in network.proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    nodes = {node.name: node for node in network.proto.graph.node}
     found = set()
-    for layer in network.layers:
+    for layer in layers:
         if layer.shape[0] != layer.shape[1]:
             continue
-        outputs = [nodes[layer.node].output[0]]
-        if layer.bias and nodes[layer.node].op_type == "MatMul":
-            outputs += [n.output[0] for n in consumers.get(outputs[0], []) if n.op_type == "Add"]
-        for output in outputs:
-            if any(n.op_type == "Add" and layer.input in n.input for n in consumers.get(output, [])):
-                found.add(layer.index)
+        node, bias = layer.op.node, layer.output_bias
+        outputs = [node.outputs[0]] + ([bias.node.outputs[0]] if bias is not None and bias.node is not node else [])
+        if any(reader.op == "Add" and node.inputs[0] in reader.inputs for output in outputs for reader in output.outputs):
+            found.add(layer.index)
     return found
 
 
@@ -194,12 +187,12 @@ def build_units(ctx: ModelContext, network: Network, evidence: Mapping[str, np.n
         layers = [network.layers[i] for i in chain]
         smallest = min([layers[0].shape[1]] + [layer.shape[0] for layer in layers])
         units += unit("chain", layers, _block_counts(smallest, config))
-    for block in find_attention(network, ctx.shapes):
+    for block in find_attention(network.layers, ctx.shapes):
         layers = [network.layers[i] for i in block.layers]
         smallest = min(min(layer.shape) for layer in layers)
         units += unit("attention", layers, [k for k in _block_counts(smallest, config) if k <= block.heads],
                       block.heads)
-    square = residual_layers(network) | {by_node[name].index for name in config.square}
+    square = residual_layers(network.layers) | {by_node[name].index for name in config.square}
     for index in sorted(square):
         if network.layers[index].shape[0] != network.layers[index].shape[1]:
             raise UnsupportedConstructError(f"square: node {network.layers[index].node!r} is not square")

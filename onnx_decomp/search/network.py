@@ -3,14 +3,13 @@ weights as inputs.
 
 Rules:
 - The model is normalised once (``io.graph``: Constant weights folded into initializers, node names unique).
-- A layer is a MatMul/Gemm with a constant float weight (``onnx_decomp_passes.find_linear_ops``) in the main
-  graph whose weight no other node reads. Its per-output bias, if any, is Gemm's C (``[n]`` or ``[1, n]``) or
-  the constant of the one Add that alone reads a MatMul's output (``[n]`` or ``[1, ..., 1, n]``), if nothing
-  else reads it. Other MatMul/Gemm nodes are left out with the reason: activations inside a subgraph cannot
-  be observed; one refit cannot serve a weight read by two nodes.
-- Effective weights: ``alpha * B`` and ``beta * C`` for Gemm (``alpha``, ``beta`` default 1), the weight and
-  the Add's constant for MatMul; ``W [n_out, n_in]`` whatever the stored layout. Refits work on effective
-  weights and store back ``W / alpha`` and ``b / beta`` in the stored layout and element type.
+- A layer is a MatMul/Gemm with a constant float weight (``onnx_decomp_passes.WeightedOp``) in the main graph
+  whose weight no other node reads; its per-output bias is the op's output bias (``WeightedOp.output_bias``:
+  Gemm's ``beta * C``, or the constant of the one Add that alone reads a MatMul's output). Other MatMul/Gemm
+  nodes are left out with the reason: activations inside a subgraph cannot be observed; one refit cannot
+  serve a weight read by two nodes.
+- Refits work on effective weights (``alpha * W``, ``W [n_out, n_in]`` whatever the stored layout, and
+  ``scale * bias``) and store back through the op's view (``WeightedOp.stored_from``).
 - One session for the whole run (``tools/bench_gate.py`` measured this fastest: a session built per step
   spends most of its time loading the model): the layers' weights and biases become graph inputs, fed the
   arrays of the state under test at every run, and the layers' activation inputs become extra outputs
@@ -36,9 +35,10 @@ from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
-from onnx_decomp.io.model_io import iter_graphs, load_references
+from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
-from onnx_decomp_passes import BlockPlan, Layout
+from onnx_decomp_passes import BlockPlan, OutputBias, Site, WeightedOp
+from onnx_decomp_passes.ops import stored_values
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +48,40 @@ Weights = Mapping[int, Stored]  # layer index -> stored arrays of the state unde
 
 @dataclass
 class Layer:
-    """One annealable MatMul/Gemm (module rules); ``index`` is its position in topological order."""
+    """One annealable weighted op of the run (module rules): ``index`` is its position in topological order,
+    ``op`` the one view of its weight (layout, alpha, bias rule), ``output_bias`` its per-output bias."""
 
     index: int
-    node: str
-    weight: str
-    layout: Layout
-    shape: tuple[int, int]  # (n_out, n_in)
-    input: str
-    bias: Optional[str]
-    alpha: float
-    beta: float
+    op: WeightedOp
+    output_bias: Optional[OutputBias]
     vectors: int  # activation vectors per inference at the run's input shapes
     stored_weight: np.ndarray
     stored_bias: Optional[np.ndarray]
+
+    @property
+    def node(self) -> str:
+        return self.op.node.name
+
+    @property
+    def weight(self) -> str:
+        return self.op.weight.name
+
+    @property
+    def site(self) -> Site:
+        return self.op.site
+
+    @property
+    def input(self) -> str:
+        return self.op.node.inputs[0].name
+
+    @property
+    def bias(self) -> Optional[str]:
+        """The name of the bias initializer, if the layer has one."""
+        return None if self.output_bias is None else self.output_bias.tensor.name
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.op.shape
 
     @property
     def dense_macs(self) -> int:
@@ -70,56 +90,29 @@ class Layer:
     def matrix(self, stored: Optional[Stored] = None, dtype=np.float64) -> np.ndarray:
         """Effective ``W [n_out, n_in]`` of ``stored`` arrays, or of the original ones, as ``dtype`` (a
         read-only view of the stored array where no conversion is needed)."""
-        view = self.layout.to_matrix(self.stored_weight if stored is None else stored[0])
-        if self.alpha == 1 and view.dtype == dtype:
+        view = self.op.layout.to_matrix(self.stored_weight if stored is None else stored[0])
+        if self.op.alpha == 1 and view.dtype == dtype:
             return view
-        return self.alpha * view.astype(dtype)
+        return self.op.alpha * view.astype(dtype)
 
     @cached_property
     def live_rows(self) -> np.ndarray:
         """Outputs that read something: rows with a nonzero weight."""
-        return np.any(self.layout.to_matrix(self.stored_weight) != 0, axis=1)
+        return np.any(self.op.layout.to_matrix(self.stored_weight) != 0, axis=1)
 
     def bias_vector(self, stored: Optional[Stored] = None) -> np.ndarray:
         """Effective per-output bias (float64; zeros when the layer has none)."""
         bias = self.stored_bias if stored is None else stored[1]
-        return np.zeros(self.shape[0]) if bias is None else self.beta * bias.astype(np.float64).reshape(-1)
+        scale = 0.0 if self.output_bias is None else self.output_bias.scale
+        return np.zeros(self.shape[0]) if bias is None else scale * bias.astype(np.float64).reshape(-1)
 
     def store(self, matrix: np.ndarray, bias: Optional[np.ndarray]) -> Stored:
         """Effective weight and bias back to the stored layout, shape and element type."""
-        weight = np.ascontiguousarray(self.layout.from_matrix(matrix / self.alpha), dtype=self.stored_weight.dtype)
+        weight = self.op.stored_from(matrix)
         if self.stored_bias is None or bias is None:
             return weight, self.stored_bias
-        stored = (bias / self.beta).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)
+        stored = (bias / self.output_bias.scale).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)
         return weight, stored
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _per_output(tensor: Optional[onnx.TensorProto], n_out: int) -> bool:
-    """A constant that adds one value per output feature."""
-    return tensor is not None and len(tensor.dims) >= 1 and tensor.dims[-1] == n_out and \
-        int(np.prod(tensor.dims)) == n_out
-
-
-def _bias(node: onnx.NodeProto, n_out: int, initializers: dict, readers: dict,
-          consumers: dict, graph_outputs: set) -> tuple[Optional[str], float]:
-    """The initializer holding the node's per-output bias and its scale (module rule), or (None, 0)."""
-    if node.op_type == "Gemm":
-        name = node.input[2] if len(node.input) > 2 else ""
-        beta = float(_attribute(node, "beta", 1.0))
-        if name and beta != 0 and readers.get(name) == 1 and _per_output(initializers.get(name), n_out):
-            return name, beta
-        return None, 0.0
-    after = consumers.get(node.output[0], [])
-    if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in graph_outputs:
-        return None, 0.0
-    (other,) = [name for name in after[0].input if name != node.output[0]] or [""]
-    if readers.get(other) == 1 and _per_output(initializers.get(other), n_out):
-        return other, 1.0
-    return None, 0.0
 
 
 def vectors_of(ctx: ModelContext, tensor: str, n_in: int) -> int:
@@ -130,39 +123,24 @@ def vectors_of(ctx: ModelContext, tensor: str, n_in: int) -> int:
     return max(1, int(np.prod(shape)) // max(n_in, 1))
 
 
-def find_layers(ctx: ModelContext, proto: onnx.ModelProto) -> tuple[list[Layer], list[tuple[str, str]]]:
-    """The annealable layers of the normalised ``proto`` in topological order, and the (node, reason) of
-    every MatMul/Gemm left out (module rules)."""
-    graph = proto.graph
-    initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for one in iter_graphs(graph):
-        for node in one.node:
-            for name in node.input:
-                readers[name] = readers.get(name, 0) + 1
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
-    position = {node.name: i for i, node in enumerate(graph.node)}
+def find_layers(ctx: ModelContext) -> tuple[list[Layer], list[tuple[str, str]]]:
+    """The annealable layers of the normalised graph in topological order, and the (node, reason) of every
+    MatMul/Gemm left out (module rules)."""
+    graph = ctx.graph
+    position = {id(node): i for i, node in enumerate(graph.nodes)}
     layers, left_out = [], [(s.node_name, s.reason) for s in ctx.skipped]
     for op in ctx.ops:
-        name = op.node.name
-        if name not in position:
-            left_out.append((name, "inside a subgraph: its activations cannot be observed"))
+        if op.graph is not graph:
+            left_out.append((op.node.name, "inside a subgraph: its activations cannot be observed"))
             continue
-        node = graph.node[position[name]]
-        if readers.get(op.weight.name) != 1 or op.weight.name in graph_outputs:
-            left_out.append((name, f"weight {op.weight.name!r} is read by several nodes: one refit cannot serve them"))
+        if len(op.weight.outputs) != 1 or op.weight in graph.outputs:
+            left_out.append((op.node.name, f"weight {op.weight.name!r} is read by several nodes: one refit cannot "
+                             "serve them"))
             continue
-        bias, beta = _bias(node, op.shape[0], initializers, readers, consumers, graph_outputs)
-        stored_bias = numpy_helper.to_array(initializers[bias]) if bias else None
-        alpha = float(_attribute(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        layers.append(Layer(0, name, op.weight.name, op.layout, op.shape, node.input[0], bias, alpha, beta,
-                            vectors_of(ctx, node.input[0], op.shape[1]),
-                            numpy_helper.to_array(initializers[op.weight.name]), stored_bias))
-    layers.sort(key=lambda layer: position[layer.node])
+        bias = op.output_bias()
+        layers.append(Layer(0, op, bias, vectors_of(ctx, op.node.inputs[0].name, op.shape[1]),
+                            stored_values(op.weight), None if bias is None else stored_values(bias.tensor)))
+    layers.sort(key=lambda layer: position[id(layer.op.node)])
     for index, layer in enumerate(layers):
         layer.index = index
     return layers, left_out
@@ -181,7 +159,7 @@ class Network:
                  seed: int = 0):
         self.proto = export_graph(ctx.graph, like=ctx.proto)
         load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
-        self.layers, self.left_out = find_layers(ctx, self.proto)
+        self.layers, self.left_out = find_layers(ctx)
         self.outputs = [o.name for o in self.proto.graph.output]
         self.max_rows, self.seed = max_rows, seed
         inputs = {value.name for value in self.proto.graph.input}

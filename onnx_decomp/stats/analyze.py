@@ -36,7 +36,7 @@ from onnx_decomp.report.analysis import AnalysisReport, ChainAnalysis, TensorAna
 from onnx_decomp.stats.criterion import bh_threshold, grouped_edge_p_values, storey_pi0
 from onnx_decomp.stats.null_models import (REFERENCE_KEY, NullChoice, NullSpec, choose_null, nulls_from_metadata,
                                            parse_user_nulls)
-from onnx_decomp_passes import LinearOp, find_chains, plan_from_support
+from onnx_decomp_passes import WeightedOp, find_chains, plan_from_support
 
 logger = logging.getLogger(__name__)
 FIGURES = "figures"  # the report folder's subfolder of PNGs
@@ -68,7 +68,7 @@ def _figure_stems(names: Iterable[str]) -> dict[str, str]:
 class _Weight:
     """One distinct weight: its ops, null and p-values (recomputed on demand to keep memory flat)."""
 
-    def __init__(self, ops: list[LinearOp], choice: NullChoice, initial: Optional[np.ndarray]):
+    def __init__(self, ops: list[WeightedOp], choice: NullChoice, initial: Optional[np.ndarray]):
         self.ops, self.choice = ops, choice
         self.matrix = np.asarray(ops[0].matrix(), dtype=np.float64)
         self.null = choice.spec.build(self.matrix, None if initial is None else ops[0].layout.to_matrix(initial))
@@ -127,7 +127,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
     """``analyze`` on an already loaded model. Weights holding NaN or Inf cannot be tested against a null:
     they are left out with a note, as are the MatMul/Gemm the rewrite skips (with their reasons).
     ``keep_evidence`` keeps each weight's evidence (module rule) in ``report.evidence``."""
-    by_weight: dict[str, list[LinearOp]] = {}
+    by_weight: dict[str, list[WeightedOp]] = {}
     for op in ctx.ops:
         by_weight.setdefault(op.weight.name, []).append(op)
     fdr = config.fdr
@@ -197,7 +197,7 @@ def _draw(w: _Weight, confirmed: np.ndarray, plan, stem: Path) -> list[str]:
     return [f"{FIGURES}/{p.name}" for p in paths]
 
 
-def _chain(first: LinearOp, second: LinearOp, p_by_weight: dict, fdr: float) -> ChainAnalysis:
+def _chain(first: WeightedOp, second: WeightedOp, p_by_weight: dict, fdr: float) -> ChainAnalysis:
     """Grouped-edge decision for one chain (criterion module rule), BH over the chain's edges."""
     p_edge = grouped_edge_p_values(p_by_weight[first.weight.name], p_by_weight[second.weight.name])
     cut = bh_threshold(p_edge[p_edge <= fdr], p_edge.size, fdr)

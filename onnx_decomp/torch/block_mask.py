@@ -29,7 +29,7 @@ import torch
 from onnx_decomp.io.graph import import_graph
 from onnx_decomp.io.model_io import load_model
 from onnx_decomp.torch.binding import bind_initializers, float_initializers
-from onnx_decomp_passes import BlockPlan, Layout, find_linear_ops
+from onnx_decomp_passes import BlockPlan, Layout, find_weighted_ops
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _as_bool(mask: MaskLike) -> np.ndarray:
 
 def _weight_layouts(model: onnx.ModelProto) -> dict[str, Layout]:
     """Initializer name -> the layout in which the MatMul/Gemm reading it holds ``W [n_out, n_in]``."""
-    ops, _ = find_linear_ops(import_graph(model))
+    ops, _ = find_weighted_ops(import_graph(model))
     return {op.weight.name: op.layout for op in ops}
 
 

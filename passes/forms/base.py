@@ -6,7 +6,7 @@ import abc
 from typing import Optional
 
 from ..builder import Builder
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 
 
@@ -16,7 +16,7 @@ class Form(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         """Why this form cannot execute ``plan`` for ``op``; None when it can."""
 
     @abc.abstractmethod

@@ -18,7 +18,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..builder import Builder
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan, Branch
 from .base import Form
 
@@ -46,7 +46,7 @@ class BlockLayout:
     def out_order(self) -> bool:
         return self.k * self.b_out == self.plan.n_out and np.array_equal(self.out_index, np.arange(self.plan.n_out))
 
-    def weights_key(self, op: LinearOp, form: str) -> tuple:
+    def weights_key(self, op: WeightedOp, form: str) -> tuple:
         """What determines a form's stacked weights besides the weight tensor (``Builder.shared_weight``)."""
         return (form, self.k, self.b_in, self.b_out, self.in_index.tobytes(), self.out_index.tobytes(),
                 op.node.attrs.get("alpha", 1.0) if op.node.op == "Gemm" else 1.0)
@@ -80,7 +80,7 @@ def block_layout(plan: BlockPlan, max_padding: float = MAX_PADDING) -> Union[Blo
     return BlockLayout(plan, blocks, b_in, b_out, in_index, out_index)
 
 
-def stacked_weights(op: LinearOp, layout: BlockLayout) -> np.ndarray:
+def stacked_weights(op: WeightedOp, layout: BlockLayout) -> np.ndarray:
     """``[k, b_in, b_out]``: block ``j`` maps its input slots to its output slots, ``alpha`` folded in
     (Gemm), zero in padded slots."""
     w = op.matrix()
@@ -91,7 +91,7 @@ def stacked_weights(op: LinearOp, layout: BlockLayout) -> np.ndarray:
     return stacked * np.asarray(alpha, dtype=w.dtype) if alpha != 1.0 else stacked
 
 
-def slot_bias(op: LinearOp, layout: BlockLayout) -> Optional[np.ndarray]:
+def slot_bias(op: WeightedOp, layout: BlockLayout) -> Optional[np.ndarray]:
     """``beta * C`` laid out over the output slots (zero in unused slots); C unchanged when it broadcasts
     over the outputs; None without a bias."""
     if op.bias is None:
@@ -129,7 +129,7 @@ class BlockForm(Form):
     def __init__(self, max_padding: float = MAX_PADDING):
         self.max_padding = max_padding
 
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         shape = op.node.inputs[0].shape
         if shape is None or len(shape) < 2:
             return "input rank unknown or 1"

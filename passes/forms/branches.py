@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder, index
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .base import Form
 
@@ -38,7 +38,7 @@ class Branches(Form):
 
     name = "branches"
 
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         return None
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..builder import Builder
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .blocks import BlockForm, finish, read_slots, stacked_weights
 
@@ -26,7 +26,7 @@ class BlockEinsum(BlockForm):
 
     name = "einsum"
 
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < MIN_EINSUM_OPSET:
             return f"Einsum needs opset {MIN_EINSUM_OPSET}"
         return super().check(op, plan)

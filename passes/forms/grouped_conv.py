@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder, index
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .blocks import BlockForm, finish, read_slots, stacked_weights
 
@@ -58,7 +58,7 @@ class GroupedConv(BlockForm):
 
     name = "grouped_conv"
 
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         if (op.graph.opset or 0) < 13:
             return "grouped Conv form needs opset 13"
         shape = op.node.inputs[0].shape

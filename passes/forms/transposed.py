@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..builder import Builder, index
-from ..ops import LinearOp
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .blocks import BlockForm, stacked_weights
 
@@ -35,7 +35,7 @@ class Transposed(BlockForm):
 
     name = "transposed"
 
-    def check(self, op: LinearOp, plan: BlockPlan) -> Optional[str]:
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
         shape = op.node.inputs[0].shape
         if shape is not None and len(shape) > 2 and (op.graph.opset or 0) < MIN_ALLOWZERO_OPSET:
             return f"transposed form needs opset {MIN_ALLOWZERO_OPSET} for inputs of rank above 2"
