@@ -44,11 +44,12 @@ def staging(folder) -> list:
 @pytest.mark.parametrize("number,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_exits_conventionally_and_leaves_nothing(tmp_path, model, number, code):
     before = snapshot(tmp_path)
-    run = cli("bench", model, model, "--batch", "1", "--budget", "60", "--json", tmp_path / "b.json")
+    # 200 rounds of 300,000 rows take seconds, not the milliseconds of batch 1: the run is still timing
+    run = cli("bench", model, model, "--batch", "300000", "--budget", "60", "--json", tmp_path / "b.json")
     deadline = time.monotonic() + 60
     while not staging(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # into the timing rounds
+    time.sleep(0.3)  # into the timing rounds
     run.send_signal(number)
     out, err = run.communicate(timeout=60)
     assert (run.returncode, err.count("\n")) == (code, 1), err
