@@ -65,10 +65,10 @@ def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolera
         return OutputDiff(name, gap, gap, gap, gap == 0.0)
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     same = (e == a) | (np.isnan(e) & np.isnan(a))  # inf - inf would be NaN: equal values differ by 0
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # infinities in the outputs (Inf weights)
         error = np.nan_to_num(np.where(same, 0.0, np.abs(a - e)), nan=np.inf)
-    rel = error / np.maximum(np.abs(np.nan_to_num(e)), np.finfo(np.float64).tiny)
-    rel_l2 = float(np.linalg.norm(error) / max(np.linalg.norm(np.nan_to_num(e)), np.finfo(np.float64).tiny))
+        rel = error / np.maximum(np.abs(np.nan_to_num(e)), np.finfo(np.float64).tiny)
+        rel_l2 = float(np.linalg.norm(error) / max(np.linalg.norm(np.nan_to_num(e)), np.finfo(np.float64).tiny))
     if tolerance.rel_l2 is not None:
         ok = rel_l2 <= tolerance.rel_l2
     else:
