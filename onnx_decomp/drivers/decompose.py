@@ -46,9 +46,10 @@ def _rewrite(ctx: ModelContext, decisions: list[Decision]) -> onnx.ModelProto:
     """The model with every node decided for rewriting replaced in its chosen form (consumes ``ctx.graph``):
     permutations folded into neighbouring weights first, chains kept in block layout after; checked. With
     nothing to rewrite, the model as loaded: what needs no rewrite comes out as it went in."""
-    if not plans_to_apply(decisions):
+    plans = plans_to_apply(decisions)
+    if not plans:
         return ctx.proto
-    fold = FoldPermutation(plans_to_apply(decisions))
+    fold = FoldPermutation(plans)
     try:
         fold(ctx.graph)
         chosen = {name: FORMS_BY_NAME[form] for name, form in forms_to_apply(decisions).items()}

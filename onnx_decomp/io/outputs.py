@@ -8,8 +8,9 @@ Rules:
   replaced), a folder target not an existing file, and each target's folder must exist.
 - A staging folder ``.onnx-decomp-*`` is made beside each target at once, which proves the folder writable,
   and every file name a target will have there (its side files too) is created and removed in it, which
-  proves the names possible (a name too long for ``OUT.data`` fails before any work); the run writes there. ``commit`` renames everything staged into place, side files first and the target
-  registered first (the main output) last; a folder target is merged into an existing folder of that name.
+  proves the names possible (a name too long for ``OUT.data`` fails before any work); the run writes there.
+  ``commit`` renames everything staged into place, side files first and the target registered first (the
+  main output) last; a folder target is merged into an existing folder of that name.
   Leaving the ``with`` block removes whatever is still staged, so a failed run writes nothing; stop signals
   wait while ``commit`` moves, so a run stopped by one has moved all of its outputs or none.
 Each violation is a ``DecompError`` (exit 2) with one line.

@@ -56,10 +56,14 @@ class ValidationResult:
         return all(diff.ok for diff in self.outputs)
 
 
+def _failed(name: str) -> OutputDiff:
+    return OutputDiff(name, float("inf"), float("inf"), float("inf"), False)
+
+
 def _diff(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputDiff:
     """The differences of one output and whether they are within ``tolerance``."""
     if expected.shape != actual.shape:
-        return OutputDiff(name, float("inf"), float("inf"), float("inf"), False)
+        return _failed(name)
     if not np.issubdtype(expected.dtype, np.number):
         gap = 0.0 if np.array_equal(expected, actual) else float("inf")
         return OutputDiff(name, gap, gap, gap, gap == 0.0)
@@ -82,12 +86,9 @@ def _edge_sets(inputs: dict[str, np.ndarray], batched: set[str]) -> dict[int, di
     sizes = {len(inputs[name]) for name in batched if name in inputs}
     if len(sizes) != 1:
         return {}
+    batch = sizes.pop()
     return {n: {name: array[:n] if name in batched else array for name, array in inputs.items()}
-            for n in EDGE_BATCHES if n < min(sizes)}
-
-
-def _failed(name: str) -> OutputDiff:
-    return OutputDiff(name, float("inf"), float("inf"), float("inf"), False)
+            for n in EDGE_BATCHES if n < batch}
 
 
 def validate(original: onnx.ModelProto, rewritten: ModelLike, specs: Sequence[InputSpec],
