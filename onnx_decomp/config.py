@@ -193,8 +193,8 @@ class AnnealConfig:
     bootstrap resamples for the stability check; random input sets used when no calibration data is given;
     ``blas_threads``: the threads numpy's BLAS may use meanwhile (None: leave it alone; default 1, because idle
     BLAS threads spin and fight ONNX Runtime's between the runs: tools/bench_anneal_large.py at 4 x 1024 took
-    233 s with OpenBLAS's default 2 threads, 21 s with 1). Per family: ``block`` (``BlockSettings``) and
-    ``square`` (``SquareSettings``)."""
+    233 s with OpenBLAS's default 2 threads, 21 s with 1). ``families``: the structure families searched (names registered in ``search.families``; None: all); per
+    family settings: ``block`` (``BlockSettings``) and ``square`` (``SquareSettings``)."""
 
     metric: str = "rel-l2"
     tolerance: float = 0.01
@@ -207,12 +207,15 @@ class AnnealConfig:
     random_sets: int = 8
     blas_threads: Optional[int] = 1
     seed: int = 0
+    families: Optional[tuple[str, ...]] = None
     block: BlockSettings = BlockSettings()
     square: SquareSettings = SquareSettings()
 
     def __post_init__(self):
         _one_of("metric", self.metric, METRICS)
-        checks = [(self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}"),
+        if self.families is not None:
+            object.__setattr__(self, "families", tuple(self.families))
+        checks = [(self.families is None or bool(self.families), "families: name at least one structure family"),(self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}"),
                   (0 < self.held_out < 1, f"--held-out must be in (0, 1), got {self.held_out}"),
                   (self.batch_size >= 1 and self.max_rows >= 1, "batch size and rows kept must be at least 1"),
                   ((self.ridge or 0) >= 0 and self.bootstrap >= 0, "ridge and bootstrap count must be >= 0"),

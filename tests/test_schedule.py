@@ -36,7 +36,7 @@ class StubCut(Cut):
     def macs(self, layer) -> int:
         return self.kept
 
-    def plain(self, layer):
+    def plain(self, layer, dense):
         return self  # the "weights" of a cut layer: the cut itself, read back by the stub gate
 
     def refit(self, layer, dense, cut, refitter):

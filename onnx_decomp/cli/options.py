@@ -19,6 +19,7 @@ from onnx_decomp.errors import ValidationError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
 from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE
+from onnx_decomp.search.families import FAMILIES
 
 
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -221,6 +222,8 @@ class AnnealOptions(Options):
         parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
                             help="fraction of the calibration samples held out for the reported fidelity "
                             "(default %(default)s)")
+        parser.add_argument("--families", type=_names(tuple(FAMILIES)), metavar="F1,F2",
+                            help=f"structure families to search, of {','.join(FAMILIES)} (default: all)")
         parser.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
         parser.add_argument("--no-refit", action="store_true", help="plain cuts: no ridge refit of the cut weights")
         parser.add_argument("--unbalanced", action="store_true", help="blocks of any size (default: balanced)")
@@ -235,7 +238,7 @@ class AnnealOptions(Options):
 
     def parse(self, args: argparse.Namespace) -> AnnealConfig:
         return AnnealConfig(args.metric, args.tolerance, not args.no_refit, args.held_out, bootstrap=args.bootstrap,
-                            seed=args.seed, block=BlockSettings(args.blocks, not args.unbalanced),
+                            seed=args.seed, families=args.families, block=BlockSettings(args.blocks, not args.unbalanced),
                             square=SquareSettings(tuple(args.square)))
 
 

@@ -7,8 +7,8 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: the final structure refitted on the whole tuning part, its held-out fidelity with and without
   refit, stability over bootstrap resamples, the masked, refitted dense model.
-- ``rewrite``: the exact path (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each
-  node's form).
+- ``rewrite``: hidden units removed where a family removed them (``RemoveUnits``), then the exact path
+  (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
 - ``verify``: the rewritten model checked element by element against the masked, refitted dense model
   (``EXACT_RTOL``; a mismatch raises ``ValidationError`` carrying the report) and measured against the
   original on the validation set: the fidelity the report gives. A validation fidelity above the tolerance
@@ -46,7 +46,8 @@ from onnx_decomp.search.network import Network, Weights
 from onnx_decomp.search.schedule import Annealer
 from onnx_decomp.search.stability import stability
 from onnx_decomp.stats.analyze import analyze_context
-from onnx_decomp_passes import Site
+from onnx_decomp.io.graph import export_graph, import_graph
+from onnx_decomp_passes import Plan, RemoveUnits, SlicePlan, Site
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,11 @@ def _why_nothing(report: AnnealReport) -> str:
 def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis: AnalysisConfig,
            session: SessionConfig) -> Annealing:
     """The search stage (module rule)."""
-    evidence = analyze_context(ctx, analysis, figures=False, keep_evidence=True).evidence
+    analysis = analyze_context(ctx, analysis, figures=False, keep_evidence=True)
     network = Network(ctx, session, config.max_rows, config.seed)
     fidelity = FidelityGate(network, data, config.metric, config.tolerance) if network.layers else None
-    units = build_units(SearchSpace(network, ctx.shapes, evidence, config)) if network.layers else []
+    units = build_units(SearchSpace(network, ctx.shapes, analysis.evidence, config, analysis.nulls,
+                                    fidelity.dense_taps)) if network.layers else []
     report = AnnealReport(
         ctx.label, config.metric, config.tolerance, config.refit,
         {"source": data.source, "tuning": len(data.tuning), "validation": len(data.held_out),
@@ -121,11 +123,23 @@ def finalize(run: Annealing) -> None:
     report.masked = run.network.model_with(run.weights)
 
 
+def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan]) -> onnx.ModelProto:
+    """The masked model with the units its slice plans remove gone (``RemoveUnits``; exact: their consumers'
+    columns are zero in it)."""
+    slices = {site: plan for site, plan in plans.items() if isinstance(plan, SlicePlan)}
+    if not slices:
+        return masked
+    graph = import_graph(masked)
+    RemoveUnits(slices)(graph)
+    return export_graph(graph, like=masked)
+
+
 def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session: SessionConfig) -> None:
-    """The rewrite stage (module rule)."""
+    """The rewrite stage (module rule): units removed, then the exact path for the other plans."""
+    plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
     run.model, run.report.decomposition = decompose(
-        run.report.masked, input_shapes=input_shapes, gate=gate, support=AnnealedSupport(run.report.plans),
-        session=session, validation=ValidationConfig(check=0))
+        removed_units(run.report.masked, run.report.plans), input_shapes=input_shapes, gate=gate,
+        support=AnnealedSupport(plans), session=session, validation=ValidationConfig(check=0))
     notes = run.report.decomposition.notes
     run.report.decomposition.notes = [n for n in notes if not n.startswith("validation skipped")]
 

@@ -49,10 +49,11 @@ class AnalysisReport:
     notes: list[str] = field(default_factory=list)
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # weight -> confirmed [n_out, n_in]
     evidence: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # weight -> [n_out, n_in] in [0, 1]
+    nulls: dict[str, object] = field(default_factory=dict, repr=False)  # weight -> its null model (with evidence)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        del data["masks"], data["evidence"]
+        del data["masks"], data["evidence"], data["nulls"]
         return data
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:

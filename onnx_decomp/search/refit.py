@@ -21,6 +21,13 @@ Rule, for a layer with plan P and original effective weight ``W0`` and bias ``b0
 - constant rows (they read nothing) take the mean of their target as bias (zero output without a bias);
 - entries outside the plan are zero.
 The plain cut keeps ``W0`` inside the plan, zero outside, and the bias as it was.
+
+Low rank (``Refitter.low_rank``, reduced-rank regression): the ridge solution toward ``W0`` over all columns
+(``LOW_RANK_RIDGE``), ``B = W0^T + (Z^T Z + lam I)^-1 Z^T (T - Z W0^T)``, projected onto the top ``r``
+eigenvectors ``V_r`` of its fitted outputs' Gram ``B^T Z^T Z B``: ``W_r = (B V_r V_r^T)^T``, the best rank-r
+map from ``Z`` to ``T``; the bias is unregularised as above. Given the dense activations themselves
+(``Z = X``) it is the activation-whitened truncated SVD of ``W0`` (SVD-LLM), the plain cut of low rank.
+The basis (``B`` and the eigenvectors) is computed once per layer and activation set and serves every rank.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from onnx_decomp_passes import BlockPlan
 FLOOR = 1e-9  # lam never falls below this share of the inputs' mean energy (ridge 0: least squares)
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CV_OUTPUTS = 64
+LOW_RANK_RIDGE = RIDGE_GRID[1]
+KEPT_BASES = 16  # low-rank bases remembered (the newest), each for one layer and activation set
 
 
 def plain_cut(layer: Layer, plan: BlockPlan) -> Stored:
@@ -76,6 +85,7 @@ class Refitter:
         self.ridge, self.seed = ridge, seed
         self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
         self._targets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # -> (dense rows, target)
+        self._bases: dict[tuple[int, int, int], tuple] = {}  # (layer, id(dense), id(rows)) -> low-rank basis
 
     def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
         """``X_dense W0^T + b0`` (float64), computed once per layer and set of dense activation rows."""
@@ -114,3 +124,32 @@ class Refitter:
             weight[np.ix_(rows, cols)] = solution.T
             bias[rows] = t_mean[rows] - solution.T @ z_mean[cols]
         return layer.store(weight, bias if with_bias else None)
+
+    def _basis(self, layer: Layer, dense: np.ndarray, rows: np.ndarray) -> tuple:
+        """(dense, rows, B, z_mean, t_mean, eigenvectors ascending) of the low-rank rule, cached."""
+        key = (layer.index, id(dense), id(rows))
+        known = self._bases.get(key)
+        if known is not None and known[0] is dense and known[1] is rows:
+            return known
+        w0 = layer.matrix(dtype=np.float32)
+        z, target = rows.astype(np.float64), self._target(layer, dense, w0)
+        with_bias = layer.bias is not None
+        z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(w0)))
+        z, target = z - z_mean, target - t_mean
+        prior = w0.T.astype(np.float64)
+        gram = z.T @ z
+        lam = _lam(self.ridge if self.ridge is not None else LOW_RANK_RIDGE, float(np.trace(gram)) / len(gram))
+        solved = prior + np.linalg.solve(gram + lam * np.eye(len(gram)), z.T @ (target - z @ prior))
+        vectors = np.linalg.eigh(solved.T @ gram @ solved)[1]
+        if len(self._bases) >= KEPT_BASES:
+            del self._bases[next(iter(self._bases))]
+        self._bases[key] = known = (dense, rows, solved, z_mean, t_mean, vectors)
+        return known
+
+    def low_rank(self, layer: Layer, rank: int, dense: np.ndarray, rows: np.ndarray) -> Stored:
+        """The rank-``rank`` weight and bias of the module rule from the activation ``rows`` reaching the layer
+        (the cut model's, or ``dense`` itself for the plain cut), against the dense layer on ``dense``."""
+        _, _, solved, z_mean, t_mean, vectors = self._basis(layer, dense, rows)
+        top = vectors[:, -rank:]
+        weight = ((solved @ top) @ top.T).T
+        return layer.store(weight, t_mean - weight @ z_mean if layer.bias is not None else None)

@@ -2,11 +2,12 @@
 
 Rules:
 - The state is a cut per layer (``families.Cut``) and two sets of weights, one fitted on each tuning fold;
-  it starts dense. A candidate is a unit's next rung applied to the state: its layers take the rung's cuts, refitted
-  on each fold one after another in topological order (each on that fold's activations with the earlier
-  ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning samples,
-  each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that saves no
-  MACs over the state is passed over.
+  it starts dense. A candidate is a unit's next rung applied to the state: its layers take the rung's cuts,
+  refitted on each fold one after another in topological order (each on that fold's activations with the
+  earlier ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning
+  samples, each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that
+  saves no MACs over the state is passed over, and so is one that would replace some but not all cuts of a
+  coupled structure in force (units removed across layers hold together).
 - Priority: MACs saved / fidelity lost (lost = candidate fidelity - state fidelity, counted as at least
   ``EPS * tolerance``; ties: more MACs saved first). Lazy greedy (Minoux): every unit's first rung is
   measured; then the best measured candidate is taken. Measured on an older state, it is measured again
@@ -111,7 +112,7 @@ class Annealer:
 
     def plain(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
         """``cuts`` applied without refitting."""
-        return {site: cut.plain(self.network.by_site[site]) for site, cut in cuts.items()}
+        return {site: cut.plain(self.network.by_site[site], self.gate.dense_taps[site]) for site, cut in cuts.items()}
 
     def _apply(self, structure: Structure) -> Fits:
         """The state's fits with ``structure`` cut in: refitted on each fold, or plainly cut."""
@@ -134,7 +135,7 @@ class Annealer:
         while rung < len(unit.rungs):
             structure = self._structure(unit, rung)
             macs = self.network.macs({**self.state.cuts, **structure.cuts})
-            if macs < self.state.macs:
+            if macs < self.state.macs and not self._splits(structure):
                 fits = self._apply(structure)
                 fidelity = self.gate.measure_crossed(fits)
                 candidate = StructureCandidate(unit.name, structure.label, structure.plans, macs, fidelity)
@@ -145,6 +146,16 @@ class Annealer:
             rung += 1
         unit.release()
         return None
+
+    def _splits(self, structure: Structure) -> bool:
+        """Whether ``structure`` would replace some, not all, cuts of a coupled structure in force."""
+        for site in structure.cuts:
+            origin = self.state.origin.get(site)
+            if origin is not None:
+                held = self._structure(*origin)
+                if held.coupled and not set(held.cuts) <= set(structure.cuts):
+                    return True
+        return False
 
     def _priority(self, measured: Measured) -> tuple[float, int]:
         saved = self.state.macs - measured.candidate.macs

@@ -8,8 +8,8 @@ partition by the adjusted Rand index (Hubert and Arabie 1985; 1 = the same parti
 A structure is stable when the mean over resamples of the worse of its inputs' and outputs' ARI is at least
 ``STABLE_ARI``: the paper's "stable substructures" (its criterion is not public; this one is ours). Hidden
 spaces are reported, not judged: a hidden unit that serves several groups can join either block at about
-the same cost, and the refit absorbs the difference. A structure that splits nothing (a trim) is not
-tested.
+the same cost, and the refit absorbs the difference. A structure that splits nothing (a trim), or is no
+partition into blocks (units removed, low rank), is not tested.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def stability(in_force: list[tuple[Unit, int]], taps: Mapping[Site, np.ndarray],
         norms = {layer.site: column_norms(taps[layer.site]) for layer in unit.layers}
         in_order = [layer.site for layer in sorted(unit.layers, key=lambda layer: layer.index)]
         accepted = unit.structure(rung, norms)
-        if all(len(plan.branches) < 2 for plan in accepted.plans.values()):
+        plans = accepted.plans.values()
+        if not all(isinstance(plan, BlockPlan) for plan in plans) or all(len(plan.branches) < 2 for plan in plans):
             continue
         spaces = index_spaces([accepted.plans[site] for site in in_order])
         scores: dict[str, list[float]] = {name: [] for name in spaces}

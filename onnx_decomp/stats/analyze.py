@@ -177,6 +177,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
             report.masks[name] = confirmed
         if keep_evidence:
             report.evidence[name] = np.where(confirmed, 1.0, 1.0 - p).astype(np.float16)
+            report.nulls[name] = w.null
         if name in chain_weights:
             p_by_weight[name] = p
     for first, second in chains:

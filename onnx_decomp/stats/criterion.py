@@ -10,6 +10,8 @@
   are (intersection-union test: ``p_path = max(p1[k, j], p2[i, k])``); Fisher combines the h path p-values:
   ``X = -2 sum_k log p_path``, ``p_edge = P(chi2_{2h} >= X)``. Conservative (``max`` of two uniforms is
   not uniform), exact in memory, O(d_out * h * d) time like the chain's own product.
+- Spectral form (``spectral_rank``): the singular values of a weight above the Marchenko-Pastur edge of its
+  init null count the directions training confirmed.
 """
 
 from __future__ import annotations
@@ -58,3 +60,13 @@ def grouped_edge_p_values(p1: np.ndarray, p2: np.ndarray, chunk_bytes: int = 64 
         block = np.maximum(log2[start:start + rows, :, None], log1[None, :, :])  # [rows, h, d]
         statistic[start:start + rows] = -2.0 * block.sum(axis=1)
     return stats.chi2.sf(statistic, 2 * h)
+
+
+def spectral_rank(matrix: np.ndarray, std: float) -> int:
+    """The directions training confirmed in ``W [n_out, n_in]``, the criterion's spectral form: singular values
+    above the largest one a matrix of independent init-like entries (standard deviation ``std``) reaches, the
+    Marchenko-Pastur edge ``std * (sqrt(n_out) + sqrt(n_in))`` (trained weights are init-like noise plus a few
+    learned directions: Thamm, Staats and Rosenow 2022)."""
+    n_out, n_in = matrix.shape
+    edge = std * (np.sqrt(n_out) + np.sqrt(n_in))
+    return int(np.sum(np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False) > edge))

@@ -59,6 +59,10 @@ class Uniform:
     def pdf(self, w: np.ndarray) -> np.ndarray:
         return np.where(np.abs(w) <= self.bound, 0.5 / self.bound, 0.0)
 
+    @property
+    def std(self) -> float:
+        return self.bound / math.sqrt(3.0)
+
 
 @dataclass(frozen=True)
 class Normal:
@@ -71,6 +75,10 @@ class Normal:
 
     def pdf(self, w: np.ndarray) -> np.ndarray:
         return np.exp(-0.5 * (np.asarray(w) / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
+
+    @property
+    def std(self) -> float:
+        return self.sigma
 
 
 @dataclass(frozen=True)
@@ -87,12 +95,24 @@ class TruncNormal:
         mass = 1.0 - _normal_sf_abs(np.float64(self.bound), self.sigma)
         return np.where(np.abs(w) <= self.bound, Normal(self.sigma).pdf(w) / mass, 0.0)
 
+    @property
+    def std(self) -> float:
+        """The truncated normal's standard deviation: sigma^2 (1 - 2 c phi(c) / (2 Phi(c) - 1)), c = bound/sigma."""
+        c = self.bound / self.sigma
+        mass = 1.0 - _normal_sf_abs(np.float64(c), 1.0)
+        return self.sigma * math.sqrt(max(1.0 - 2.0 * c * Normal(1.0).pdf(c) / mass, 0.0))
+
 
 @dataclass(frozen=True)
 class Update:
     """The ``reference`` null on W: the update ``d = W - W0`` against float32 rounding (module table)."""
 
     initial: np.ndarray
+
+    @property
+    def std(self) -> float:
+        """The spread of an untouched update: float32 rounding."""
+        return self.rounding
 
     @property
     def rounding(self) -> float:

@@ -4,19 +4,27 @@ proposed in (the schedule breaks ties by it)."""
 
 from __future__ import annotations
 
+from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.search.families.attention import Attention
 from onnx_decomp.search.families.base import (BlockCut, Cut, Family, Norms, SearchSpace, Structure, Unit,
                                               block_counts)
 from onnx_decomp.search.families.chain import Chain
+from onnx_decomp.search.families.lowrank import LowRank
 from onnx_decomp.search.families.single import Single
 from onnx_decomp.search.families.square import Square
+from onnx_decomp.search.families.units import Units
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (Single(), Chain(), Attention(), Square())}
+FAMILIES: dict[str, Family] = {family.name: family
+                               for family in (Single(), Chain(), Attention(), Square(), Units(), LowRank())}
 
 
 def build_units(space: SearchSpace) -> list[Unit]:
-    """Every family's units, in registry order."""
-    return [unit for family in FAMILIES.values() for unit in family.units(space)]
+    """The units of every family the run asks for (``AnnealConfig.families``; None: all), in registry order."""
+    asked = space.config.families or tuple(FAMILIES)
+    unknown = sorted(set(asked) - set(FAMILIES))
+    if unknown:
+        raise UnsupportedConstructError(f"families {unknown} are not registered (known: {', '.join(FAMILIES)})")
+    return [unit for name, family in FAMILIES.items() if name in asked for unit in family.units(space)]
 
 
 __all__ = ["FAMILIES", "build_units", "BlockCut", "Cut", "Family", "Norms", "SearchSpace", "Structure", "Unit",

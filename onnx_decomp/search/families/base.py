@@ -4,8 +4,9 @@ cautious to aggressive, and what a structure does to each of its layers.
 - ``Cut``: what a structure does to one layer: the multiply-accumulates it leaves per activation vector,
   the plain cut, the refit on calibration activations, and the plan the rewrite (``passes/``) executes.
   ``BlockCut`` is the block kind (``BlockPlan``: entries outside the blocks dropped; refit per block).
-- ``Structure``: one rung of a unit: its label, a cut per layer (keyed by ``Site``), and the partition of the
-  unit's index spaces it came from, if any.
+- ``Structure``: one rung of a unit: its label, a cut per layer (keyed by ``Site``), the partition of the
+  unit's index spaces it came from, if any, and whether its cuts only hold together (``coupled``: units
+  removed across layers; no other structure may then replace some of them and leave the rest).
 - ``Unit``: layers planned together and their rungs; ``structure(rung, norms)`` plans a rung from the layers'
   input norms (a bootstrap resample re-plans by calling it with its own norms).
 - ``Family``: makes the units it finds in a model (``SearchSpace``: the network, its shapes, the evidence,
@@ -39,8 +40,8 @@ class Cut(abc.ABC):
         """Multiply-accumulates per activation vector that the layer keeps."""
 
     @abc.abstractmethod
-    def plain(self, layer: Layer) -> Stored:
-        """The layer's weights cut without refitting."""
+    def plain(self, layer: Layer, dense: np.ndarray) -> Stored:
+        """The layer's weights cut without refitting (``dense``: the original model's activation rows)."""
 
     @abc.abstractmethod
     def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
@@ -55,7 +56,7 @@ class BlockCut(Cut):
     def macs(self, layer: Layer) -> int:
         return self.plan.macs
 
-    def plain(self, layer: Layer) -> Stored:
+    def plain(self, layer: Layer, dense: np.ndarray) -> Stored:
         return plain_cut(layer, self.plan)
 
     def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
@@ -67,6 +68,7 @@ class Structure:
     label: str
     cuts: dict[Site, Cut]
     partition: Optional[Partition] = None
+    coupled: bool = False
 
     @property
     def plans(self) -> dict[Site, Plan]:
@@ -100,13 +102,15 @@ class Unit(abc.ABC):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What families plan from: the network's layers, every tensor's shape, the statistical evidence per
-    weight name, and the run's settings."""
+    """What families plan from: the network's layers, every tensor's shape, the statistical evidence and the
+    null model per weight name, the original model's tuning activations per layer, and the run's settings."""
 
     network: Network
     shapes: Mapping[str, list]
     evidence: Mapping[str, np.ndarray]
     config: AnnealConfig
+    nulls: Mapping[str, object] = field(default_factory=dict)
+    taps: Mapping[Site, np.ndarray] = field(default_factory=dict)
 
     def evidence_of(self, layers: list[Layer]) -> dict[Site, Optional[np.ndarray]]:
         return {layer.site: self.evidence.get(layer.weight) for layer in layers}

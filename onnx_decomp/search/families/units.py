@@ -1,0 +1,101 @@
+"""The units family: whole hidden units of a chain removed (the paper's isolated nodes), FLAP-style.
+
+A unit is a pair of layers linked through per-feature ops whose hidden space only the second reads
+(``onnx_decomp_passes.find_chains`` and the feature space ``RemoveUnits`` needs: nothing else reads a tensor
+in between, no weight shared or cast). Hidden unit ``u`` scores ``e_u * std(h_u) * ||W2[:, u]||``: the output
+energy it carries around its mean on the original model's tuning activations (its mean moves into the bias
+when it goes), weighed by the statistical evidence ``e_u`` (the mean evidence of its entries in W1's row and
+W2's column: init-like units weigh little). Rungs keep the best-scoring ``SHARES`` of the units.
+
+Cuts: the producer keeps the rows of the kept units (refit: ridge toward W0 per ``refit``, the removed rows
+constant), the consumer their columns (refit: least squares on the kept units, intercept free, so the removed
+units' mean contribution lands in the bias; plain cut: that mean moved into the bias). The plans are
+``SlicePlan``s: the rewrite is smaller weights, nothing else. The structure is coupled: both cuts or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from onnx_decomp.search.families.base import Cut, Family, Norms, SearchSpace, Structure, Unit
+from onnx_decomp.search.network import Layer, Stored
+from onnx_decomp.search.refit import Refitter, plain_cut
+from onnx_decomp_passes import BlockPlan, Branch, SlicePlan, find_chains
+from onnx_decomp_passes.fold_permutation import feature_space
+
+SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)  # of the hidden units kept, cautious to aggressive
+
+
+@dataclass(frozen=True)
+class SliceCut(Cut):
+    """The layer keeps ``rows`` (None: all) and ``cols`` (None: all)."""
+
+    plan: SlicePlan
+
+    def _blocks(self) -> BlockPlan:
+        rows = np.arange(self.plan.n_out) if self.plan.rows is None else self.plan.rows
+        cols = np.arange(self.plan.n_in) if self.plan.cols is None else self.plan.cols
+        return BlockPlan(self.plan.n_out, self.plan.n_in, (Branch(rows, cols),),
+                         np.setdiff1d(np.arange(self.plan.n_out), rows))
+
+    def macs(self, layer: Layer) -> int:
+        return self.plan.macs
+
+    def plain(self, layer: Layer, dense: np.ndarray) -> Stored:
+        stored = plain_cut(layer, self._blocks())
+        if self.plan.cols is None or layer.bias is None:
+            return stored
+        gone = np.setdiff1d(np.arange(self.plan.n_in), self.plan.cols)
+        moved = layer.matrix()[:, gone] @ dense[:, gone].mean(0)  # FLAP: the removed units' mean, as bias
+        return layer.store(layer.matrix(stored), layer.bias_vector(stored) + moved)
+
+    def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
+        return refitter(layer, self._blocks(), dense, cut)
+
+
+@dataclass
+class UnitsUnit(Unit):
+    scores: Optional[np.ndarray] = None  # per hidden unit, higher is kept longer
+    family = "units"
+
+    def label(self, rung: int) -> str:
+        return f"keep {self.rungs[rung]:.1%} of units"
+
+    def structure(self, rung: int, norms: Norms) -> Structure:
+        first, second = self.layers
+        hidden = first.shape[0]
+        kept = np.sort(np.argsort(-self.scores, kind="stable")[:max(1, round(self.rungs[rung] * hidden))])
+        cuts = {first.site: SliceCut(SlicePlan(*first.shape, rows=kept)),
+                second.site: SliceCut(SlicePlan(*second.shape, cols=kept))}
+        return Structure(self.label(rung), cuts, coupled=True)
+
+
+def unit_scores(first: Layer, second: Layer, hidden: np.ndarray, evidence: dict) -> np.ndarray:
+    """``e_u * std(h_u) * ||W2[:, u]||`` of the module rule, from the hidden activation rows ``hidden``."""
+    score = hidden.std(0) * np.linalg.norm(second.matrix(), axis=0)
+    weights = [(evidence.get(second.site), 0), (evidence.get(first.site), 1)]
+    shares = [e.astype(np.float32).mean(axis=axis) for e, axis in weights if e is not None]
+    return score * (np.mean(shares, axis=0) if shares else 1.0)
+
+
+class Units(Family):
+    name = "units"
+
+    def units(self, space: SearchSpace) -> list[Unit]:
+        network = space.network
+        layers = {id(layer.op.node): layer for layer in network.layers}
+        ops = {id(layer.op.node): layer.op for layer in network.layers}
+        units = []
+        for producer, consumer in find_chains([layer.op for layer in network.layers]):
+            first, second = layers[id(producer.node)], layers[id(consumer.node)]
+            found = feature_space(producer, ops)
+            if isinstance(found, str) or [c.node for c in found.consumers] != [consumer.node] or \
+                    any(len(op.weight.outputs) > 1 or op.cast is not None for op in (producer, consumer)):
+                continue
+            evidence = space.evidence_of([first, second])
+            scores = unit_scores(first, second, space.taps[second.site], evidence)
+            units.append(UnitsUnit([first, second], list(SHARES), evidence, scores))
+        return units
