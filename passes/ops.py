@@ -244,6 +244,8 @@ def _classify(node: gs.Node, graph: gs.Graph) -> "WeightedOp | Skipped | None":
     if (rank != 2) if node.op != "Conv" else (rank < 3):
         wanted = "2-D" if node.op != "Conv" else "at least 3-D"
         return skip(f"{rank}-D constant weight (only {wanted} is supported)")
+    if 0 in weight.shape:
+        return skip(f"empty weight {list(weight.shape)}: nothing to rewrite")
     if not _is_float(weight.dtype):
         return skip(f"{dtype_name(weight.dtype)} weight (only float16/32/64; quantized left alone)")
     if node.op == "MatMul":

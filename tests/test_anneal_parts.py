@@ -72,7 +72,7 @@ def test_calibration_splits_batches_and_drops_what_fills_no_fixed_batch(rng):
         calibration(ctx, AnnealConfig(), {"x": x}, labels={"logits": np.zeros(23)})
     random = calibration(ctx, AnnealConfig())
     assert random.source == "random" and "random inputs" in random.warnings[0]
-    given = calibration(ctx, AnnealConfig(), {"x": x}, inputs={"x": x[:8], "y": np.zeros(8, np.int64)})
+    given = calibration(ctx, AnnealConfig(), {"x": x}, inputs={"x": x[:8] + 1, "y": np.zeros(8, np.int64)})
     assert given.validation == "--inputs" and len(given.held_out) == 8 and len(given.tuning) == 20
     assert "y" in given.held_out.labels  # labels of the validation set ride in the --inputs file
 

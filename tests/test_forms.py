@@ -39,13 +39,14 @@ def matmul_model(w, rank):
 @pytest.mark.parametrize("rank", [2, 3, 4])
 @pytest.mark.parametrize("shapes", [[(4, 4)] * 4, [(3, 5), (5, 2), (4, 4)]], ids=["equal", "uneven"])
 def test_form_equals_dense_masked_model(rng, form, rank, shapes):
-    """Hidden permutations, two rows that read nothing and a column nobody reads; two batch sizes."""
+    """Hidden permutations, two rows that read nothing and a column nobody reads; batch sizes 0, 1 and 3, and
+    an empty inner dim: every size the dense model takes."""
     w, _ = hidden_blocks(rng, shapes, empty_rows=2, empty_cols=1)
     plan = plan_from_support(w != 0)
     model = matmul_model(w, rank)
     out = rewrite(model, {"fc": plan}, PADDED[form])
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, 2, 3)[:rank - 1] + (w.shape[1],)).astype(np.float32)
+    for lead in dict.fromkeys(dims[:rank - 1] for dims in [(0, 2, 3), (1, 2, 3), (3, 2, 3), (2, 3, 0)]):
+        x = rng.standard_normal(lead + (w.shape[1],)).astype(np.float32)
         np.testing.assert_allclose(run(out, {"x": x})[0], x @ (w * plan.mask()).T, rtol=RTOL, atol=ATOL)
 
 

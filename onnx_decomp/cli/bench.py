@@ -33,8 +33,8 @@ def add_parser(commands) -> None:
                         "machine (needs --threads 1)")
     parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="S",
                         help="seconds of interleaved rounds per batch size (default %(default)s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw speedup against FLOP reduction")
+    parser.add_argument("--json", type=options.file_path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", type=options.file_path, metavar="PNG", help="draw speedup against FLOP reduction")
     parser.set_defaults(run=run)
 
 

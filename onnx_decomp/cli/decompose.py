@@ -21,7 +21,7 @@ def add_parser(commands) -> None:
     parser = commands.add_parser("decompose", parents=[options.model_options(), options.planning_options(),
                                                        options.analysis_options(), options.anneal_options()],
                                  help="rewrite block-structured MatMul/Gemm into branches and validate")
-    parser.add_argument("output", type=Path, help="where to write the rewritten model")
+    parser.add_argument("output", type=options.file_path, help="where to write the rewritten model")
     defaults = ValidationConfig()
     parser.add_argument("--check", type=int, default=defaults.check, metavar="N",
                         help="compare outputs on N random input sets in ONNX Runtime (default %(default)s; "

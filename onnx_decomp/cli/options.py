@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -36,6 +37,13 @@ def _names(choices: tuple):
     return parse
 
 
+def file_path(text: str) -> Path:
+    """An output file's path; one ending in a separator names a folder (``OUT/`` never writes a file OUT)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} ends with '/': give a file path, not a folder")
+    return Path(text)
+
+
 def batch_sizes(text: str) -> tuple[int, ...]:
     """``1,64,256`` -> ``(1, 64, 256)``, every size at least 1."""
     try:
@@ -51,7 +59,7 @@ def model_options() -> argparse.ArgumentParser:
     """The input model and the JSON report."""
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
-    group.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    group.add_argument("--json", type=file_path, metavar="PATH", help="also write the report as JSON")
     group.add_argument("--inline-functions", action="store_true",
                        help="inline model-local functions first, so that MatMul/Gemm inside them are seen")
     return group

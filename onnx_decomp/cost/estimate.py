@@ -97,9 +97,10 @@ class CostModel:
         a, b = shapes.get(node.input[0]) or [1], shapes.get(node.input[1]) or []
         if node.op_type == "Conv":
             return int(np.prod(b)) if b else 0
-        rows = int(np.prod(a[:-2])) if node.op_type == "Einsum" else (a[-2] if len(a) > 1 else 1)
+        lead = a[:-2] if node.op_type == "Einsum" else a[-2:-1]
+        single_row = None not in lead and int(np.prod(lead)) <= 1  # unknown rows (inference stopped) may be many
         prepacked = node.op_type in ("MatMul", "Gemm") and node.input[1] in constants and len(b) == 2
-        return 0 if prepacked or rows <= 1 or not b or None in b else int(np.prod(b))
+        return 0 if prepacked or single_row or not b or None in b else int(np.prod(b))
 
 
 MEASURED = CostModel(node_us=0.70, copy_gbps=49.2, weight_gbps=14.2, gemm_gflops=94.0, pack_gbps=34.1,

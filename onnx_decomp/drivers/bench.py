@@ -24,7 +24,7 @@ from onnx_decomp.cost.model_stats import model_stats
 from onnx_decomp.cost.timing import CLOCKS, interleaved_times
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
-from onnx_decomp.io.shapes import InputSpec, concrete_shapes, input_specs
+from onnx_decomp.io.shapes import InputSpec, batched_inputs, concrete_shapes, input_specs
 from onnx_decomp.report.bench import BenchReport, BenchResult
 from onnx_decomp.runtime.quantize import quantize_int8
 from onnx_decomp.runtime.sessions import make_session, onnxruntime, random_inputs, session_device
@@ -43,12 +43,18 @@ def _interface(model: onnx.ModelProto) -> tuple:
 def _batch_specs(model: onnx.ModelProto, batch: int) -> list[InputSpec]:
     """The inputs at ``batch`` (symbolic first dims; other symbolic dims 1); an error when none is symbolic
     and ``batch`` differs from the model's."""
-    specs = input_specs(model)
-    symbolic = {v.name for v in model.graph.input
-                if v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    specs, symbolic = input_specs(model), batched_inputs(model)
     if not symbolic and any(s.shape and s.shape[0] != batch for s in specs):
         raise UnsupportedConstructError(f"--batch {batch}: the model's inputs have a fixed first dim")
     return [replace(s, shape=(batch, *s.shape[1:])) if s.name in symbolic else s for s in specs]
+
+
+def _reduction(dense_flops: int, model_flops: int) -> float:
+    """Dense FLOPs / the model's: inf when the model has none left, NaN (no figure; null in JSON) when
+    neither has any."""
+    if model_flops:
+        return dense_flops / model_flops
+    return float("inf") if dense_flops else float("nan")
 
 
 def _check_clock(clock: str, session: SessionConfig) -> None:
@@ -111,6 +117,6 @@ def bench_models(models: Mapping[str, onnx.ModelProto], batches: Sequence[int],
             model_flops, dense_flops = flops[sources[name]], flops[sources[names[0]]]
             report.results.append(BenchResult(
                 batch, name, [float(t) for t in times[:, i] * 1e3], float(np.median(times[:, 0] / times[:, i])),
-                model_flops, dense_flops / model_flops if model_flops else float("inf")))
+                model_flops, _reduction(dense_flops, model_flops)))
         logger.info("batch %d: %d rounds", batch, len(times))
     return report

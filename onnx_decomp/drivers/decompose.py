@@ -44,8 +44,11 @@ def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = 
 
 def _rewrite(ctx: ModelContext, planning: Planning) -> onnx.ModelProto:
     """The model with every node decided for rewriting replaced in its chosen form (consumes ``ctx.graph``):
-    permutations folded into neighbouring weights first, chains kept in block layout after; checked."""
+    permutations folded into neighbouring weights first, chains kept in block layout after; checked. With
+    nothing to rewrite, the model as loaded: what needs no rewrite comes out as it went in."""
     rewrites = planning.rewrites()
+    if not rewrites:
+        return ctx.proto
     plans = {site: candidate.folded or candidate.plan for site, candidate in rewrites.items()}
     chosen = {site: FORMS[candidate.form] for site, candidate in rewrites.items() if candidate.form}
     try:

@@ -1,9 +1,11 @@
 """ModelProto <-> onnx-graphsurgeon graph: the one graph form every driver hands to the back end.
 
 Rules on import: tensor names are made unique across scopes first (``io.scopes``); an initializer that is
-also a graph input (overridable at run time; IR < 4 lists every initializer so) enters the graph as a plain
-input, so no pass treats it as a constant weight, and ``export_graph`` puts its default value back, so the
-model's interface and defaults are unchanged. Constant values are read when used, not kept (``TensorValues``),
+also a graph input (overridable at run time) enters the graph as a plain input, so no pass treats it as a
+constant weight, and ``export_graph`` puts its default value back, so the model's interface and defaults
+are unchanged. Below IR version 4 every initializer is listed as an input, as that IR requires, and ONNX
+Runtime holds them constant: they are weights like any other, and the export lists every initializer of the
+main graph (new ones too) as an input again. Constant values are read when used, not kept (``TensorValues``),
 so a large model's weights are held once. onnx-graphsurgeon's own warnings are silenced while it works.
 """
 
@@ -15,6 +17,7 @@ from typing import Iterator, Mapping, Optional
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import helper
 from onnx.numpy_helper import to_array
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -25,6 +28,7 @@ from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp_passes import FoldConstantNodes, PassManager, UniqueNodeNames, all_graphs
 
 MODEL_FIELDS = ("doc_string", "domain", "model_version", "producer_name", "producer_version")
+IR_INITIALIZERS_AS_INPUTS = 4  # below this IR version every initializer is listed as a graph input too
 
 
 @contextmanager
@@ -38,7 +42,10 @@ def _quiet() -> Iterator[None]:
 
 
 def overridable_initializers(model: onnx.ModelProto) -> list[str]:
-    """Names of the main graph's initializers that are also graph inputs."""
+    """Names of the main graph's initializers that are also graph inputs, from IR version 4 (below it the
+    listing is required of every initializer and means nothing: ONNX Runtime holds them constant)."""
+    if model.ir_version < IR_INITIALIZERS_AS_INPUTS:
+        return []
     inputs = {value.name for value in model.graph.input}
     return [t.name for t in model.graph.initializer if t.name in inputs]
 
@@ -89,9 +96,10 @@ def import_graph(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> gs.
 
 def export_graph(graph: gs.Graph, like: Optional[onnx.ModelProto] = None,
                  node_metadata: Optional[Mapping[str, Mapping[str, str]]] = None) -> onnx.ModelProto:
-    """The graph as a ModelProto; with ``like`` (the model it was imported from), its model-level fields,
-    metadata and the default values of its overridable initializers are carried over; ``node_metadata``
-    (node name -> key -> value) becomes the named nodes' ``metadata_props``, in any graph."""
+    """The graph as a ModelProto in its IR version's conventions (module rule); with ``like`` (the model it
+    was imported from), its model-level fields, metadata and the default values of its overridable
+    initializers are carried over; ``node_metadata`` (node name -> key -> value) becomes the named nodes'
+    ``metadata_props``, in any graph."""
     with _quiet():
         model = gs.export_onnx(graph)
     for node in (n for one in iter_graphs(model.graph) for n in one.node) if node_metadata else ():
@@ -103,4 +111,8 @@ def export_graph(graph: gs.Graph, like: Optional[onnx.ModelProto] = None,
         model.metadata_props.extend(like.metadata_props)
         defaults = set(overridable_initializers(like))
         model.graph.initializer.extend(t for t in like.graph.initializer if t.name in defaults)
+    if model.ir_version < IR_INITIALIZERS_AS_INPUTS:
+        listed = {value.name for value in model.graph.input}
+        model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                 for t in model.graph.initializer if t.name not in listed)
     return model

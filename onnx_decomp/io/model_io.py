@@ -2,9 +2,10 @@
 
 Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
 included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
-and every external tensor's bytes lie inside its file at a valid offset. A model holding references to
-external data, or over 2 GiB, is checked as its weight-free skeleton (``io.shapes.skeleton``: large weights
-as typed inputs, small tensors read in), which the checker can hold at any size.
+every external tensor's file lies inside the model's folder (``io.references``) and its bytes lie inside
+that file at a valid offset. A model holding references to external data, or over 2 GiB, is checked as its
+weight-free skeleton (``io.shapes.skeleton``: large weights as typed inputs, small tensors read in), which
+the checker can hold at any size.
 
 Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
 and be read one at a time when needed; writing a model that holds such references copies their bytes into
@@ -27,6 +28,7 @@ from onnx import external_data_helper
 
 from onnx_decomp.errors import InvalidModelError
 from onnx_decomp.io.atomic import staged_output
+from onnx_decomp.io.references import inside
 from onnx_decomp.io.shapes import SMALL_TENSOR, skeleton
 from onnx_decomp.io.walk import iter_graphs, iter_tensors
 
@@ -55,13 +57,18 @@ def _external_info(tensor: onnx.TensorProto) -> external_data_helper.ExternalDat
     return info
 
 
+def _external_path(tensor: onnx.TensorProto, base_dir: Path) -> Path:
+    """The file holding an external tensor's bytes, inside ``base_dir`` (``io.references``)."""
+    return inside(base_dir, _external_info(tensor).location, f"tensor {tensor.name!r}: external data")
+
+
 def _check_external_sizes(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Every external tensor's bytes must exist in its file (a truncated .data file is an error)."""
+    """Every external tensor's file lies inside the model's folder and holds its bytes (a truncated .data
+    file is an error)."""
     for tensor in iter_tensors(model.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = _external_info(tensor)
-        path = base_dir / info.location
+        info, path = _external_info(tensor), _external_path(tensor, base_dir)
         if not path.is_file():
             raise InvalidModelError(f"external data file {path} (tensor {tensor.name!r}) not found")
         needed = (info.offset or 0) + (info.length or 0)
@@ -144,7 +151,7 @@ def has_external_data(model: onnx.ModelProto) -> bool:
 def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     """The bytes a tensor's external-data record points to, in a file under ``base_dir``."""
     info = _external_info(tensor)
-    with open(base_dir / info.location, "rb") as handle:
+    with open(_external_path(tensor, base_dir), "rb") as handle:
         handle.seek(info.offset or 0)
         return handle.read(info.length) if info.length else handle.read()
 

@@ -61,6 +61,13 @@ def input_specs(model: onnx.ModelProto, overrides: InputShapes = None,
     return specs
 
 
+def batched_inputs(model: onnx.ModelProto) -> set[str]:
+    """The graph inputs (initializers aside) whose first dim is symbolic: the batch a caller chooses."""
+    initializers = {t.name for t in model.graph.initializer}
+    return {value.name for value in model.graph.input if value.name not in initializers
+            and value.type.tensor_type.shape.dim and not value.type.tensor_type.shape.dim[0].HasField("dim_value")}
+
+
 def skeleton(model: onnx.ModelProto, specs: Optional[Sequence[InputSpec]] = None) -> onnx.ModelProto:
     """The model of the module rule: every initializer over ``SMALL_TENSOR`` elements of the main graph is a
     typed graph input instead; with ``specs`` the real graph inputs take those concrete shapes. Nodes,

@@ -19,8 +19,12 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and Constant-node tensor in ``graph`` and its subgraphs."""
+    """Every initializer and node-attribute tensor (a Constant's value, tensor lists) in ``graph`` and its
+    subgraphs."""
     for one in iter_graphs(graph):
         yield from one.initializer
         for node in one.node:
-            yield from (attribute.t for attribute in node.attribute if attribute.HasField("t"))
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Union
@@ -10,7 +9,7 @@ from typing import Union
 import numpy as np
 
 from onnx_decomp.config import FDR_SCOPES
-from onnx_decomp.io.atomic import write_text
+from onnx_decomp.io.atomic import write_json
 from onnx_decomp.report.table import table
 
 
@@ -57,7 +56,7 @@ class AnalysisReport:
         return data
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
-        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     def format(self) -> str:
         rows = [("weight", "shape", "null", "source", "pi0", "confirmed", "components", "const", "unused",

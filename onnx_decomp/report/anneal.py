@@ -13,7 +13,6 @@ reduction), ``stability[]``, ``left_out[]`` (``node``, ``reason``), ``decomposit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import onnx
 
 from onnx_decomp.config import METRICS
 from onnx_decomp.decisions import Step, Verdict
-from onnx_decomp.io.atomic import staged_output, write_text
+from onnx_decomp.io.atomic import staged_output, write_json
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.report.table import table
 from onnx_decomp_passes import BlockPlan
@@ -127,7 +126,7 @@ class AnnealReport:
         }
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
-        write_text(path, json.dumps(self.to_dict(), indent=2, default=float) + "\n")
+        write_json(path, self.to_dict())
 
     def write_folder(self, folder: Union[str, os.PathLike], final: Optional[Union[str, os.PathLike]] = None) -> None:
         """``folder/anneal.png`` (fidelity against MAC reduction) and ``folder/anneal.json``, each atomically;

@@ -8,19 +8,19 @@ really ran), ``intra_op_threads`` (null: ONNX Runtime's default), ``spin`` (idle
 decomposed, decomposed+int8), ``samples_ms`` (milliseconds per run, one per round, rounds aligned across
 models), ``median_ms``, ``speedup`` (median over rounds of the dense sample / this model's sample),
 ``matmul_flops`` (MatMul/Gemm FLOPs per inference of the float model; an int8 peer counts its float source's),
-``flop_reduction`` (dense FLOPs / these), ``efficiency`` (speedup / flop_reduction).
+``flop_reduction`` (dense FLOPs / these; null where that is no finite number: no FLOPs left, or none in
+either), ``efficiency`` (speedup / flop_reduction, or null).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Union
 
 import numpy as np
 
-from onnx_decomp.io.atomic import staged_output, write_text
+from onnx_decomp.io.atomic import staged_output, write_json
 from onnx_decomp.report.figures import plot_speedup_against_flops
 from onnx_decomp.report.table import table
 
@@ -40,7 +40,8 @@ class BenchResult:
 
     @property
     def efficiency(self) -> float:
-        return self.speedup / self.flop_reduction
+        """Speedup / FLOP reduction; NaN (null in JSON) where the reduction is no finite figure."""
+        return self.speedup / self.flop_reduction if np.isfinite(self.flop_reduction) else float("nan")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "median_ms": self.median_ms, "efficiency": self.efficiency}
@@ -65,7 +66,7 @@ class BenchReport:
         return {**data, "results": [r.to_dict() for r in self.results]}
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
-        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     def plot(self, path: Union[str, os.PathLike]) -> None:
         with staged_output(path) as staged:

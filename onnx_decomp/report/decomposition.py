@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Union
 
 from onnx_decomp.cost.model_stats import ModelStats
 from onnx_decomp.decisions import Decision
-from onnx_decomp.io.atomic import write_text
+from onnx_decomp.io.atomic import write_json
 from onnx_decomp.report.table import table
 from onnx_decomp.runtime.validation import ValidationResult
 from onnx_decomp_passes import WeightedOp
@@ -84,7 +83,7 @@ class Report:
                 "notes": list(self.notes)}
 
     def write_json(self, path: Union[str, os.PathLike]) -> None:
-        write_text(path, json.dumps(self.to_dict(), indent=2, default=float) + "\n")
+        write_json(path, self.to_dict())
 
     def format(self) -> str:
         """The console view: node table, before/after table, validation table, notes."""
@@ -108,7 +107,8 @@ class Report:
         lines += ["", table(stats)]
         if self.validation is not None:
             v = self.validation
-            lines += ["", f"validation on {v.device}, {v.runs} input set(s), {v.tolerance.describe()}:",
+            edges = f" (the first also at batch {', '.join(map(str, v.edge_batches))})" if v.edge_batches else ""
+            lines += ["", f"validation on {v.device}, {v.runs} input set(s){edges}, {v.tolerance.describe()}:",
                       table([("output", "max abs diff", "max rel diff", "rel L2", "ok")] +
                             [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.rel_l2:.3g}",
                               "yes" if d.ok else "NO") for d in v.outputs])]

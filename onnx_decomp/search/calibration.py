@@ -7,6 +7,8 @@ Rules:
   are cast to the input's element type.
 - Labels (for the ``accuracy`` metric) are keyed by output name: one class index per output row, samples
   along the first axis.
+- Data that cannot measure fidelity is refused (``search.data_checks``: numbers, finite, distinct samples),
+  and held-out rows that copy tuning rows are left out (noted).
 - Split: a seeded permutation of the samples; a ``held_out`` fraction of them (at least one, and at least
   two left to tune on) is held out. The fidelity gate decides on the tuning part; the report's fidelity is
   measured on the held-out part. Validation arrays given separately (``--inputs``, with labels under output
@@ -37,6 +39,7 @@ from onnx_decomp.errors import DecompError, UnsupportedConstructError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp.runtime.sessions import random_inputs
+from onnx_decomp.search.data_checks import check_distinct, check_inputs, unseen_rows
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ def _samples(ctx: ModelContext, arrays: dict[str, np.ndarray], labels: dict[str,
     missing = [spec.name for spec in ctx.specs if spec.name not in arrays]
     if missing:
         raise DecompError(f"{option} lacks arrays for the model inputs {missing} (it has {sorted(arrays)})")
+    check_inputs(arrays, [spec.name for spec in ctx.specs], option)
     inputs = {}
     for spec in ctx.specs:
         array = arrays[spec.name]
@@ -156,6 +160,7 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
         if unknown:
             raise DecompError(f"--labels names no output of the model: {unknown} (outputs {sorted(outputs)})")
         samples = _samples(ctx, arrays_of(calib, "--calib"), label_arrays, "--calib")
+        check_distinct(samples.inputs, "--calib")
         batch, source = fixed or config.batch_size, "file"
     if inputs is not None:
         arrays = arrays_of(inputs, "--inputs")
@@ -168,6 +173,10 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
         held = min(len(samples) - 2, max(1, round(config.held_out * len(samples))))
         tuning, held_out = samples.subset(np.sort(order[held:])), samples.subset(np.sort(order[:held]))
         validation = "held-out calibration samples" if source == "file" else "held-out random inputs"
+    unseen = unseen_rows(held_out.inputs, tuning.inputs, validation)
+    if len(unseen) < len(held_out):
+        notes.append(f"{len(held_out) - len(unseen)} of the {validation} copy tuning rows: left out")
+    held_out = held_out.subset(unseen)
     step = fixed or 1
     order = np.random.default_rng(config.seed + 1).permutation(len(tuning))
     folds = tuple(tuning.subset(np.sort(half)).whole(step) for half in np.array_split(order, 2))

@@ -30,6 +30,7 @@ from onnx_decomp.config import SessionConfig
 from onnx_decomp.errors import DecompError
 from onnx_decomp.runtime.sessions import make_session
 from onnx_decomp.search.calibration import Calibration, Samples
+from onnx_decomp.search.data_checks import check_measurable
 from onnx_decomp.search.network import Network, Weights
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class FidelityGate:
         self.dense_taps = self.joined(self.fold_taps)  # ... and over the whole tuning part
         self.reference = {"tuning": [np.concatenate(o) for o in zip(dense[0].outputs, dense[1].outputs)],
                           "held-out": network.run(self.batches["held-out"]).outputs}
+        check_measurable(metric, network.outputs, self.reference, self.labels, self.dense_taps)
         floats = [name for name, out in zip(network.outputs, dense[0].outputs) if np.issubdtype(out.dtype, np.floating)]
         self.notes = [] if len(floats) == len(network.outputs) else \
             [f"outputs {sorted(set(network.outputs) - set(floats))} are not float: the metric ignores them"]

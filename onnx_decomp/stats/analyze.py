@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 from onnx import numpy_helper
@@ -29,6 +29,7 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import InvalidModelError, UnsupportedConstructError
 from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.io.model_io import ModelLike, load_model
+from onnx_decomp.io.references import inside
 from onnx_decomp.io.walk import iter_tensors
 from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.report.analysis import AnalysisReport, ChainAnalysis, TensorAnalysis
@@ -50,8 +51,18 @@ def _initial_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
     return found
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "weight"
+def _figure_stems(names: Iterable[str]) -> dict[str, str]:
+    """A file stem per weight: its name in safe characters, numbered where two names come out alike (``W₁``
+    and ``W₂`` both read ``W``; compared without case, as some file systems compare)."""
+    stems: dict[str, str] = {}
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "weight"
+        stem, n = base, 1
+        while stem.lower() in {s.lower() for s in stems.values()}:
+            n += 1
+            stem = f"{base}_{n}"
+        stems[name] = stem
+    return stems
 
 
 class _Weight:
@@ -91,7 +102,7 @@ def _choose_nulls(ctx: ModelContext, by_weight: dict, config: AnalysisConfig, re
     choices = {name: choose_null(name, recorded, rules) for name in by_weight}
     reference_path = config.init_reference
     if reference_path is None and REFERENCE_KEY in metadata and ctx.source is not None:
-        reference_path = ctx.source.parent / metadata[REFERENCE_KEY]
+        reference_path = inside(ctx.source.parent, metadata[REFERENCE_KEY], f"metadata {REFERENCE_KEY}")
     needs_reference = {n for n, c in choices.items() if c.spec.name == "reference"}
     initial = _initial_tensors(Path(reference_path), set(by_weight)) if reference_path else {}
     if needs_reference - set(initial):
@@ -147,6 +158,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
               if all(op.weight.name in by_weight for op in chain)]
     chain_weights = {op.weight.name for chain in chains for op in chain}
     p_by_weight: dict[str, np.ndarray] = {}
+    stems = _figure_stems(by_weight)
     for name in tqdm(by_weight, desc="analysis", unit="tensor", disable=None, leave=False):
         w = weight(name)
         p = w.p_values()
@@ -159,7 +171,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
             len(plan.constant_rows), len(plan.unused_cols),
             round(sum(op.shape[0] * op.shape[1] for op in w.ops) / total_macs, 6))
         if figure_dir is not None:
-            entry.figures = _draw(w, confirmed, plan, figure_dir / _safe(name))
+            entry.figures = _draw(w, confirmed, plan, figure_dir / stems[name])
         report.tensors.append(entry)
         if keep_masks:
             report.masks[name] = confirmed

@@ -11,7 +11,8 @@ Rules:
   ``onnx_decomp.null/<initializer>`` holds the spec string.
 - ``reference_path``: the initial tensors of all bound initializers, in the initializer's own layout (a
   transposed copy where the initializer is transposed), are written as an ONNX model with the same
-  initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder.
+  initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder,
+  inside which it must lie (``io.references``: the tool follows a model's references there only).
 - The dynamo exporter's per-node ``pkg.torch.onnx.stack_trace`` entries are dropped: they hold local file
   paths, so the same training would give different files on different machines.
 - ``metadata``: further ``metadata_props`` entries (key -> value), e.g. where the training data came from.
@@ -36,6 +37,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from onnx_decomp.io.model_io import save_model
+from onnx_decomp.io.references import inside
 from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp.stats.null_models import NULL_KEY_PREFIX, REFERENCE_KEY
 from onnx_decomp.torch.binding import Binding, bind_initializers, float_initializers
@@ -146,6 +148,8 @@ def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Op
     if reference_path is not None and init is None:
         raise ValueError("reference_path needs the InitRecord (init=record_init(model) before training)")
     path = Path(path)
+    if reference_path is not None:  # the tool follows a recorded reference only inside the model's folder
+        inside(path.parent, os.path.relpath(reference_path, path.parent), "reference_path")
     args = _as_tuple(example_inputs)
     names = list(input_names) if input_names is not None else _default_input_names(model, len(args))
     was_training = model.training

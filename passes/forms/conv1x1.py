@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
-from ..builder import Builder
+from ..builder import Builder, index
 from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .blocks import BlockForm, finish, read_slots, stacked_weights
@@ -15,12 +16,41 @@ from .blocks import BlockForm, finish, read_slots, stacked_weights
 MAX_RANK = 4  # ONNX Runtime's CPU Conv takes up to 3 spatial dims
 
 
+def _conv_or_empty(b: Builder, x, weights, groups: int, channels: int, spatial: int) -> gs.Variable:
+    """``Conv(x, weights)`` with kernel 1; when ``x`` holds no element (ONNX Runtime's Conv refuses 0
+    positions), the empty result of the same shape instead, expanded from ``x[:, :1]``."""
+    def empty() -> gs.Variable:
+        bounds = [b.constant(f"first_{name}", index([v])) for name, v in (("start", 0), ("end", 1), ("axis", 1))]
+        first = b.emit("Slice", "x_first", [x, *bounds])
+        return b.emit("Expand", "y_empty", [first, b.constant("y_shape", index([1, channels] + [1] * spatial))])
+
+    def conv() -> gs.Variable:
+        return b.emit("Conv", "y_conv", [x, weights], {"group": groups, "kernel_shape": [1] * spatial})
+
+    no_element = b.emit("Equal", "x_empty", [b.emit("Size", "x_size", [x]), b.constant("zero", index(0))])
+    return b.emit("If", "y_groups", [no_element], {"then_branch": _branch(b, "no_positions", empty),
+                                                    "else_branch": _branch(b, "positions", conv)})
+
+
+def _branch(b: Builder, suffix: str, emit) -> gs.Graph:
+    """The nodes ``emit()`` appends, moved into a subgraph whose output is the tensor it returns (typed like
+    the node's input)."""
+    start = len(b.nodes)
+    output = emit()
+    nodes = b.nodes[start:]
+    del b.nodes[start:]
+    output.dtype = b.op.node.inputs[0].dtype
+    return gs.Graph(nodes=nodes, outputs=[output], name=b.names.fresh(f"{b.prefix}/{suffix}"))
+
+
 class Conv1x1(BlockForm):
     """For ``y = op(x, W)`` with ``x`` of rank ``r = L + 1`` (2 to 4) and the plan laid out as ``k`` blocks
     of ``b_in x b_out`` (``forms.blocks``)::
 
         x_c = Unsqueeze(Transpose(x_s, perm=[L, 0..L-1]), 0)     # [1, k*b_in, d_1..d_L]: positions as space
-        y_c = Conv(x_c, K[k*b_out, b_in, 1..1], group=k)           # one node, kernel 1 in every spatial dim
+        y_c = If(Size(x_c) == 0,                                   # ONNX Runtime's Conv refuses 0 positions
+                 then: Expand(x_c[:, :1], [1, k*b_out, 1..1]),     # the empty result, of the right shape
+                 else: Conv(x_c, K[k*b_out, b_in, 1..1], group=k)) # one node, kernel 1 in every spatial dim
         y_s = Transpose(Squeeze(y_c, 0), perm=[1..L, 0])  (+ beta * C), then back in output order if needed
 
     Each group is one GEMM of ``[b_out, b_in] x [b_in, positions]`` (putting the batch in Conv's N axis
@@ -50,6 +80,6 @@ class Conv1x1(BlockForm):
 
         weights = b.shared_weight((*layout.weights_key(b.op, self.name), lead),
                                     "W_groups", kernel)
-        y = b.emit("Conv", "y_groups", [x, weights], {"group": layout.k, "kernel_shape": [1] * lead})
+        y = _conv_or_empty(b, x, weights, layout.k, layout.k * layout.b_out, lead)
         y = b.emit("Squeeze", "y_channels", [y, axis0])
         finish(b, layout, b.emit("Transpose", "y_slots", [y], {"perm": [*range(1, lead + 1), 0]}))

@@ -17,9 +17,10 @@ class BlockEinsum(BlockForm):
 
         x_b = Reshape(x_s, [0]*L + [k, b_in])                # x_s: x, or its features in slot order
         y_b = Einsum("...ki,kio->...ko", x_b, W_stacked)       # [d_1..d_L, k, b_out]
-        y   = Reshape(y_b, [0]*L + [-1]) (+ beta * C), then back in output order if needed
+        y   = Reshape(y_b, [0]*L + [k*b_out]) (+ beta * C), then back in output order if needed
 
-    As the batched form (``forms.batched``), with ONNX Runtime's Einsum arranging the operands. Needs opset 12.
+    As the batched form (``forms.batched``; no -1 in a Reshape, so 0 rows run too), with ONNX Runtime's Einsum
+    arranging the operands. Needs opset 12.
     ``quantize_dynamic`` leaves Einsum in float.
     """
 
@@ -39,6 +40,6 @@ class BlockEinsum(BlockForm):
         weights = b.shared_weight(layout.weights_key(b.op, self.name),
                                     "W_blocks", lambda: stacked_weights(b.op, layout))
         y = b.emit("Einsum", "y_blocks", [x, weights], {"equation": "...ki,kio->...ko"})
-        y = b.reshape(y, [0] * lead + [-1], "y_slots")
+        y = b.reshape(y, [0] * lead + [layout.k * layout.b_out], "y_slots")
         leave_blocks(b, layout, 1, (layout.k, layout.b_out))
         finish(b, layout, y)

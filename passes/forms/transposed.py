@@ -3,11 +3,16 @@ gathers."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..builder import Builder, index
+from ..ops import WeightedOp
 from ..plan import BlockPlan
 from .blocks import BlockForm, stacked_weights
+
+MIN_ALLOWZERO_OPSET = 14
 
 
 class Transposed(BlockForm):
@@ -22,11 +27,19 @@ class Transposed(BlockForm):
 
     A permutation here moves whole rows of ``d_1 * .. * d_L`` values, where the row-layout forms gather
     single values (design.md section 6): the form for hidden permutations that cannot be folded at large
-    batch. Inputs of rank above 2 take their leading dims from ``Shape(x)`` to unflatten. Applies when the
-    input rank is known and at least 2 and the blocks pad to at most ``1 + max_padding`` times the work.
+    batch. Inputs of rank above 2 take their leading dims from ``Shape(x)`` to unflatten, with ``allowzero``
+    (opset 14) so that a dim of size 0 stays 0 rather than copying the input's. Applies when the input rank
+    is known and at least 2 (above 2 from opset 14) and the blocks pad to at most ``1 + max_padding`` times
+    the work.
     """
 
     name = "transposed"
+
+    def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
+        shape = op.node.inputs[0].shape
+        if shape is not None and len(shape) > 2 and (op.graph.opset or 0) < MIN_ALLOWZERO_OPSET:
+            return f"transposed form needs opset {MIN_ALLOWZERO_OPSET} for inputs of rank above 2"
+        return super().check(op, plan)
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
         layout = self.layout(plan)
@@ -44,7 +57,7 @@ class Transposed(BlockForm):
         else:
             lead_dims = b.leading_shape(op.node.inputs[0], "lead_shape")
             shape = b.emit("Concat", "y_slots_shape", [b.constant("n_slots", index([slots])), lead_dims], {"axis": 0})
-            y = b.emit("Reshape", "y_slots", [y, shape])
+            y = b.emit("Reshape", "y_slots", [y, shape], {"allowzero": 1})
         if not layout.out_order:
             y = b.emit("Gather", "unpermute", [y, b.constant("unpermute_idx", index(layout.out_index))], {"axis": 0})
         y = b.emit("Transpose", "y", [y], {"perm": [*range(1, lead + 1), 0]})
