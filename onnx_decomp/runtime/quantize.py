@@ -3,7 +3,9 @@
 Schemes (``SCHEMES``):
 - ``int8``: ``quantize_dynamic``, signed int8 weights with one scale per tensor (its default), activations
   quantized at run time (MatMul -> DynamicQuantizeLinear + MatMulInteger, Conv -> ConvInteger);
-- ``int8-channel``: the same with one scale per output channel;
+- ``int8-channel``: the same with one scale per output channel where the weight is 2-D (a 3-D block weight,
+  as the ``batched`` form emits, per tensor: ONNX Runtime's MatMulInteger takes no per-channel zero point
+  there);
 - ``int4``: ``MatMulNBitsQuantizer``, 4-bit symmetric weights in blocks of 32 along the reduction axis,
   ``accuracy_level`` 4 (int8 activations inside the kernel): MatMul -> MatMulNBits;
 - ``int8-static``: QDQ ``quantize_static``, int8 weights per channel and int8 activations whose ranges
@@ -13,7 +15,7 @@ Schemes (``SCHEMES``):
 Preparation: Constant-node weights become initializers first (the quantizers only see initializers), and a
 model below opset 13 is converted to 13 where per-channel scales need DequantizeLinear's ``axis``; the
 conversion must leave the outputs unchanged (``CONVERSION_RTOL``/``CONVERSION_ATOL`` on the first rows of
-``calib``, or on random inputs). A model file's external data is read in; a large model goes through the
+``calib``, or on random inputs), and the quantized model must run on those inputs. A model file's external data is read in; a large model goes through the
 quantizer with external data. Quantization changes results: ``INT8_TOLERANCE`` is the relative L2 error
 of the outputs a dynamic int8 model is held to (README, "Composition with quantization").
 """
@@ -101,6 +103,12 @@ def prepared(model: ModelLike, scheme: str, calib: Optional[Mapping[str, np.ndar
     return folded
 
 
+def _flat_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose constant weight is not 2-D."""
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and ranks.get(n.input[1], 2) != 2]
+
+
 def _calibration_reader(model: onnx.ModelProto, calib: Mapping[str, np.ndarray]):
     """An ORT CalibrationDataReader feeding ``calib`` one row at a time; a one-line error where it does not
     cover every graph input."""
@@ -132,9 +140,16 @@ def _run_quantizer(model: onnx.ModelProto, scheme: str, calib, op_types: Optiona
     with tempfile.TemporaryDirectory(prefix="onnx-decomp-quantize-") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "quantized.onnx"
         save_model(model, source, external_data=large)
-        if scheme in ("int8", "int8-channel"):
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=scheme == "int8-channel",
-                             use_external_data_format=large)
+        if scheme == "int8":
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, use_external_data_format=large)
+        elif scheme == "int8-channel":
+            blocks = _flat_weights(model)
+            channels = Path(folder) / "channels.onnx" if blocks else target
+            quantize_dynamic(source, channels, weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=blocks, use_external_data_format=large)
+            if blocks:
+                quantize_dynamic(channels, target, weight_type=QuantType.QInt8, nodes_to_quantize=blocks,
+                                 use_external_data_format=large)
         elif scheme == "int8-static":
             quantize_static(source, target, _calibration_reader(model, calib), quant_format=QuantFormat.QDQ,
                             per_channel=True, op_types_to_quantize=list(op_types) if op_types else None,
@@ -165,6 +180,8 @@ def quantize(model: ModelLike, scheme: str, calib: Optional[Mapping[str, np.ndar
         except Exception as error:  # the quantizers raise plain Exceptions of many kinds
             raise UnsupportedConstructError(f"ONNX Runtime cannot quantize the model ({scheme}): "
                                             f"{ort_message(error)}") from None
+    run_session(make_session(quantized, SessionConfig("cpu")), _check_feeds(source, calib),
+                what=f"the check inputs after {scheme} quantization")
     logger.info("quantized %s: %d nodes", scheme, len(quantized.graph.node))
     return quantized
 
