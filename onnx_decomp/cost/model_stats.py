@@ -50,7 +50,8 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, list]) -> int:
 
 
 def _resolved(shape: Optional[list]) -> bool:
-    return shape is not None and None not in shape
+    """A shape with every dim known; none of the counted ops takes or gives a scalar, so [] is unresolved."""
+    return bool(shape) and None not in shape
 
 
 def _counted_tensors(node: onnx.NodeProto) -> list[str]:

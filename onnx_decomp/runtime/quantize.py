@@ -56,12 +56,21 @@ def _quantizer_advice(record: logging.LogRecord) -> bool:
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizers log through the root logger (``logging.info``; ``logging.basicConfig`` at INFO
+    when the MatMulNBits one is imported), which prints where the application set up no logging. While they
+    run, a root logger without handlers gets a NullHandler, and their advice to pre-process is dropped;
+    the root logger's level and handlers are restored after (library code logs, never prints)."""
     root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    if not handlers:
+        root.addHandler(logging.NullHandler())
     root.addFilter(_quantizer_advice)
     try:
         yield
     finally:
         root.removeFilter(_quantizer_advice)
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -69,10 +78,12 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _check_feeds(model: onnx.ModelProto, calib: Optional[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The first ``CHECK_ROWS`` rows of ``calib``, or random inputs (symbolic dims 1) without it."""
+    """The first ``CHECK_ROWS`` rows of ``calib`` for the model's inputs, or random inputs (symbolic dims 1)
+    without it."""
+    specs = input_specs(model)
     if calib is not None:
-        return {name: array[:CHECK_ROWS] for name, array in calib.items()}
-    return random_inputs(input_specs(model), np.random.default_rng(0))
+        return {s.name: calib[s.name][:CHECK_ROWS] for s in specs if s.name in calib}
+    return random_inputs(specs, np.random.default_rng(0))
 
 
 def _converted(model: onnx.ModelProto, calib: Optional[Mapping[str, np.ndarray]]) -> onnx.ModelProto:
