@@ -157,43 +157,64 @@ METRICS = ("rel-l2", "max-abs", "top1", "accuracy")
 
 
 @dataclass(frozen=True)
+class BlockSettings:
+    """The block families (single layers, chains, attention head groups): ``blocks`` tries that one block count
+    only (None: the ladder ``k = 2, 4, 8, ...`` up to ``max_blocks``); blocks of equal size when ``balanced``."""
+
+    blocks: Optional[int] = None
+    balanced: bool = True
+    max_blocks: int = 64
+
+    def __post_init__(self):
+        if self.blocks is not None and self.blocks < 2:
+            raise UnsupportedConstructError(f"--blocks must be at least 2, got {self.blocks}")
+        if self.max_blocks < 2:
+            raise UnsupportedConstructError(f"the largest block count must be at least 2, got {self.max_blocks}")
+
+
+@dataclass(frozen=True)
+class SquareSettings:
+    """The square family (the directed view): ``nodes`` whose input and output share one index space, besides
+    the residual maps it finds itself."""
+
+    nodes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+
+
+@dataclass(frozen=True)
 class AnnealConfig:
-    """Structural annealing (``search``): the fidelity ``metric`` against the original model and one global
-    ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative to the
-    mean input energy; None: cross-validated per block, ``search.refit``); ``blocks`` tries that one block
-    count only; balanced blocks; the ``held_out`` fraction
-    of the calibration samples; samples per ONNX Runtime batch; activation rows kept per layer for the refit;
-    bootstrap resamples for the stability check; the largest block count tried; ``square`` names nodes whose
-    input and output share one index space (residual ones are found without it); random input sets used
-    when no calibration data is given; ``blas_threads``: the threads numpy's BLAS may use meanwhile (None:
-    leave it alone; default 1, because idle BLAS threads spin and fight ONNX Runtime's between the runs:
-    tools/bench_anneal_large.py at 4 x 1024 took 233 s with OpenBLAS's default 2 threads, 21 s with 1)."""
+    """Structural annealing (``search``), core settings: the fidelity ``metric`` against the original model and
+    one global ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative
+    to the mean input energy; None: cross-validated per block, ``search.refit``); the ``held_out`` fraction of
+    the calibration samples; samples per ONNX Runtime batch; activation rows kept per layer for the refit;
+    bootstrap resamples for the stability check; random input sets used when no calibration data is given;
+    ``blas_threads``: the threads numpy's BLAS may use meanwhile (None: leave it alone; default 1, because idle
+    BLAS threads spin and fight ONNX Runtime's between the runs: tools/bench_anneal_large.py at 4 x 1024 took
+    233 s with OpenBLAS's default 2 threads, 21 s with 1). Per family: ``block`` (``BlockSettings``) and
+    ``square`` (``SquareSettings``)."""
 
     metric: str = "rel-l2"
     tolerance: float = 0.01
     refit: bool = True
-    blocks: Optional[int] = None
-    balanced: bool = True
     held_out: float = 0.5
     batch_size: int = 256
     max_rows: int = 4096
     ridge: Optional[float] = None
     bootstrap: int = 5
-    max_blocks: int = 64
-    square: tuple[str, ...] = ()
     random_sets: int = 8
     blas_threads: Optional[int] = 1
     seed: int = 0
+    block: BlockSettings = BlockSettings()
+    square: SquareSettings = SquareSettings()
 
     def __post_init__(self):
         _one_of("metric", self.metric, METRICS)
-        object.__setattr__(self, "square", tuple(self.square))
         checks = [(self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}"),
-                  (self.blocks is None or self.blocks >= 2, f"--blocks must be at least 2, got {self.blocks}"),
                   (0 < self.held_out < 1, f"--held-out must be in (0, 1), got {self.held_out}"),
                   (self.batch_size >= 1 and self.max_rows >= 1, "batch size and rows kept must be at least 1"),
                   ((self.ridge or 0) >= 0 and self.bootstrap >= 0, "ridge and bootstrap count must be >= 0"),
-                  (self.max_blocks >= 2, f"the largest block count must be at least 2, got {self.max_blocks}"),
                   (self.random_sets >= 2, f"random input sets must be at least 2, got {self.random_sets}"),
                   (self.blas_threads is None or self.blas_threads >= 1, "BLAS threads must be at least 1")]
         for ok, message in checks:

@@ -54,6 +54,11 @@ def node_sites(graph) -> dict[str, Site]:
     return {op.node.name: op.site for op in find_weighted_ops(graph)[0]}
 
 
+def by_weight(plans: dict) -> dict:
+    """Plans keyed by ``Site`` re-keyed by the weight's name (each weight read by one node here)."""
+    return {site.weight: plan for site, plan in plans.items()}
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 

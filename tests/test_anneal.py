@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from sklearn.metrics import adjusted_rand_score
 
 import onnx_decomp
-from conftest import ANY_BLOCKS, make_model, op_types, run, tensor, value
+from conftest import ANY_BLOCKS, by_weight, make_model, op_types, run, tensor, value
 from onnx_decomp.decisions import Verdict
 from onnx_decomp_passes import plan_from_support
 
@@ -61,7 +61,7 @@ def test_planted_blocks_that_stray_discoveries_merge_are_recovered_within_tolera
     confirmed = onnx_decomp.analyze(model, keep_masks=True).masks["W"]
     assert len(plan_from_support(confirmed).branches) < 4  # BH's stray discoveries merge the blocks
 
-    plan = report.plans["W"]
+    plan = by_weight(report.plans)["W"]
 
     assert len(plan.branches) == 4
     assert adjusted_rand_score(row_groups, labels_of(plan, "rows", 128)) >= 0.95
@@ -81,7 +81,7 @@ def test_a_step_that_breaks_the_tolerance_is_rolled_back_and_logged(planted):
     assert all(s.candidate.fidelity > 0.5 and "> tolerance 0.5" in s.reason for s in rolled)
     # undone: the model carries the accepted structure, not the rolled-back one
     masked = {t.name: numpy_helper.to_array(t) for t in report.masked.graph.initializer}["W"]
-    assert np.array_equal(masked != 0, report.plans["W"].mask()) and np.count_nonzero(masked) == 128 * 128 // 4
+    assert np.array_equal(masked != 0, by_weight(report.plans)["W"].mask()) and np.count_nonzero(masked) == 128 * 128 // 4
     assert report.final.macs == accepted[-1].candidate.macs
     np.testing.assert_allclose(run(out, {"x": x})[0], run(report.masked, {"x": x})[0], rtol=1e-5, atol=1e-5)
     assert "rolled back" in report.format()
@@ -114,7 +114,7 @@ def test_refit_beats_the_plain_cut_on_held_out_data_of_a_trained_model():
                                    gate=ANY_BLOCKS, config=onnx_decomp.AnnealConfig(bootstrap=0))
     final = report.final
 
-    assert report.accepted and "2.weight" in report.plans
+    assert report.accepted and "2.weight" in by_weight(report.plans)
     assert final.validation_refit < 0.5 * final.validation_plain  # held-out relative L2 error of the logits
     assert final.validation == pytest.approx(final.validation_refit, abs=1e-4)
 
@@ -154,7 +154,7 @@ def test_a_residual_map_is_planned_in_the_directed_view_block_triangular():
 
     assert {u.kind for u in report.units} == {"single", "square"}
     assert [s.candidate.unit for s in report.accepted] == ["W (directed)"]
-    plan = report.plans["W"]
+    plan = by_weight(report.plans)["W"]
     assert len(plan.branches) == 5
     for branch in plan.branches:
         (g,) = set(group[branch.rows].tolist())

@@ -11,11 +11,11 @@ from sklearn.metrics import adjusted_rand_score
 
 import onnx_decomp
 from conftest import ANY_BLOCKS, make_model, tensor, value
-from onnx_decomp.config import AnnealConfig
+from onnx_decomp.config import AnnealConfig, BlockSettings
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import DecompError, UnsupportedConstructError
 from onnx_decomp.planning.coclustering import blocks_plan
-from onnx_decomp.report.anneal import ANNEAL_SCHEMA
+from onnx_decomp.drivers.anneal import ANNEAL_SCHEMA
 from onnx_decomp.search.calibration import calibration
 from onnx_decomp.search.fidelity import exact_difference, fidelity, output_fidelity
 from onnx_decomp.search.network import Network
@@ -114,9 +114,11 @@ def test_report_json_follows_its_schema_and_bad_options_are_refused(rng, tmp_pat
     jsonschema.validate(report.to_dict(), ANNEAL_SCHEMA)
     assert (tmp_path / "anneal" / "anneal.png").stat().st_size > 0
     assert report.to_dict()["plans"]["W"]["blocks"] == 2
-    for bad in (dict(metric="f1"), dict(tolerance=-1.0), dict(blocks=1), dict(held_out=1.0)):
+    for bad in (dict(metric="f1"), dict(tolerance=-1.0), dict(held_out=1.0)):
         with pytest.raises(UnsupportedConstructError):
             AnnealConfig(**bad)
+    with pytest.raises(UnsupportedConstructError):
+        BlockSettings(blocks=1)
 
 
 def test_blocks_plan_equals_the_components_of_its_support(rng):

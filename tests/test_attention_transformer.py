@@ -12,8 +12,8 @@ import torch
 from onnx_decomp import decompose
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.search.attention import find_attention
-from onnx_decomp.search.candidates import build_units
+from onnx_decomp.search.families import SearchSpace, build_units
+from onnx_decomp.search.families.attention import find_attention
 from onnx_decomp.search.network import Network
 from onnx_decomp.torch import apply_block_mask, export
 from onnx_decomp_models.char_lm import CharLM
@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
 def attention_unit(path):
     ctx = ModelContext.load(path, SHAPES)
     network = Network(ctx)
-    units = [u for u in build_units(ctx, network, {}, AnnealConfig()) if u.kind == "attention"]
+    units = [u for u in build_units(SearchSpace(network, ctx.shapes, {}, AnnealConfig())) if u.family == "attention"]
     return network, find_attention(network.layers, ctx.shapes), units
 
 
@@ -54,10 +54,10 @@ def test_the_attention_block_is_found_and_its_unit_cuts_whole_heads_consistently
     assert name[block.value] == "blocks.0.v.weight" and name[block.output] == "blocks.0.o.weight"
     (unit,) = units
     assert [layer.index for layer in unit.layers] == list(block.layers) and unit.rungs == [2, 4]
-    norms = {layer.index: np.ones(layer.shape[1]) for layer in network.layers}
+    norms = {layer.site: np.ones(layer.shape[1]) for layer in network.layers}
     for rung, k in enumerate(unit.rungs):
         plans = unit.structure(rung, norms).plans
-        q, key, v, o = (plans[i] for i in block.layers)
+        q, key, v, o = (plans[network.layers[i].site] for i in block.layers)
         assert np.array_equal(q.mask(), key.mask()) and np.array_equal(q.mask(), v.mask())
         assert len(q.branches) == k
         for branch in q.branches:
@@ -71,11 +71,11 @@ def test_the_attention_block_is_found_and_its_unit_cuts_whole_heads_consistently
 def test_a_model_held_to_a_head_aligned_plan_decomposes_exactly(tiny, tmp_path, rng):
     model, path, parameter = tiny
     network, _, (unit,) = attention_unit(path)
-    norms = {layer.index: np.ones(layer.shape[1]) for layer in network.layers}
+    norms = {layer.site: np.ones(layer.shape[1]) for layer in network.layers}
     plans = unit.structure(0, norms).plans  # k = 2
     masked = CharLM(d_model=D, heads=HEADS, ffn=64, layers=1, context=CONTEXT, vocab=VOCAB)
     masked.load_state_dict(model.state_dict())
-    apply_block_mask(masked, {parameter[network.layers[i].weight]: plan for i, plan in plans.items()})
+    apply_block_mask(masked, {parameter[site.weight]: plan for site, plan in plans.items()})
     tokens = rng.integers(0, VOCAB, (3, CONTEXT))
     masked_path = tmp_path / "masked.onnx"
     export(masked, (torch.from_numpy(tokens[:2]),), masked_path, input_names=["tokens"], output_names=["logits"])
@@ -83,8 +83,8 @@ def test_a_model_held_to_a_head_aligned_plan_decomposes_exactly(tiny, tmp_path, 
     rewritten, report = decompose(str(masked_path), input_shapes=SHAPES, gate=ANY_BLOCKS)
 
     rewritten_weights = {n.weight for n in report.nodes if n.action == "rewrite"}
-    assert {network.layers[i].weight for i in plans} <= rewritten_weights
-    assert all(n.blocks == 2 for n in report.nodes if n.weight in {network.layers[i].weight for i in plans})
+    assert {site.weight for site in plans} <= rewritten_weights
+    assert all(n.blocks == 2 for n in report.nodes if n.weight in {site.weight for site in plans})
     expected = run(onnx.load(str(masked_path)), {"tokens": tokens})[0]
     with torch.no_grad():
         np.testing.assert_allclose(masked(torch.from_numpy(tokens)).numpy(), expected, rtol=1e-4, atol=1e-4)

@@ -28,7 +28,7 @@ def digits():
 
 
 def anneal(*extra):
-    return ["decompose", DIGITS / "model.onnx", "{out}", "--anneal", "--gate", "flops", "--bootstrap", "0", *extra]
+    return ["anneal", DIGITS / "model.onnx", "{out}", "--gate", "flops", "--bootstrap", "0", *extra]
 
 
 @pytest.mark.parametrize("calib,labels,message", [
@@ -65,8 +65,8 @@ def test_inf_weights_are_refused_not_a_linear_algebra_error(tmp_path, refused, r
                        [tensor("W", w), tensor("V", rng.standard_normal((8, 8)).astype(np.float32))])
     onnx.save(model, tmp_path / "inf.onnx")
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((40, 8)).astype(np.float32))
-    refused("outputs or activations on the data hold NaN or Inf", "decompose", tmp_path / "inf.onnx",
-            tmp_path / "out.onnx", "--anneal", "--calib", tmp_path / "calib.npz", "--gate", "flops", "--null",
+    refused("outputs or activations on the data hold NaN or Inf", "anneal", tmp_path / "inf.onnx",
+            tmp_path / "out.onnx", "--calib", tmp_path / "calib.npz", "--gate", "flops", "--null",
             "xavier-uniform")
 
 

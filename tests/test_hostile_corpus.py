@@ -25,7 +25,7 @@ COMMANDS = {
     "inspect": ["inspect", "{m}", "--json", "{o}/i.json"],
     "analyze": ["analyze", "{m}", "--json", "{o}/a.json", "--report", "{o}/report"],
     "decompose": ["decompose", "{m}", "{o}/d.onnx", "--gate", "flops", "--json", "{o}/d.json"],
-    "anneal": ["decompose", "{m}", "{o}/n.onnx", "--anneal", "--gate", "flops", "--calib", "{c}", "--null",
+    "anneal": ["anneal", "{m}", "{o}/n.onnx", "--gate", "flops", "--calib", "{c}", "--null",
                "torch-linear", "--bootstrap", "0", "--json", "{o}/n.json"],
     "bench": ["bench", "{m}", "{m}", "--batch", "1", "--budget", "0.01", "--json", "{o}/b.json"],
 }

@@ -55,7 +55,7 @@ def main() -> None:
             session = make_session(model, SessionConfig("cpu"))
             out = session.run(None, {name: x})[0]
             speeds = [median_speedup(dense, session, feed, budget_s=3.0) for feed in (big, one)]
-            blocks = ", ".join(f"{w} {len(p.branches)}" for w, p in report.plans.items()) or "-"
+            blocks = ", ".join(f"{site.weight} {len(p.branches)}" for site, p in report.plans.items()) or "-"
             print(f"| {tolerance:g} | {'on' if refit else 'off'} | {report.final.mac_reduction:.2f} | "
                   f"{np.mean(out.argmax(1) != dense_out.argmax(1)):.4f} | {np.mean(out.argmax(1) == y):.4f} | "
                   f"{blocks} | {speeds[0]:.2f}x | {speeds[1]:.2f}x | {seconds:.1f} |")

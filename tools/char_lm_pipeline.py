@@ -97,7 +97,7 @@ def anneal(args) -> None:
         seconds = time.perf_counter() - start
         onnx_decomp.save_model(report.masked, folder / "masked.onnx")
         onnx_decomp.save_model(rewritten, folder / "annealed.onnx")
-        np.savez_compressed(folder / "masks.npz", **{name: plan.mask() for name, plan in report.plans.items()})
+        np.savez_compressed(folder / "masks.npz", **{site.weight: plan.mask() for site, plan in report.plans.items()})
         accepted = [f"{s.candidate.unit} {s.candidate.structure}" for s in report.accepted]
         _write_json(folder / "summary.json", {
             "tolerance": tolerance, "refit": refit, "seconds": seconds, "accepted": accepted,

@@ -6,25 +6,25 @@ import argparse
 from pathlib import Path
 
 from onnx_decomp.cli import options
-from onnx_decomp.config import EDGE_MODES
 from onnx_decomp.context import ModelContext
 from onnx_decomp.io.outputs import StagedWrites
 from onnx_decomp.stats.analyze import analyze_context
 
 
+MODEL, ANALYSIS = options.ModelOptions(), options.AnalysisOptions(edges=True)
+
+
 def add_parser(commands) -> None:
-    parser = commands.add_parser("analyze", parents=[options.model_options(), options.analysis_options()],
-                                 help="test every weight entry against its initialization (null) distribution")
+    parser = commands.add_parser("analyze", help="test every weight entry against its initialization (null) distribution")
+    options.add_all(parser, [MODEL, ANALYSIS])
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="write DIR/report.json and DIR/figures/*.png (histograms, permuted supports)")
-    parser.add_argument("--edges", choices=EDGE_MODES, default=EDGE_MODES[0],
-                        help="grouped: also decide the multi-channel edges of layer chains (Fisher)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = options.analysis_config(args, edges=args.edges)
+    config = ANALYSIS.parse(args)
     with StagedWrites(options.model_reads(args)) as outputs:
         report_dir = outputs.folder(args.report) if args.report is not None else None
         json_path = outputs.file(args.json) if args.json else None

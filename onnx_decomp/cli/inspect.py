@@ -9,17 +9,20 @@ from onnx_decomp.drivers.decompose import inspect
 from onnx_decomp.io.outputs import StagedWrites
 
 
+MODEL, SHAPES, GATE, SESSION = options.ModelOptions(), options.ShapeOptions(), options.GateOptions(), options.SessionOptions()
+
+
 def add_parser(commands) -> None:
-    parser = commands.add_parser("inspect", parents=[options.model_options(), options.planning_options()],
-                                 help="list MatMul/Gemm weights and their blocks")
+    parser = commands.add_parser("inspect", help="list MatMul/Gemm weights and their blocks")
+    options.add_all(parser, [MODEL, SHAPES, GATE, SESSION])
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     with StagedWrites(options.model_reads(args)) as outputs:
         json_path = outputs.file(args.json) if args.json else None
-        report = inspect(args.input, input_shapes=options.input_shapes(args), gate=options.gate_config(args),
-                         session=options.session_config(args), inline_functions=args.inline_functions)
+        report = inspect(args.input, input_shapes=SHAPES.parse(args), gate=GATE.parse(args),
+                         session=SESSION.parse(args), inline_functions=args.inline_functions)
         if json_path is not None:
             report.write_json(json_path)
         outputs.commit()

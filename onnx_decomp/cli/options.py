@@ -1,17 +1,24 @@
-"""Option groups shared by the subcommands, and their parsing into the configuration objects."""
+"""Option groups shared by the subcommands, each declaring its options and parsing them into its configuration
+object in one place (after Polygraphy's argument groups). Defaults are read from the configuration objects,
+never restated; a subcommand lists the groups it takes, so an option that does not apply is refused by the
+parser, not ignored."""
 
 from __future__ import annotations
 
+import abc
 import argparse
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
-                                AnnealConfig, GateConfig, SessionConfig)
-from onnx_decomp.errors import DecompError, ValidationError
+                                AnnealConfig, BlockSettings, GateConfig, SessionConfig, SquareSettings, Tolerance,
+                                ValidationConfig)
+from onnx_decomp.errors import ValidationError
+from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
+from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE
 
 
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -55,113 +62,187 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def model_options() -> argparse.ArgumentParser:
-    """The input model and the JSON report."""
-    group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
-    group.add_argument("--json", type=file_path, metavar="PATH", help="also write the report as JSON")
-    group.add_argument("--inline-functions", action="store_true",
-                       help="inline model-local functions first, so that MatMul/Gemm inside them are seen")
-    return group
+class Options(abc.ABC):
+    """A group of options: ``add`` declares them, ``parse`` makes the configuration they describe."""
+
+    @abc.abstractmethod
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the group's options on ``parser``."""
+
+    def parse(self, args: argparse.Namespace):
+        """The group's configuration object from the parsed ``args`` (None when the options are read directly)."""
 
 
-def planning_options() -> argparse.ArgumentParser:
-    """Input shapes, the cost gate and the ONNX Runtime provider."""
-    defaults = GateConfig()
-    group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME:D1,D2",
-                       help="concrete shape for an input with symbolic dims (repeatable; default: symbolic "
-                       "dims are 1)")
-    group.add_argument("--gate", choices=GATES, default=defaults.kind,
-                       help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
-                       "(default); cost: if the cost model estimates it faster (deterministic, no timing); "
-                       "flops: by multiply-accumulate count alone (deterministic)")
-    group.add_argument("--min-flop-reduction", type=float, default=defaults.min_flop_reduction, metavar="X",
-                       help="candidates need X times fewer multiply-accumulates than the dense weight "
-                       "(default %(default)s)")
-    group.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
-                       help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
-    group.add_argument("--forms", type=_names(FORMS), default=defaults.forms, metavar="F1,F2",
-                       help=f"rewrite forms to choose from, of {','.join(FORMS)} (default "
-                       f"{','.join(defaults.forms)})")
-    group.add_argument("--tune", action="store_true",
-                       help="time every applicable form in ONNX Runtime and keep the fastest (default: the cost "
-                       "model's estimate picks the form)")
-    group.add_argument("--batch", type=batch_sizes, default=defaults.batches, metavar="B1,B2",
-                       help="judge every node at these batch sizes (the first dim of inputs whose first dim is "
-                       "symbolic); a rewrite must be faster at all of them")
-    group.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
-                       help="ONNX Runtime provider for timing and validation (auto: CUDA if a session really "
-                       "gets it, else CPU)")
-    return group
+class ModelOptions(Options):
+    """The input model (and, for a rewriting command, the output model), the JSON report, function inlining."""
+
+    def __init__(self, output: bool = False):
+        self.output = output
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("input", type=Path, help="ONNX model (external data is read from beside it)")
+        if self.output:
+            parser.add_argument("output", type=file_path, help="where to write the rewritten model")
+        parser.add_argument("--json", type=file_path, metavar="PATH", help="also write the report as JSON")
+        parser.add_argument("--inline-functions", action="store_true",
+                            help="inline model-local functions first, so that MatMul/Gemm inside them are seen")
 
 
-def analysis_options() -> argparse.ArgumentParser:
-    """The statistical criterion."""
-    defaults = AnalysisConfig()
-    group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
-                       help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
-                       "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
-    group.add_argument("--fdr", type=float, default=defaults.fdr,
-                       help="Benjamini-Hochberg level q (default %(default)s)")
-    group.add_argument("--fdr-scope", choices=FDR_SCOPES, default=defaults.fdr_scope,
-                       help="control the FDR per tensor (default) or over the whole model")
-    group.add_argument("--init-reference", type=Path, metavar="PATH",
-                       help="ONNX model with the initial tensors: test each update W - W0")
-    return group
+class WriteOptions(Options):
+    """How a rewritten model is written."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--require-change", action="store_true",
+                            help="exit 3 without writing when nothing is rewritten")
+        parser.add_argument("--save-as-external-data", action="store_true",
+                            help="write weights to OUTPUT.data (automatic above 2 GiB)")
 
 
-def anneal_options() -> argparse.ArgumentParser:
-    """Structural annealing (``decompose --anneal``): calibration data, the fidelity metric, the structures."""
-    defaults = AnnealConfig()
-    group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("--anneal", action="store_true",
-                       help="cut the most structure whose fidelity on calibration data stays within --tolerance "
-                       f"(default {defaults.tolerance}), refit the cuts, then rewrite exactly (lossy: see the report)")
-    group.add_argument("--calib", type=Path, metavar="NPZ",
-                       help="calibration inputs keyed by input name, samples along the first axis (without it: "
-                       "random inputs, with a warning)")
-    group.add_argument("--labels", type=Path, metavar="NPZ", help="labels keyed by output name (--metric accuracy)")
-    group.add_argument("--metric", choices=METRICS, default=defaults.metric,
-                       help="fidelity against the original: rel-l2 per output (default), max-abs, top1 "
-                       "(argmax disagreement), accuracy (drop against --labels)")
-    group.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
-    group.add_argument("--no-refit", action="store_true", help="plain cuts: no ridge refit of the cut weights")
-    group.add_argument("--unbalanced", action="store_true", help="blocks of any size (default: balanced)")
-    group.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
-                       help="fraction of the calibration samples held out for the reported fidelity "
-                       "(default %(default)s)")
-    group.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
-                       help="bootstrap resamples for the stability of accepted partitions (default %(default)s)")
-    group.add_argument("--square", action="append", default=[], metavar="NODE",
-                       help="plan NODE in the directed view too (its input and output share one index space; "
-                       "residual maps are found without it; repeatable)")
-    group.add_argument("--report", type=Path, metavar="DIR", help="write DIR/anneal.json and DIR/anneal.png")
-    return group
+class ShapeOptions(Options):
+    """Concrete shapes for inputs with symbolic dims."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME:D1,D2",
+                            help="concrete shape for an input with symbolic dims (repeatable; default: symbolic "
+                            "dims are 1)")
+
+    def parse(self, args: argparse.Namespace) -> dict:
+        return dict(args.input_shape)
 
 
-def anneal_config(args: argparse.Namespace) -> AnnealConfig:
-    tolerance = AnnealConfig.tolerance if args.tolerance is None else args.tolerance
-    return AnnealConfig(args.metric, tolerance, not args.no_refit, args.blocks, not args.unbalanced, args.held_out,
-                        bootstrap=args.bootstrap, square=tuple(args.square), seed=args.seed)
+class GateOptions(Options):
+    """The cost gate: which candidates are rewritten, and in which form."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        defaults = GateConfig()
+        parser.add_argument("--gate", choices=GATES, default=defaults.kind,
+                            help="time: rewrite a node only if ONNX Runtime runs it faster at the input shapes "
+                            "(default); cost: if the cost model estimates it faster (deterministic, no timing); "
+                            "flops: by multiply-accumulate count alone (deterministic)")
+        parser.add_argument("--min-flop-reduction", type=float, default=defaults.min_flop_reduction, metavar="X",
+                            help="candidates need X times fewer multiply-accumulates than the dense weight "
+                            "(default %(default)s)")
+        parser.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
+                            help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
+        parser.add_argument("--forms", type=_names(FORMS), default=defaults.forms, metavar="F1,F2",
+                            help=f"rewrite forms to choose from, of {','.join(FORMS)} (default "
+                            f"{','.join(defaults.forms)})")
+        parser.add_argument("--tune", action="store_true",
+                            help="time every applicable form in ONNX Runtime and keep the fastest (default: the "
+                            "cost model's estimate picks the form)")
+        parser.add_argument("--batch", type=batch_sizes, default=defaults.batches, metavar="B1,B2",
+                            help="judge every node at these batch sizes (the first dim of inputs whose first dim "
+                            "is symbolic); a rewrite must be faster at all of them")
+
+    def parse(self, args: argparse.Namespace) -> GateConfig:
+        return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup, args.forms, args.tune, args.batch)
 
 
-def input_shapes(args: argparse.Namespace) -> dict:
-    return dict(args.input_shape)
+class SessionOptions(Options):
+    """Where ONNX Runtime runs."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--provider", choices=PROVIDERS, default=SessionConfig().provider,
+                            help="ONNX Runtime provider for timing and validation (auto: CUDA if a session "
+                            "really gets it, else CPU)")
+
+    def parse(self, args: argparse.Namespace) -> SessionConfig:
+        return SessionConfig(args.provider)
 
 
-def gate_config(args: argparse.Namespace) -> GateConfig:
-    return GateConfig(args.gate, args.min_flop_reduction, args.min_speedup, args.forms, args.tune, args.batch)
+class AnalysisOptions(Options):
+    """The statistical criterion (``--edges`` with ``edges``)."""
+
+    def __init__(self, edges: bool = False):
+        self.edges = edges
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        defaults = AnalysisConfig()
+        parser.add_argument("--null", action="append", default=[], metavar="[GLOB=]SPEC",
+                            help="null model for all weights or those matching GLOB, e.g. xavier-uniform or "
+                            "'fc*=normal(sigma=0.02)' (repeatable; recorded metadata wins; default torch-linear)")
+        parser.add_argument("--fdr", type=float, default=defaults.fdr,
+                            help="Benjamini-Hochberg level q (default %(default)s)")
+        parser.add_argument("--fdr-scope", choices=FDR_SCOPES, default=defaults.fdr_scope,
+                            help="control the FDR per tensor (default) or over the whole model")
+        parser.add_argument("--init-reference", type=Path, metavar="PATH",
+                            help="ONNX model with the initial tensors: test each update W - W0")
+        if self.edges:
+            parser.add_argument("--edges", choices=EDGE_MODES, default=defaults.edges,
+                                help="grouped: also decide the multi-channel edges of layer chains (Fisher)")
+
+    def parse(self, args: argparse.Namespace) -> AnalysisConfig:
+        return AnalysisConfig(tuple(args.null), args.fdr, args.fdr_scope, args.init_reference,
+                              args.edges if self.edges else AnalysisConfig.edges)
 
 
-def session_config(args: argparse.Namespace) -> SessionConfig:
-    return SessionConfig(args.provider)
+class ValidationOptions(Options):
+    """How ``decompose`` proves its rewrite against the original."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        defaults, exact = ValidationConfig(), Tolerance()
+        parser.add_argument("--check", type=int, default=defaults.check, metavar="N",
+                            help="compare outputs on N random input sets in ONNX Runtime (default %(default)s; "
+                            "0 skips)")
+        parser.add_argument("--rtol", type=float, default=exact.rtol,
+                            help="exact support: relative tolerance per element (default %(default)g)")
+        parser.add_argument("--atol", type=float, default=exact.atol,
+                            help="exact support: absolute tolerance per element (default %(default)g)")
+        parser.add_argument("--tolerance", type=float, metavar="X",
+                            help="compare outputs by relative L2 error <= X instead of per element (default "
+                            f"{DEFAULT_LOSSY_TOLERANCE} with --support confirmed)")
+        parser.add_argument("--inputs", type=Path, metavar="NPZ",
+                            help="validate on these input arrays (keyed by input name) instead of random ones")
+        parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random inputs")
+
+    def parse(self, args: argparse.Namespace) -> ValidationConfig:
+        return ValidationConfig(args.check, args.seed, Tolerance(args.rtol, args.atol, args.tolerance),
+                                None if args.inputs is None else load_arrays(args.inputs))
 
 
-def analysis_config(args: argparse.Namespace, edges: Optional[str] = None) -> AnalysisConfig:
-    return AnalysisConfig(tuple(args.null), args.fdr, args.fdr_scope, args.init_reference,
-                          edges or EDGE_MODES[0])
+class AnnealOptions(Options):
+    """Structural annealing: calibration data, the fidelity budget, the structures, the report."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        defaults = AnnealConfig()
+        parser.add_argument("--calib", type=Path, metavar="NPZ",
+                            help="calibration inputs keyed by input name, samples along the first axis (without "
+                            "it: random inputs, with a warning)")
+        parser.add_argument("--labels", type=Path, metavar="NPZ",
+                            help="labels keyed by output name (--metric accuracy)")
+        parser.add_argument("--inputs", type=Path, metavar="NPZ",
+                            help="the validation set (keyed by input name; labels under output names) instead "
+                            "of held-out calibration samples")
+        parser.add_argument("--metric", choices=METRICS, default=defaults.metric,
+                            help="fidelity against the original: rel-l2 per output (default), max-abs, top1 "
+                            "(argmax disagreement), accuracy (drop against --labels)")
+        parser.add_argument("--tolerance", type=float, default=defaults.tolerance, metavar="X",
+                            help="the fidelity budget on --metric (default %(default)s)")
+        parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
+                            help="fraction of the calibration samples held out for the reported fidelity "
+                            "(default %(default)s)")
+        parser.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
+        parser.add_argument("--no-refit", action="store_true", help="plain cuts: no ridge refit of the cut weights")
+        parser.add_argument("--unbalanced", action="store_true", help="blocks of any size (default: balanced)")
+        parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
+                            help="bootstrap resamples for the stability of accepted partitions (default "
+                            "%(default)s)")
+        parser.add_argument("--square", action="append", default=[], metavar="NODE",
+                            help="plan NODE in the directed view too (its input and output share one index "
+                            "space; residual maps are found without it; repeatable)")
+        parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of splits, folds and clustering")
+        parser.add_argument("--report", type=Path, metavar="DIR", help="write DIR/anneal.json and DIR/anneal.png")
+
+    def parse(self, args: argparse.Namespace) -> AnnealConfig:
+        return AnnealConfig(args.metric, args.tolerance, not args.no_refit, args.held_out, bootstrap=args.bootstrap,
+                            seed=args.seed, block=BlockSettings(args.blocks, not args.unbalanced),
+                            square=SquareSettings(tuple(args.square)))
+
+
+def add_all(parser: argparse.ArgumentParser, groups: list[Options]) -> argparse.ArgumentParser:
+    for group in groups:
+        group.add(parser)
+    return parser
 
 
 @contextmanager

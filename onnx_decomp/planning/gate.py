@@ -49,8 +49,8 @@ def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate],
 
 def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, masks: Masks = None) -> Planning:
     """A decision for every MatMul/Gemm with a constant operand: skipped ones with their reason, the others
-    judged on the plan of their support (``masks[weight name]``, names being unique after ``io.scopes``;
-    else the nonzero pattern); with the folding they were judged under."""
+    judged on the plan of their support (``masks[site]``; else the nonzero pattern); with the folding they were
+    judged under."""
     decisions = [Decision(s, Action.SKIP, s.reason) for s in ctx.skipped]
     candidates: dict[tuple, Candidate] = {}
     ops = []
@@ -60,7 +60,7 @@ def plan_nodes(ctx: ModelContext, gate: GateConfig, session: SessionConfig, mask
             continue
         key = (id(op.weight), op.layout)  # the tensor itself: one name may mean different tensors
         if key not in candidates:
-            candidates[key] = _candidate(op, None if masks is None else masks.get(op.weight.name), ctx.notes)
+            candidates[key] = _candidate(op, None if masks is None else masks.get(op.site), ctx.notes)
         ops.append(replace(candidates[key], op=op))
     choose = FormChooser(ctx, gate, session, ops)
     for candidate in tqdm(ops, desc="planning", unit="node", disable=None, leave=False):

@@ -4,7 +4,7 @@
 - ``ConfirmedSupport``: the entries the statistical analysis confirms (``stats.analyze``); entries outside
   are dropped, so the step is lossy and validated by relative L2 per output
   (``DEFAULT_LOSSY_TOLERANCE`` unless a ``rel_l2`` tolerance is given).
-- ``AnnealedSupport``: explicit plans per weight, as annealing (``search``) found them for a model whose
+- ``AnnealedSupport``: explicit plans per site, as annealing (``search``) found them for a model whose
   weights are already masked and refitted to them (zeros outside), so the rewrite is exact; plans may read
   overlapping columns (block-triangular), which the nonzero pattern's components would merge. Other
   weights keep their nonzero pattern.
@@ -22,12 +22,12 @@ from onnx_decomp.config import AnalysisConfig, Tolerance
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.stats.analyze import analyze_context
-from onnx_decomp_passes import BlockPlan, plan_from_support
+from onnx_decomp_passes import BlockPlan, Site, plan_from_support
 
 DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
 SUPPORTS = ("exact", "confirmed")
 SupportOrPlan = Union[np.ndarray, BlockPlan]  # a Boolean support, or the plan itself
-Masks = Optional[dict[str, SupportOrPlan]]
+Masks = Optional[dict[Site, SupportOrPlan]]
 
 
 def as_plan(support: SupportOrPlan) -> BlockPlan:
@@ -41,7 +41,7 @@ class Support(abc.ABC):
 
     @abc.abstractmethod
     def masks(self, ctx: ModelContext) -> Masks:
-        """Weight name -> Boolean support ``[n_out, n_in]`` or its plan; None: every weight's nonzero pattern."""
+        """Site -> Boolean support ``[n_out, n_in]`` or its plan; None: every weight's nonzero pattern."""
 
     @abc.abstractmethod
     def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
@@ -65,7 +65,8 @@ class ConfirmedSupport(Support):
     note = "lossy: weights the analysis did not confirm were dropped; see validation"
 
     def masks(self, ctx: ModelContext) -> Masks:
-        return analyze_context(ctx, self.analysis, keep_masks=True).masks
+        masks = analyze_context(ctx, self.analysis, keep_masks=True).masks
+        return {op.site: masks[op.weight.name] for op in ctx.ops if op.weight.name in masks}
 
     def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
         if given is not None and given.rel_l2 is not None:
@@ -75,11 +76,11 @@ class ConfirmedSupport(Support):
 
 @dataclass(frozen=True)
 class AnnealedSupport(Support):
-    plans: Mapping[str, BlockPlan] = field(default_factory=dict)  # weight (initializer) name -> plan
+    plans: Mapping[Site, BlockPlan] = field(default_factory=dict)
     name = "annealed"
 
     def masks(self, ctx: ModelContext) -> Masks:
-        return {op.weight.name: self.plans.get(op.weight.name, op.matrix() != 0) for op in ctx.ops}
+        return {op.site: self.plans.get(op.site, op.matrix() != 0) for op in ctx.ops}
 
     def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
         return given or Tolerance()

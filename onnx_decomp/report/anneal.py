@@ -1,6 +1,6 @@
 """What an annealing run tried and decided, rendered from its steps: console tables, JSON and its schema.
 
-JSON (``ANNEAL_SCHEMA``, JSON Schema draft 2020-12): ``model``, ``metric``, ``tolerance``, ``refit``,
+JSON (``anneal_schema``, JSON Schema draft 2020-12): ``model``, ``metric``, ``tolerance``, ``refit``,
 ``calibration`` (``source`` file/random, ``tuning`` and ``validation`` sample counts, ``validation_set``, what
 the final fidelity was measured on), ``warnings``, ``units[]`` (``name``, ``kind``, ``weights``, ``rungs``),
 ``steps[]`` (``index``, ``unit``, ``structure``, ``macs`` of the model with the step in force, ``mac_reduction``
@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import onnx
 
@@ -26,7 +26,7 @@ from onnx_decomp.decisions import Step, Verdict
 from onnx_decomp.io.atomic import staged_output, write_json
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.report.table import table
-from onnx_decomp_passes import BlockPlan
+from onnx_decomp_passes import Plan, Site
 
 
 def _finite(value: Optional[float]) -> Optional[float]:
@@ -51,7 +51,7 @@ class Stability:
 @dataclass
 class UnitInfo:
     name: str
-    kind: str  # single, chain, square, attention
+    kind: str  # the family that made the unit (``search.families.FAMILIES``)
     weights: list[str]
     rungs: list[str]
 
@@ -89,7 +89,7 @@ class AnnealReport:
     steps: list[Step]
     dense_macs: int
     final: Optional[FinalFidelity] = None
-    plans: dict[str, BlockPlan] = field(default_factory=dict)  # weight (initializer) name -> plan in force
+    plans: dict[Site, Plan] = field(default_factory=dict)  # the plan in force at each cut site
     stability: list[Stability] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -116,9 +116,9 @@ class AnnealReport:
                        "fidelity": _finite(s.candidate.fidelity), "verdict": s.verdict.value, "reason": s.reason}
                       for i, s in enumerate(self.steps, 1)],
             "final": final,
-            "plans": {name: {"blocks": len(p.branches), "constant_rows": int(len(p.constant_rows)),
-                             "unused_inputs": int(len(p.unused_cols)), "mac_reduction": _finite(p.flop_reduction)}
-                      for name, p in self.plans.items()},
+            "plans": {site.weight: {"blocks": len(p.branches), "constant_rows": int(len(p.constant_rows)),
+                                    "unused_inputs": int(len(p.unused_cols)), "mac_reduction": _finite(p.flop_reduction)}
+                      for site, p in self.plans.items()},
             "stability": [asdict(s) for s in self.stability],
             "left_out": [{"node": node, "reason": reason} for node, reason in self.left_out],
             "decomposition": None if self.decomposition is None else self.decomposition.to_dict(),
@@ -175,49 +175,52 @@ class AnnealReport:
 
 
 _NUMBER = {"type": ["number", "null"]}
-ANNEAL_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["model", "metric", "tolerance", "refit", "calibration", "warnings", "units", "steps", "final",
-                 "plans", "stability", "left_out", "decomposition", "figure", "notes"],
-    "properties": {
-        "model": {"type": "string"},
-        "metric": {"enum": list(METRICS)},
-        "tolerance": {"type": "number", "minimum": 0},
-        "refit": {"type": "boolean"},
-        "calibration": {"type": "object", "required": ["source", "tuning", "validation", "validation_set"],
-                        "properties": {"source": {"enum": ["file", "random"]},
-                                       "tuning": {"type": "integer", "minimum": 1},
-                                       "validation": {"type": "integer", "minimum": 1},
-                                       "validation_set": {"type": "string"}}},
-        "warnings": {"type": "array", "items": {"type": "string"}},
-        "notes": {"type": "array", "items": {"type": "string"}},
-        "units": {"type": "array", "items": {
-            "type": "object", "required": ["name", "kind", "weights", "rungs"],
-            "properties": {"kind": {"enum": ["single", "chain", "square", "attention"]},
-                           "weights": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                           "rungs": {"type": "array", "items": {"type": "string"}}}}},
-        "steps": {"type": "array", "items": {
-            "type": "object",
-            "required": ["index", "unit", "structure", "macs", "mac_reduction", "fidelity", "verdict", "reason"],
-            "properties": {"index": {"type": "integer", "minimum": 1}, "macs": {"type": "integer", "minimum": 0},
-                           "mac_reduction": _NUMBER, "fidelity": _NUMBER,
-                           "verdict": {"enum": [v.value for v in Verdict]}, "reason": {"type": "string"}}}},
-        "final": {"type": ["object", "null"], "required": [
-            "dense_macs", "macs", "mac_reduction", "tuning", "validation", "validation_refit", "validation_plain",
-            "exact_max_abs", "exact_ok", "exact_rule"],
-            "properties": {"dense_macs": {"type": "integer"}, "macs": {"type": "integer"}, "mac_reduction": _NUMBER,
-                           "tuning": _NUMBER, "validation": _NUMBER, "validation_refit": _NUMBER,
-                           "validation_plain": _NUMBER, "exact_max_abs": _NUMBER, "exact_ok": {"type": "boolean"},
-                           "exact_rule": {"type": "string"}}},
-        "plans": {"type": "object", "additionalProperties": {
-            "type": "object", "required": ["blocks", "constant_rows", "unused_inputs", "mac_reduction"]}},
-        "stability": {"type": "array", "items": {
-            "type": "object", "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable", "spaces"],
-            "properties": {"ari_mean": _NUMBER, "ari_min": _NUMBER, "stable": {"type": "boolean"},
-                           "spaces": {"type": "object", "additionalProperties": {"type": "number"}}}}},
-        "left_out": {"type": "array", "items": {"type": "object", "required": ["node", "reason"]}},
-        "decomposition": {"type": ["object", "null"]},
-        "figure": {"type": ["string", "null"]},
-    },
-}
+def anneal_schema(kinds: Sequence[str]) -> dict:
+    """The JSON Schema (draft 2020-12) of ``AnnealReport.to_dict``, units of the structure families ``kinds``
+    (``drivers.anneal.ANNEAL_SCHEMA`` gives it the registered families)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["model", "metric", "tolerance", "refit", "calibration", "warnings", "units", "steps", "final",
+                     "plans", "stability", "left_out", "decomposition", "figure", "notes"],
+        "properties": {
+            "model": {"type": "string"},
+            "metric": {"enum": list(METRICS)},
+            "tolerance": {"type": "number", "minimum": 0},
+            "refit": {"type": "boolean"},
+            "calibration": {"type": "object", "required": ["source", "tuning", "validation", "validation_set"],
+                            "properties": {"source": {"enum": ["file", "random"]},
+                                           "tuning": {"type": "integer", "minimum": 1},
+                                           "validation": {"type": "integer", "minimum": 1},
+                                           "validation_set": {"type": "string"}}},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "notes": {"type": "array", "items": {"type": "string"}},
+            "units": {"type": "array", "items": {
+                "type": "object", "required": ["name", "kind", "weights", "rungs"],
+                "properties": {"kind": {"enum": list(kinds)},
+                               "weights": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                               "rungs": {"type": "array", "items": {"type": "string"}}}}},
+            "steps": {"type": "array", "items": {
+                "type": "object",
+                "required": ["index", "unit", "structure", "macs", "mac_reduction", "fidelity", "verdict", "reason"],
+                "properties": {"index": {"type": "integer", "minimum": 1}, "macs": {"type": "integer", "minimum": 0},
+                               "mac_reduction": _NUMBER, "fidelity": _NUMBER,
+                               "verdict": {"enum": [v.value for v in Verdict]}, "reason": {"type": "string"}}}},
+            "final": {"type": ["object", "null"], "required": [
+                "dense_macs", "macs", "mac_reduction", "tuning", "validation", "validation_refit", "validation_plain",
+                "exact_max_abs", "exact_ok", "exact_rule"],
+                "properties": {"dense_macs": {"type": "integer"}, "macs": {"type": "integer"}, "mac_reduction": _NUMBER,
+                               "tuning": _NUMBER, "validation": _NUMBER, "validation_refit": _NUMBER,
+                               "validation_plain": _NUMBER, "exact_max_abs": _NUMBER, "exact_ok": {"type": "boolean"},
+                               "exact_rule": {"type": "string"}}},
+            "plans": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["blocks", "constant_rows", "unused_inputs", "mac_reduction"]}},
+            "stability": {"type": "array", "items": {
+                "type": "object", "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable", "spaces"],
+                "properties": {"ari_mean": _NUMBER, "ari_min": _NUMBER, "stable": {"type": "boolean"},
+                               "spaces": {"type": "object", "additionalProperties": {"type": "number"}}}}},
+            "left_out": {"type": "array", "items": {"type": "object", "required": ["node", "reason"]}},
+            "decomposition": {"type": ["object", "null"]},
+            "figure": {"type": ["string", "null"]},
+        },
+    }

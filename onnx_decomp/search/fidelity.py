@@ -32,6 +32,7 @@ from onnx_decomp.runtime.sessions import make_session
 from onnx_decomp.search.calibration import Calibration, Samples
 from onnx_decomp.search.data_checks import check_measurable
 from onnx_decomp.search.network import Network, Weights
+from onnx_decomp_passes import Site
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +121,14 @@ class FidelityGate:
         runs = [self.network.run(self.folds[0], fits[1]), self.network.run(self.folds[1], fits[0])]
         return self.compare([np.concatenate(o) for o in zip(runs[0].outputs, runs[1].outputs)])
 
-    def fold_activations(self, fold: int, weights: Weights) -> dict[int, np.ndarray]:
+    def fold_activations(self, fold: int, weights: Weights) -> dict[Site, np.ndarray]:
         """Every layer's activation rows of tuning fold ``fold`` with ``weights`` in force."""
         return self.network.run(self.folds[fold], weights, taps=True).taps
 
     @staticmethod
-    def joined(per_fold: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+    def joined(per_fold: Sequence[dict[Site, np.ndarray]]) -> dict[Site, np.ndarray]:
         """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``)."""
-        return {index: np.concatenate([taps[index] for taps in per_fold]) for index in per_fold[0]}
+        return {site: np.concatenate([taps[site] for taps in per_fold]) for site in per_fold[0]}
 
     def passes(self, value: float) -> bool:
         return value <= self.tolerance

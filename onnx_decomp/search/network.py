@@ -25,7 +25,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -37,13 +37,16 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
-from onnx_decomp_passes import BlockPlan, OutputBias, Site, WeightedOp
+from onnx_decomp_passes import OutputBias, Site, WeightedOp
 from onnx_decomp_passes.ops import stored_values
+
+if TYPE_CHECKING:  # cuts are asked for their MACs only
+    from onnx_decomp.search.families import Cut
 
 logger = logging.getLogger(__name__)
 
 Stored = tuple[np.ndarray, Optional[np.ndarray]]  # (weight, bias) as the model stores them
-Weights = Mapping[int, Stored]  # layer index -> stored arrays of the state under test
+Weights = Mapping[Site, Stored]  # layer site -> stored arrays of the state under test
 
 
 @dataclass
@@ -149,7 +152,7 @@ def find_layers(ctx: ModelContext) -> tuple[list[Layer], list[tuple[str, str]]]:
 @dataclass
 class RunResult:
     outputs: list[np.ndarray]  # the model's outputs, batches joined along the first axis
-    taps: dict[int, np.ndarray]  # layer index -> kept activation rows [rows, n_in]
+    taps: dict[Site, np.ndarray]  # layer site -> kept activation rows [rows, n_in]
 
 
 class Network:
@@ -160,6 +163,7 @@ class Network:
         self.proto = export_graph(ctx.graph, like=ctx.proto)
         load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
         self.layers, self.left_out = find_layers(ctx)
+        self.by_site = {layer.site: layer for layer in self.layers}
         self.outputs = [o.name for o in self.proto.graph.output]
         self.max_rows, self.seed = max_rows, seed
         inputs = {value.name for value in self.proto.graph.input}
@@ -190,7 +194,7 @@ class Network:
         """Every layer's weight and bias: from ``weights`` where given, else the original arrays."""
         feeds = {}
         for layer in self.layers:
-            weight, bias = (weights or {}).get(layer.index, (layer.stored_weight, layer.stored_bias))
+            weight, bias = (weights or {}).get(layer.site, (layer.stored_weight, layer.stored_bias))
             feeds[layer.weight] = weight
             if layer.bias:
                 feeds[layer.bias] = bias
@@ -207,7 +211,7 @@ class Network:
         names = self.outputs + (self._tap_names if taps else [])
         fixed = self.feeds(weights)
         outputs: list[list] = [[] for _ in self.outputs]
-        kept: dict[int, list] = {layer.index: [] for layer in self.layers} if taps else {}
+        kept: dict[Site, list] = {layer.site: [] for layer in self.layers} if taps else {}
         budget = math.ceil(self.max_rows / max(len(batches), 1))
         for number, batch in enumerate(batches):
             try:
@@ -221,7 +225,7 @@ class Network:
                 rows = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
                 rows = rows.reshape(-1, layer.shape[1])
                 chosen = self._rows(number, len(rows), budget)
-                kept[layer.index].append(rows if chosen is None else rows[chosen])
+                kept[layer.site].append(rows if chosen is None else rows[chosen])
         return RunResult([np.concatenate(c) for c in outputs], {i: np.concatenate(rows) for i, rows in kept.items()})
 
     def model_with(self, weights: Weights) -> onnx.ModelProto:
@@ -229,8 +233,8 @@ class Network:
         model = onnx.ModelProto()
         model.CopyFrom(self.proto)
         replace = {}
-        for index, (weight, bias) in weights.items():
-            layer = self.layers[index]
+        for site, (weight, bias) in weights.items():
+            layer = self.by_site[site]
             replace[layer.weight] = weight
             if layer.bias:
                 replace[layer.bias] = bias
@@ -239,9 +243,9 @@ class Network:
                 tensor.CopyFrom(numpy_helper.from_array(replace[tensor.name], tensor.name))
         return model
 
-    def macs(self, plans: Mapping[int, BlockPlan]) -> int:
-        """MatMul/Gemm multiply-accumulates per inference with ``plans`` (layer index -> BlockPlan) in force."""
-        return self.other_macs + sum(layer.vectors * plans[layer.index].macs if layer.index in plans
+    def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
+        """MatMul/Gemm multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in force."""
+        return self.other_macs + sum(layer.vectors * cuts[layer.site].macs(layer) if layer.site in cuts
                                      else layer.dense_macs for layer in self.layers)
 
     @property

@@ -1,8 +1,8 @@
 """The annealing schedule: greedy by MACs saved per unit of fidelity lost, with rollback.
 
 Rules:
-- The state is a plan per cut layer and two sets of weights, one fitted on each tuning fold; it starts
-  dense. A candidate is a unit's next rung applied to the state: its layers take the rung's plans, refitted
+- The state is a cut per layer (``families.Cut``) and two sets of weights, one fitted on each tuning fold;
+  it starts dense. A candidate is a unit's next rung applied to the state: its layers take the rung's cuts, refitted
   on each fold one after another in topological order (each on that fold's activations with the earlier
   ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning samples,
   each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that saves no
@@ -36,28 +36,28 @@ from tqdm.auto import tqdm
 
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.decisions import Step, StructureCandidate, Verdict
-from onnx_decomp.search.candidates import Norms, Structure, Unit
+from onnx_decomp.search.families import Cut, Norms, Structure, Unit
 from onnx_decomp.search.fidelity import FidelityGate
 from onnx_decomp.search.network import Network, Stored, Weights
-from onnx_decomp.search.refit import Refitter, plain_cut
-from onnx_decomp_passes import BlockPlan
+from onnx_decomp.search.refit import Refitter
+from onnx_decomp_passes import Site
 
 logger = logging.getLogger(__name__)
 
 EPS = 1e-3
 PATIENCE = 2
-Fits = tuple[dict[int, Stored], dict[int, Stored]]  # weights fitted on tuning fold 0, on fold 1
-Taps = dict[int, np.ndarray]  # layer index -> activation rows
+Fits = tuple[dict[Site, Stored], dict[Site, Stored]]  # weights fitted on tuning fold 0, on fold 1
+Taps = dict[Site, np.ndarray]  # layer site -> activation rows
 
 
 @dataclass
 class State:
-    plans: dict[int, BlockPlan] = field(default_factory=dict)  # layer index -> plan in force
+    cuts: dict[Site, Cut] = field(default_factory=dict)  # layer site -> cut in force
     fits: Fits = field(default_factory=lambda: ({}, {}))
     fidelity: float = 0.0
     macs: int = 0
     version: int = 0
-    origin: dict[int, tuple[Unit, int]] = field(default_factory=dict)  # layer index -> (unit, rung) planning it
+    origin: dict[Site, tuple[Unit, int]] = field(default_factory=dict)  # layer site -> (unit, rung) cutting it
 
 
 @dataclass
@@ -91,31 +91,35 @@ class Annealer:
         self._progress = None
         self.refit = Refitter(config.ridge, config.seed)
 
-    def _refit_in_order(self, plans: dict[int, BlockPlan], weights: Weights, dense: Taps, taps: Taps,
-                        activations) -> dict[int, Stored]:
-        """``plans`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
+    def _refit_in_order(self, cuts: dict[Site, Cut], weights: Weights, dense: Taps, taps: Taps,
+                        activations) -> dict[Site, Stored]:
+        """``cuts`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
         ``activations(weights so far)``, all against the original's ``dense`` rows."""
         weights, changed = dict(weights), False
-        for index in sorted(plans):
+        for site in sorted(cuts, key=lambda s: self.network.by_site[s].index):
             if changed:
                 taps = activations(weights)
-            weights[index] = self.refit(self.network.layers[index], plans[index], dense[index], taps[index])
+            weights[site] = cuts[site].refit(self.network.by_site[site], dense[site], taps[site], self.refit)
             changed = True
         return weights
 
-    def sequential_refit(self, plans: dict[int, BlockPlan]) -> dict[int, Stored]:
-        """``plans`` fitted on the whole tuning part from the original weights (module rule)."""
+    def sequential_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
+        """``cuts`` fitted on the whole tuning part from the original weights (module rule)."""
         gate = self.gate
-        return self._refit_in_order(plans, {}, gate.dense_taps, gate.dense_taps, lambda weights: gate.joined(
+        return self._refit_in_order(cuts, {}, gate.dense_taps, gate.dense_taps, lambda weights: gate.joined(
             [gate.fold_activations(fold, weights) for fold in (0, 1)]))
+
+    def plain(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
+        """``cuts`` applied without refitting."""
+        return {site: cut.plain(self.network.by_site[site]) for site, cut in cuts.items()}
 
     def _apply(self, structure: Structure) -> Fits:
         """The state's fits with ``structure`` cut in: refitted on each fold, or plainly cut."""
         if not self.config.refit:
-            cuts = {i: plain_cut(self.network.layers[i], plan) for i, plan in structure.plans.items()}
+            cuts = self.plain(structure.cuts)
             return {**self.state.fits[0], **cuts}, {**self.state.fits[1], **cuts}
         gate = self.gate
-        return tuple(self._refit_in_order(structure.plans, self.state.fits[fold], gate.fold_taps[fold], self.taps[fold],
+        return tuple(self._refit_in_order(structure.cuts, self.state.fits[fold], gate.fold_taps[fold], self.taps[fold],
                                           lambda weights, fold=fold: gate.fold_activations(fold, weights))
                      for fold in (0, 1))
 
@@ -129,12 +133,11 @@ class Annealer:
         """The first rung from ``rung`` on that saves MACs, measured on the state (None: ladder done)."""
         while rung < len(unit.rungs):
             structure = self._structure(unit, rung)
-            macs = self.network.macs({**self.state.plans, **structure.plans})
+            macs = self.network.macs({**self.state.cuts, **structure.cuts})
             if macs < self.state.macs:
                 fits = self._apply(structure)
                 fidelity = self.gate.measure_crossed(fits)
-                names = {self.network.layers[i].weight: plan for i, plan in structure.plans.items()}
-                candidate = StructureCandidate(unit.name, structure.label, names, macs, fidelity)
+                candidate = StructureCandidate(unit.name, structure.label, structure.plans, macs, fidelity)
                 self._sequence += 1
                 self._progress.update()
                 self._progress.set_postfix_str(f"{unit.name} {structure.label}: {fidelity:.4g}")
@@ -180,9 +183,9 @@ class Annealer:
                 self._log(waiting, Verdict.DEFERRED, f"within tolerance; {measured.unit.name} "
                           f"{measured.candidate.structure} saved more per fidelity lost")
             waiting.fits = ({}, {})  # stale from now on: measured again before it can be accepted
-        origin = {i: o for i, o in state.origin.items() if i not in measured.structure.plans}
-        origin.update({i: (measured.unit, measured.rung) for i in measured.structure.plans})
-        self.state = State({**state.plans, **measured.structure.plans}, measured.fits, measured.candidate.fidelity,
+        origin = {s: o for s, o in state.origin.items() if s not in measured.structure.cuts}
+        origin.update({s: (measured.unit, measured.rung) for s in measured.structure.cuts})
+        self.state = State({**state.cuts, **measured.structure.cuts}, measured.fits, measured.candidate.fidelity,
                            measured.candidate.macs, state.version + 1, origin)
         if self.config.refit:
             self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
@@ -201,7 +204,7 @@ class Annealer:
                 if best.version != self.state.version:
                     self._queue(queue, self._measure(best.unit, best.rung, best.misses))
                     continue
-                if best.structure.plans and not (best.fits[0] or best.fits[1]):
+                if best.structure.cuts and not (best.fits[0] or best.fits[1]):
                     best.fits = self._apply(best.structure)  # dropped to save memory: the same refit again
                 self._accept(best, queue)
                 self._queue(queue, self._measure(best.unit, best.rung + 1))
@@ -210,7 +213,7 @@ class Annealer:
     def in_force(self) -> list[tuple[Unit, int]]:
         """The (unit, rung) of every accepted structure whose plans are all still in force."""
         found = {}
-        for index, (unit, rung) in self.state.origin.items():
+        for unit, rung in self.state.origin.values():
             found[(id(unit), rung)] = (unit, rung)
         return [(unit, rung) for unit, rung in found.values()
-                if all(self.state.origin.get(layer.index, (None, None))[0] is unit for layer in unit.layers)]
+                if all(self.state.origin.get(layer.site, (None, None))[0] is unit for layer in unit.layers)]

@@ -19,9 +19,9 @@ from typing import Mapping, Optional
 import numpy as np
 
 from onnx_decomp.report.anneal import Stability
-from onnx_decomp.search.candidates import Unit
+from onnx_decomp.search.families import Unit
 from onnx_decomp.search.importance import column_norms
-from onnx_decomp_passes import BlockPlan
+from onnx_decomp_passes import BlockPlan, Site
 
 STABLE_ARI = 0.9
 
@@ -67,21 +67,23 @@ def index_spaces(plans: list[BlockPlan]) -> dict[str, np.ndarray]:
     return spaces
 
 
-def stability(in_force: list[tuple[Unit, int]], taps: Mapping[int, np.ndarray], resamples: int,
+def stability(in_force: list[tuple[Unit, int]], taps: Mapping[Site, np.ndarray], resamples: int,
               seed: int = 0) -> list[Stability]:
     """The module rule for every (unit, rung) in force, from the original model's tuning activations."""
     rng = np.random.default_rng(seed)
     results = []
     for unit, rung in in_force:
-        norms = {layer.index: column_norms(taps[layer.index]) for layer in unit.layers}
+        norms = {layer.site: column_norms(taps[layer.site]) for layer in unit.layers}
+        in_order = [layer.site for layer in sorted(unit.layers, key=lambda layer: layer.index)]
         accepted = unit.structure(rung, norms)
         if all(len(plan.branches) < 2 for plan in accepted.plans.values()):
             continue
-        spaces = index_spaces([accepted.plans[i] for i in sorted(accepted.plans)])
+        spaces = index_spaces([accepted.plans[site] for site in in_order])
         scores: dict[str, list[float]] = {name: [] for name in spaces}
         for _ in range(resamples):
             drawn = {i: column_norms(taps[i][rng.integers(0, len(taps[i]), len(taps[i]))]) for i in norms}
-            again = index_spaces([plan for _, plan in sorted(unit.structure(rung, drawn).plans.items())])
+            plans = unit.structure(rung, drawn).plans
+            again = index_spaces([plans[site] for site in in_order])
             for name, labels in spaces.items():
                 scores[name].append(adjusted_rand_index(labels, again[name]) if name in again else 0.0)
         interface = np.min([scores[name] for name in ("inputs", "outputs") if name in scores], axis=0) \

@@ -2,8 +2,8 @@
 
 Rules:
 - ``plans`` maps a key to a ``onnx_decomp_passes.BlockPlan`` or a Boolean mask (True = keep).
-- With ``onnx_model`` (the model exported from these very weights), a key that names a MatMul/Gemm weight
-  initializer of it takes the mask as that operator's ``[n_out, n_in]``; the initializer is bound to its
+- With ``onnx_model`` (the model exported from these very weights), a key that is a ``Site`` (as annealing
+  reports plans) or names a MatMul/Gemm weight initializer of it takes the mask as that operator's ``[n_out, n_in]``; the initializer is bound to its
   parameters by value (``binding``) and the mask transposed onto a parameter that holds ``W.T`` (a
   ``[in, out]`` matrix multiplied from the right). Any other key must name a parameter and takes the mask
   in the parameter's own layout (``nn.Linear.weight`` is ``[n_out, n_in]``).
@@ -29,7 +29,7 @@ import torch
 from onnx_decomp.io.graph import import_graph
 from onnx_decomp.io.model_io import load_model
 from onnx_decomp.torch.binding import bind_initializers, float_initializers
-from onnx_decomp_passes import BlockPlan, Layout, find_weighted_ops
+from onnx_decomp_passes import BlockPlan, Layout, Site, find_weighted_ops
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _weight_layouts(model: onnx.ModelProto) -> dict[str, Layout]:
     return {op.weight.name: op.layout for op in ops}
 
 
-def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
+def _targets(model: torch.nn.Module, plans: Mapping[Union[str, Site], MaskLike],
              onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]]) -> dict[str, np.ndarray]:
     """Parameter name -> mask in the parameter's layout (module rules)."""
     parameters = dict(model.named_parameters())
@@ -82,7 +82,8 @@ def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
         values = {name: p.detach().cpu().numpy() for name, p in parameters.items()}
         bindings = bind_initializers(float_initializers(proto), values)
     targets = {}
-    for name, plan in plans.items():
+    for key, plan in plans.items():
+        name = key.weight if isinstance(key, Site) else key
         mask = _as_bool(plan)
         if name in layouts and name in bindings:
             for binding in bindings[name]:  # the parameter holds the initializer, or its transpose
@@ -100,7 +101,7 @@ def _targets(model: torch.nn.Module, plans: Mapping[str, MaskLike],
     return targets
 
 
-def apply_block_mask(model: torch.nn.Module, plans: Mapping[str, MaskLike],
+def apply_block_mask(model: torch.nn.Module, plans: Mapping[Union[str, Site], MaskLike],
                      onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]] = None) -> BlockMask:
     """Zero the entries outside ``plans`` and keep their gradients zero (module rules)."""
     parameters = dict(model.named_parameters())

@@ -1,6 +1,10 @@
-"""Multi-head attention blocks found among the annealable layers.
+"""The attention family: the query, key, value and output projections of a multi-head attention block.
 
-Rules (what a block is; anything else stays single layers and chains):
+Rungs ``k = 2, 4, ...`` up to the number of heads (and half the smallest index space): k groups of whole
+heads, each reading its own inputs and writing its own outputs (``planning.attention``), the four layers cut
+consistently. The projections are single units too. Every structure drops what carries nothing.
+
+Finding the blocks, rules (what a block is; anything else stays single layers and chains):
 - Projections: three layers that read the same tensor, have the same number of outputs ``n`` and whose
   results (the bias Add's output where the layer has one) are each read by a ``Reshape`` whose inferred
   output shape ends in ``[H, n / H]`` with ``H >= 2`` heads, the same ``H`` for all three.
@@ -23,6 +27,12 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
+
+from onnx_decomp.planning.attention import head_groups
+from onnx_decomp.planning.partition import Partition
+from onnx_decomp.search.families.base import (BlockCut, Family, Norms, SearchSpace, Structure, Unit, block_counts,
+                                              block_label)
+from onnx_decomp.search.importance import importance, live_columns
 from onnx_decomp.search.network import Layer
 
 if TYPE_CHECKING:  # the graph's tensors and nodes are read through their attributes only
@@ -112,3 +122,43 @@ def find_attention(layers: Sequence[Layer], shapes: Mapping[str, list]) -> list[
             blocks.append(AttentionBlock(query_key, values[0], output, heads.pop()))
             used |= set(triple)
     return sorted(blocks, key=lambda block: block.output)
+
+
+@dataclass
+class AttentionUnit(Unit):
+    heads: int = 0
+    seed: int = 0
+    balanced: bool = True
+    family = "attention"
+
+    @property
+    def name(self) -> str:
+        return f"{super().name} ({self.heads} heads)"
+
+    def label(self, rung: int) -> str:
+        return block_label(self.rungs[rung], self.balanced)
+
+    def structure(self, rung: int, norms: Norms) -> Structure:
+        scores = [importance(layer, self.evidence[layer.site], norms[layer.site]) for layer in self.layers]
+        groups = head_groups(scores[:3], scores[3], self.heads, self.rungs[rung], self.seed, self.balanced)
+        rows = groups.head_rows(self.layers[0].shape[0] // self.heads)
+        partition = Partition({"inputs": groups.inputs, "heads": rows, "outputs": groups.outputs})
+        spaces = [("inputs", "heads")] * 3 + [("heads", "outputs")]
+        cuts = {layer.site: BlockCut(partition.plan(reads, writes, layer.live_rows, live_columns(norms[layer.site])))
+                for layer, (reads, writes) in zip(self.layers, spaces)}
+        return Structure(self.label(rung), cuts, partition)
+
+
+class Attention(Family):
+    name = "attention"
+
+    def units(self, space: SearchSpace) -> list[Unit]:
+        network, config = space.network, space.config
+        units = []
+        for block in find_attention(network.layers, space.shapes):
+            layers = [network.layers[i] for i in block.layers]
+            rungs = [k for k in block_counts(min(min(layer.shape) for layer in layers), config) if k <= block.heads]
+            if rungs:
+                units.append(AttentionUnit(layers, rungs, space.evidence_of(layers), block.heads, config.seed,
+                                           config.block.balanced))
+        return units

@@ -1,0 +1,139 @@
+"""What a structure family is: units of layers planned together, each with a ladder of structures from
+cautious to aggressive, and what a structure does to each of its layers.
+
+- ``Cut``: what a structure does to one layer: the multiply-accumulates it leaves per activation vector,
+  the plain cut, the refit on calibration activations, and the plan the rewrite (``passes/``) executes.
+  ``BlockCut`` is the block kind (``BlockPlan``: entries outside the blocks dropped; refit per block).
+- ``Structure``: one rung of a unit: its label, a cut per layer (keyed by ``Site``), and the partition of the
+  unit's index spaces it came from, if any.
+- ``Unit``: layers planned together and their rungs; ``structure(rung, norms)`` plans a rung from the layers'
+  input norms (a bootstrap resample re-plans by calling it with its own norms).
+- ``Family``: makes the units it finds in a model (``SearchSpace``: the network, its shapes, the evidence,
+  the settings). Families are registered by name in ``search.families.FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from onnx_decomp.config import AnnealConfig
+from onnx_decomp.planning.partition import Partition
+from onnx_decomp.search.network import Layer, Network, Stored
+from onnx_decomp.search.refit import Refitter, plain_cut
+from onnx_decomp_passes import BlockPlan, Plan, Site
+
+Norms = Mapping[Site, np.ndarray]  # layer site -> input norms
+
+
+class Cut(abc.ABC):
+    """What a structure does to one layer (module rule)."""
+
+    plan: Plan
+
+    @abc.abstractmethod
+    def macs(self, layer: Layer) -> int:
+        """Multiply-accumulates per activation vector that the layer keeps."""
+
+    @abc.abstractmethod
+    def plain(self, layer: Layer) -> Stored:
+        """The layer's weights cut without refitting."""
+
+    @abc.abstractmethod
+    def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
+        """The cut weights refitted so that the layer reproduces its dense output on the original model's
+        activation rows ``dense`` from the cut model's rows ``cut``."""
+
+
+@dataclass(frozen=True)
+class BlockCut(Cut):
+    plan: BlockPlan
+
+    def macs(self, layer: Layer) -> int:
+        return self.plan.macs
+
+    def plain(self, layer: Layer) -> Stored:
+        return plain_cut(layer, self.plan)
+
+    def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
+        return refitter(layer, self.plan, dense, cut)
+
+
+@dataclass(frozen=True)
+class Structure:
+    label: str
+    cuts: dict[Site, Cut]
+    partition: Optional[Partition] = None
+
+    @property
+    def plans(self) -> dict[Site, Plan]:
+        return {site: cut.plan for site, cut in self.cuts.items()}
+
+
+@dataclass
+class Unit(abc.ABC):
+    """Layers planned together (in topological order), their rungs, and the evidence they use (per site)."""
+
+    layers: list[Layer]
+    rungs: list
+    evidence: Mapping[Site, Optional[np.ndarray]] = field(repr=False)
+    family = ""  # the registered name of the family making the unit
+
+    @property
+    def name(self) -> str:
+        return "+".join(layer.weight for layer in self.layers)
+
+    @abc.abstractmethod
+    def label(self, rung: int) -> str:
+        """How reports name rung ``rung``."""
+
+    @abc.abstractmethod
+    def structure(self, rung: int, norms: Norms) -> Structure:
+        """The structure of rung ``rung`` given the layers' input norms."""
+
+    def release(self) -> None:
+        """Drop cached products (recomputed if the unit plans again)."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What families plan from: the network's layers, every tensor's shape, the statistical evidence per
+    weight name, and the run's settings."""
+
+    network: Network
+    shapes: Mapping[str, list]
+    evidence: Mapping[str, np.ndarray]
+    config: AnnealConfig
+
+    def evidence_of(self, layers: list[Layer]) -> dict[Site, Optional[np.ndarray]]:
+        return {layer.site: self.evidence.get(layer.weight) for layer in layers}
+
+
+class Family(abc.ABC):
+    """Makes the units of one kind of structure."""
+
+    name: str
+
+    @abc.abstractmethod
+    def units(self, space: SearchSpace) -> list[Unit]:
+        """Every unit of this family in the model with a non-empty ladder."""
+
+
+def block_counts(smallest: int, config: AnnealConfig) -> list[int]:
+    """The block ladder ``k = 2, 4, 8, ...`` up to the largest count and half the smallest index space, or the
+    one count asked for (if it fits)."""
+    settings = config.block
+    if settings.blocks is not None:
+        return [settings.blocks] if settings.blocks <= smallest else []
+    counts, k = [], 2
+    while k <= min(settings.max_blocks, smallest // 2):
+        counts.append(k)
+        k *= 2
+    return counts
+
+
+def block_label(value: int, balanced: bool) -> str:
+    return "trim" if value == 1 else f"k={value}" + ("" if balanced else " unbalanced")
