@@ -13,6 +13,8 @@ from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
 from onnx_decomp.io.outputs import StagedWrites
 
+SHAPES = options.ShapeOptions()
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("bench", help="time a model against its decomposition in ONNX Runtime")
@@ -21,9 +23,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--batch", type=options.batch_sizes, metavar="B1,B2",
                         help="batch sizes: the first dim of inputs whose first dim is symbolic (default 1,64; with "
                         "--inputs 1 and the rows given)")
-    parser.add_argument("--input-shape", type=options._input_shape, action="append", default=[],
-                        metavar="NAME:D1,D2", help="shape of an input's random data, every symbolic dim set "
-                        "(repeatable; --batch still sets the first; default: symbolic dims 1)")
+    SHAPES.add(parser)  # --input-shape: every symbolic dim of the random data; --batch still sets the first
     parser.add_argument("--inputs", type=Path, metavar="NPZ",
                         help="real inputs keyed by input name instead of random data: the first B rows at --batch B")
     parser.add_argument("--threads", type=int, metavar="N",
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         calib = load_arrays(args.calib, "--calib") if args.calib else None
         session = SessionConfig(args.provider, args.threads, spin=args.spin)
         report = bench(args.input, args.decomposed, args.batch, session, peers=args.peer, calib=calib,
-                       budget_s=args.budget, clock=args.clock, input_shapes=options.input_shapes(args), inputs=inputs)
+                       budget_s=args.budget, clock=args.clock, input_shapes=SHAPES.parse(args), inputs=inputs)
         if args.inputs:
             report.inputs = str(args.inputs)
         if json_path is not None:
