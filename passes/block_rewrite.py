@@ -70,7 +70,7 @@ class BlockRewrite(Pass):
             if (plan.n_out, plan.n_in) != op.shape:
                 raise PassError(f"{site.node}: plan is {plan.n_out}x{plan.n_in}, weight is {op.shape}")
             form = self._form(op, plan)
-            builder = Builder(op, shared, names)
+            builder = Builder(op, shared, names, site)
             form.emit(builder, plan)
             op.graph.nodes.extend(builder.nodes)
             op.node.inputs.clear()

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ops import WeightedOp, all_graphs
-from .site import METADATA_BLOCK
+from .site import METADATA_BLOCK, Site
 
 
 def index(values) -> np.ndarray:
@@ -75,8 +75,9 @@ class BlockBoundary:
 class Builder:
     """Collects the nodes that replace ``op`` and their metadata; ``shared`` caches branch weights across nodes."""
 
-    def __init__(self, op: WeightedOp, shared: dict, names: NameTable):
+    def __init__(self, op: WeightedOp, shared: dict, names: NameTable, site: Optional[Site] = None):
         self.op, self.shared, self.names, self.prefix = op, shared, names, op.node.name
+        self.site = site or op.site  # as planned: its weight's name from before any folding
         self._matrix = None
         shape = op.node.inputs[0].shape
         self.rank = len(shape) if shape is not None else 0  # of input and output; 0 when unknown
@@ -104,7 +105,7 @@ class Builder:
         name = self.names.fresh(f"{self.prefix}/{suffix}")
         output = output if output is not None else gs.Variable(name)
         self.nodes.append(gs.Node(op_type, name, attrs or {}, list(inputs), [output]))
-        self.metadata[name] = {**self.op.site.metadata(),
+        self.metadata[name] = {**self.site.metadata(),
                                **({} if self._block is None else {METADATA_BLOCK: str(self._block)})}
         return output
 

@@ -5,7 +5,8 @@ Rules (imports read with ``ast``; imports under ``if TYPE_CHECKING:`` do not run
 - in the shipped packages, only ``onnx_decomp/torch/`` imports torch;
 - in the shipped packages, only the back end and model I/O (``onnx_decomp/io/``) import onnx-graphsurgeon;
 - inside ``onnx_decomp`` a module imports only from its own layer or the layers below (``LAYERS``, the
-  README's direction of imports; the package's ``__init__`` is the public facade over all of them);
+  README's direction of imports; the package's ``__init__`` is the public facade over all of them), and so
+  inside the search (``SEARCH_LAYERS``: the structure families sit between the network and the schedule);
 - nothing anywhere imports the back end by its folder name ``passes``;
 - every package folder is installed (pyproject's package list), and no module exceeds ``MAX_LINES``.
 The checker is tested on a tree with planted violations, so a rule that stops firing fails too.
@@ -37,6 +38,12 @@ LAYERS = (  # onnx_decomp's modules and subpackages, lowest first
     ("cli",),
 )
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
+SEARCH_LAYERS = (  # onnx_decomp/search inside, lowest first: the families plan on the network, the schedule runs them
+    ("calibration", "data_checks", "network", "importance", "refit", "fidelity"),
+    ("families",),
+    ("schedule", "stability"),
+)
+SEARCH_LAYER = {name: level for level, names in enumerate(SEARCH_LAYERS) for name in names}
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -87,6 +94,14 @@ def violations(root: Path) -> list[str]:
                 parts = name.split(".")
                 if parts[0] == "onnx_decomp" and len(parts) > 1 and LAYER.get(parts[1], -1) > own:
                     found.append(f"{relative}: imports {name} from a higher layer")
+        if _under(relative, "onnx_decomp/search") and len(relative.parts) > 2:
+            own = SEARCH_LAYER.get(Path(relative.parts[2]).stem)
+            if own is None and relative.parts[2] != "__init__.py":
+                found.append(f"{relative}: in no layer of the search (add it to SEARCH_LAYERS)")
+            for name in sorted(dotted) if own is not None else ():
+                parts = name.split(".")
+                if parts[:2] == ["onnx_decomp", "search"] and SEARCH_LAYER.get(parts[2], -1) > own:
+                    found.append(f"{relative}: imports {name} from a higher layer of the search")
     return found
 
 
@@ -108,6 +123,8 @@ def test_the_checker_finds_planted_violations(tmp_path):
         "onnx_decomp/stats/downward.py": "from onnx_decomp.report.table import table\nfrom onnx_decomp import io\n",
         "tests/old_style.py": "from passes.plan import BlockPlan\n",
         "tools/fine.py": "import torch\nimport onnx_graphsurgeon\n",
+        "onnx_decomp/search/refit.py": "from onnx_decomp.search.schedule import Annealer\n",
+        "onnx_decomp/search/families/fine.py": "from onnx_decomp.search.network import Layer\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +133,7 @@ def test_the_checker_finds_planted_violations(tmp_path):
         "onnx_decomp/context.py: imports onnx_graphsurgeon outside the back end and model I/O",
         "onnx_decomp/misc.py: in no layer (add it to LAYERS and the README's architecture)",
         "onnx_decomp/report/upward.py: imports onnx_decomp.drivers.decompose.decompose from a higher layer",
+        "onnx_decomp/search/refit.py: imports onnx_decomp.search.schedule.Annealer from a higher layer of the search",
         "onnx_decomp/stats/trainer.py: imports torch outside onnx_decomp/torch",
         "passes/bad.py: the back end imports the front end",
         "tests/old_style.py: imports the back end as 'passes' (use onnx_decomp_passes)",

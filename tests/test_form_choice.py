@@ -12,8 +12,10 @@ import onnx_decomp
 from conftest import hidden_blocks, make_model, op_types, run, tensor, value
 from onnx_decomp import GateConfig
 from onnx_decomp.cli import main
-from onnx_decomp.config import FORMS
+from onnx_decomp.config import FORMS as FORM_NAMES
+from onnx_decomp.cost.isolate import one_node_models
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp_passes import FORMS
 
 
 def matmul(w):
@@ -27,13 +29,13 @@ def contiguous(d, k, rng):
 
 def test_cost_gate_estimates_every_form_at_every_batch_and_keeps_the_best(rng):
     model = matmul(contiguous(512, 8, rng))
-    gate = GateConfig("cost", forms=FORMS, batches=(1, 32))
+    gate = GateConfig("cost", forms=FORM_NAMES, batches=(1, 32))
     out, report = onnx_decomp.decompose(model, gate=gate)
     node = report.nodes[0]
     costs = {(c["form"], c["batch"]): c["estimated"] for c in node.costs}
-    assert set(costs) == {(f, b) for f in FORMS for b in (1, 32)}
+    assert set(costs) == {(f, b) for f in FORM_NAMES for b in (1, 32)}
     assert all(c["measured"] is None for c in node.costs)  # the cost gate times nothing
-    worst = {f: min(costs[f, 1], costs[f, 32]) for f in FORMS}
+    worst = {f: min(costs[f, 1], costs[f, 32]) for f in FORM_NAMES}
     assert node.form == max(worst, key=worst.get) and node.estimated == pytest.approx(worst[node.form], abs=1e-3)
     assert node.action == "rewrite" and node.speedup is None
     assert onnx_decomp.decompose(model, gate=gate)[1].nodes[0].form == node.form  # deterministic
@@ -82,3 +84,36 @@ def test_bad_form_or_batch_options_exit_2(tmp_path, rng, capsys, option):
     err = capsys.readouterr().err
     assert code == 2 and option[0] in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_plan_emitted_is_the_plan_costed_and_every_emitted_node_names_its_site_and_block(rng):
+    """L1 (two blocks) is eligible but the cost gate keeps it dense; L2 (eight blocks reading other groups of
+    the hidden units) is rewritten. Folding was decided over both when L2's form was costed: the rewrite applies
+    that decision, so L2's emitted nodes are those of its costed one-node rewrite, each tagged with L2's site
+    (and its block where it serves one)."""
+    hidden = 256
+    a = rng.permutation(np.repeat(np.arange(2), hidden // 2))
+    b = rng.permutation(np.repeat(np.arange(8), hidden // 8))
+    w1 = ((a[:, None] == np.repeat(np.arange(2), 4)[None, :]) * rng.standard_normal((hidden, 8))).astype(np.float32)
+    w2 = ((np.repeat(np.arange(8), hidden // 8)[:, None] == b[None, :]) *
+          rng.standard_normal((hidden, hidden))).astype(np.float32)
+    model = make_model([helper.make_node("Gemm", ["x", "W1"], ["h"], name="L1", transB=1),
+                        helper.make_node("Relu", ["h"], ["r"]),
+                        helper.make_node("MatMul", ["r", "W2"], ["y"], name="L2")],
+                       [value("x", ["N", 8])], [value("y", ["N", hidden])],
+                       [tensor("W1", w1), tensor("W2", w2.T.copy())])
+    gate = GateConfig("cost", forms=("branches",), batches=(64,))
+    out, _ = onnx_decomp.decompose(model, gate=gate)
+
+    decisions = {d.node: d for d in onnx_decomp.inspect(model, gate=gate).decisions}  # the same, deterministic
+    assert decisions["L1"].action.value == "keep" and decisions["L2"].rewrite
+    candidate = decisions["L2"].candidate
+    _, costed = one_node_models(candidate, FORMS["branches"], (64, hidden), candidate.op.graph)
+    tags = {node.name: {p.key: p.value for p in node.metadata_props} for node in out.graph.node}
+    emitted = [node for node in out.graph.node if tags[node.name].get("onnx_decomp.node") == "L2"]
+    assert sorted(n.op_type for n in emitted) == sorted(n.op_type for n in costed.graph.node)
+    assert all(tags[n.name]["onnx_decomp.weight"] == "W2" for n in emitted)
+    blocks = {tags[n.name]["onnx_decomp.block"] for n in emitted if n.op_type == "MatMul"}
+    assert blocks == {str(branch.block) for branch in candidate.folded.branches} and len(blocks) == 8
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

@@ -88,3 +88,20 @@ def test_unique_node_names():
     graph = gs.import_onnx(model)
     assert UniqueNodeNames()(graph).modified
     assert [n.name for n in graph.nodes] == ["Relu", "r", "r_0"]
+
+
+def test_pass_manager_names_the_failing_pass_and_those_before_it_and_keeps_the_cause(rng):
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    _, graph = _graph(w, rng)
+    wrong = plan_from_support(np.eye(3, dtype=bool))
+    with pytest.raises(PassError, match=r"^BlockRewrite: fc: plan is 3x3.*\(after UniqueNodeNames\)$") as raised:
+        PassManager([UniqueNodeNames(), BlockRewrite({node_sites(graph)["fc"]: wrong})])(graph)
+    assert isinstance(raised.value.__cause__, PassError)
+
+
+def test_checked_after_every_pass(rng):
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    _, graph = _graph(w, rng)
+    seen = []
+    result = PassManager([UniqueNodeNames(), UniqueNodeNames()], check=lambda g: seen.append(len(g.nodes)))(graph)
+    assert seen == [len(graph.nodes)] * 2 and list(result.artifact.by_pass) == ["UniqueNodeNames"]
