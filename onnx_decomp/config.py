@@ -14,9 +14,10 @@ import numpy as np
 
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp_passes import FORMS as FORM_REGISTRY
+from onnx_decomp_passes import BlockPlan
 
 GATES = ("time", "flops", "cost")
-FORMS = tuple(FORM_REGISTRY)  # the rewrite forms' names, as the back end registers them
+FORMS = tuple(name for name, form in FORM_REGISTRY.items() if form.plan_type is BlockPlan)  # block forms' names
 DEFAULT_FORMS = ("branches", "batched")
 PROVIDERS = ("auto", "cpu", "cuda")
 FDR_SCOPES = ("tensor", "model")

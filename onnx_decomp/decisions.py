@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Union
 
 from onnx_decomp_passes import BlockPlan, Folding, Site, Skipped, WeightedOp
 

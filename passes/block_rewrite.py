@@ -1,5 +1,5 @@
-"""The block rewrite pass: every planned weighted op is replaced by the form chosen for it, or the first form
-that can execute its plan.
+"""The rewrite pass: every planned weighted op is replaced by the form chosen for it, or the first form that
+can execute its plan (block plans and low-rank plans; sliced weights are ``remove_units``'s).
 
 Rule: for each ``Site -> BlockPlan``, the form named for the site in ``chosen`` emits the replacement (it must
 apply); other sites ask ``forms`` in order (the branch form, which applies to every plan, unless given) and
@@ -22,7 +22,7 @@ from .builder import BlockBoundary, Builder, NameTable
 from .forms import FORMS, Form
 from .infra import Pass, PassError, PassResult
 from .ops import WeightedOp, all_graphs, find_weighted_ops
-from .plan import BlockPlan
+from .plan import Plan
 from .site import Site
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Emission:
 class BlockRewrite(Pass):
     __doc__ = __doc__
 
-    def __init__(self, plans: Mapping[Site, BlockPlan], forms: Sequence[Form] = (FORMS["branches"],),
+    def __init__(self, plans: Mapping[Site, Plan], forms: Sequence[Form] = (FORMS["branches"], FORMS["lowrank"]),
                  chosen: Optional[Mapping[Site, Form]] = None):
         self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
 
@@ -78,8 +78,7 @@ class BlockRewrite(Pass):
             op.graph.nodes.remove(op.node)
             touched.add(id(op.graph))
             emitted[site] = Emission(form.name, builder.nodes, builder.metadata, builder.entry, builder.exit)
-            logger.debug("%s: %s form, %d branches, %d constant rows, %.1fx fewer MACs", site.node, form.name,
-                         len(plan.branches), len(plan.constant_rows), plan.flop_reduction)
+            logger.debug("%s: %s form, %.1fx fewer MACs", site.node, form.name, plan.flop_reduction)
         casts = {id(ops[site].cast) for site in self.plans if ops[site].cast is not None}
         for subgraph in all_graphs(graph):
             dead = [n for n in subgraph.nodes if id(n) in casts and not n.outputs[0].outputs
@@ -92,10 +91,10 @@ class BlockRewrite(Pass):
                 subgraph.toposort(recurse_subgraphs=False)
         return PassResult(graph, bool(self.plans), emitted)
 
-    def _form(self, op: WeightedOp, plan: BlockPlan) -> Form:
+    def _form(self, op: WeightedOp, plan: Plan) -> Form:
         reasons = []
         for form in [self.chosen[op.site]] if op.site in self.chosen else self.forms:
-            reason = form.check(op, plan)
+            reason = form.applies(op, plan)
             if reason is None:
                 return form
             reasons.append(f"{form.name}: {reason}")

@@ -130,6 +130,57 @@ class BlockPlan(Plan):
         return keep
 
 
+@dataclass(frozen=True)
+class LowRankPlan(Plan):
+    """``W [n_out, n_in]`` of rank at most ``rank``, run as two products ``x -> x W_down^T [.., rank] -> W_up``.
+    The rewrite reads the factors off the weight itself (its truncated SVD): a weight annealed to rank ``rank``
+    is their product, so the plan carries no values."""
+
+    n_out: int
+    n_in: int
+    rank: int
+
+    def __post_init__(self):
+        if not 1 <= self.rank <= min(self.n_out, self.n_in):
+            raise ValueError(f"rank must lie in [1, {min(self.n_out, self.n_in)}], got {self.rank}")
+
+    @property
+    def macs(self) -> int:
+        return self.rank * (self.n_in + self.n_out)
+
+
+@dataclass(frozen=True)
+class SlicePlan(Plan):
+    """The weight keeps the output ``rows`` and the input ``cols`` (sorted, unique; None: all) and loses the
+    rest: removed rows are hidden units removed whole, across this layer, the per-feature ops after it and the
+    layers reading them, which drop the same columns (``remove_units``)."""
+
+    n_out: int
+    n_in: int
+    rows: Optional[np.ndarray] = None
+    cols: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        for name, bound in (("rows", self.n_out), ("cols", self.n_in)):
+            kept = getattr(self, name)
+            if kept is not None:
+                kept = _index_array(kept)
+                if len(kept) == 0 or kept[0] < 0 or kept[-1] >= bound:
+                    raise ValueError(f"plan {name} must be a non-empty subset of [0, {bound})")
+                object.__setattr__(self, name, kept)
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        """(rows, columns) kept."""
+        return (self.n_out if self.rows is None else len(self.rows),
+                self.n_in if self.cols is None else len(self.cols))
+
+    @property
+    def macs(self) -> int:
+        rows, cols = self.kept
+        return rows * cols
+
+
 ROW_CHUNK = 1 << 22  # support entries scanned at a time while building the component graph
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import helper, numpy_helper
 from sklearn.metrics import adjusted_rand_score

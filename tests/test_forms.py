@@ -16,13 +16,15 @@ from onnx_decomp_passes import FORMS, BlockPlan, BlockRewrite, Branch, PassError
 from onnx_decomp_passes.forms import Batched, BlockEinsum, Conv1x1
 
 RTOL, ATOL = 1e-5, 1e-6
-PADDED = {form.name: type(form)(max_padding=10.0) if form.name != "branches" else form for form in FORMS.values()}
+PADDED = {form.name: type(form)(max_padding=10.0) if form.name != "branches" else form
+          for form in FORMS.values() if form.plan_type is BlockPlan}
 
 
 def rewrite(model, plans, form):
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
     sites = node_sites(graph)
-    BlockRewrite({sites[name]: plan for name, plan in plans.items()}, chosen={sites[name]: form for name in plans})(graph)
+    chosen = {sites[name]: form for name in plans}
+    BlockRewrite({sites[name]: plan for name, plan in plans.items()}, chosen=chosen)(graph)
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     return out

@@ -15,7 +15,8 @@ MODEL, ANALYSIS = options.ModelOptions(), options.AnalysisOptions(edges=True)
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("analyze", help="test every weight entry against its initialization (null) distribution")
+    parser = commands.add_parser("analyze",
+                                 help="test every weight entry against its initialization (null) distribution")
     options.add_all(parser, [MODEL, ANALYSIS])
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="write DIR/report.json and DIR/figures/*.png (histograms, permuted supports)")

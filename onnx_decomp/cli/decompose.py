@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         json_path = outputs.file(args.json) if args.json else None
         with options.report_on_failure():
             model, report = decompose(args.input, input_shapes=SHAPES.parse(args), gate=GATE.parse(args),
-                                      session=SESSION.parse(args), support=support_of(args.support, ANALYSIS.parse(args)),
+                                      session=SESSION.parse(args),
+                                      support=support_of(args.support, ANALYSIS.parse(args)),
                                       validation=VALIDATION.parse(args), inline_functions=args.inline_functions,
                                       references=True)
         if args.require_change and not report.planned:

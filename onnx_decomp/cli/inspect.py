@@ -9,7 +9,8 @@ from onnx_decomp.drivers.decompose import inspect
 from onnx_decomp.io.outputs import StagedWrites
 
 
-MODEL, SHAPES, GATE, SESSION = options.ModelOptions(), options.ShapeOptions(), options.GateOptions(), options.SessionOptions()
+MODEL, SHAPES = options.ModelOptions(), options.ShapeOptions()
+GATE, SESSION = options.GateOptions(), options.SessionOptions()
 
 
 def add_parser(commands) -> None:

@@ -29,7 +29,7 @@ from onnx import helper
 from onnx_decomp.cost.isolate import one_node_models
 from onnx_decomp.cost.model_stats import COUNTED, node_macs
 from onnx_decomp.decisions import Candidate
-from onnx_decomp.io.model_io import iter_graphs
+from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp.io.shapes import InputSpec, concrete_shapes
 from onnx_decomp_passes import Form
 

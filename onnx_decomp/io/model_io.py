@@ -30,7 +30,7 @@ from onnx_decomp.errors import InvalidModelError
 from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.io.references import inside
 from onnx_decomp.io.shapes import SMALL_TENSOR, skeleton
-from onnx_decomp.io.walk import iter_graphs, iter_tensors
+from onnx_decomp.io.walk import iter_tensors
 
 logger = logging.getLogger(__name__)
 

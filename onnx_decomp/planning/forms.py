@@ -8,7 +8,8 @@ of the nodes it rewrites, so what runs is what was judged), at every batch size 
 shapes as given), with shapes inferred through computed shapes (data propagation). A side where the node
 and its neighbour have matching blocks in order (``chain_links``) is credited with what a chain saves there
 (the form's ``chain_saves``), assuming the neighbour takes the same form. Every form of
-``GateConfig.forms`` whose check passes is estimated at every batch size (``cost.estimate``); the chosen form
+``GateConfig.forms`` (for a block plan; every registered form of its kind for another plan) whose check passes is
+estimated at every batch size (``cost.estimate``); the chosen form
 has the best worst-case estimated speedup. With ``tune`` every such form is also timed (``cost.timing``) and
 the best worst-case measured speedup wins. With the time gate the chosen form is timed at every batch size and
 ``Candidate.speedup`` is the worst of them: the gate then never rewrites a node into something slower than
@@ -57,7 +58,8 @@ class FormChooser:
 
     def __init__(self, ctx: ModelContext, gate: GateConfig, session: SessionConfig, candidates: list[Candidate]):
         self.ctx, self.gate, self.session = ctx, gate, session
-        eligible = {c.op.site: c.plan for c in candidates if c.plan.flop_reduction >= gate.min_flop_reduction}
+        eligible = {c.op.site: c.plan for c in candidates
+                    if isinstance(c.plan, BlockPlan) and c.plan.flop_reduction >= gate.min_flop_reduction}
         self.folding = plan_folding(ctx.graph, eligible)
         self.linked = chain_links(self.folding.plans, self.folding.links)
         specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
@@ -72,7 +74,8 @@ class FormChooser:
     def __call__(self, candidate: Candidate) -> Candidate:
         op = candidate.op
         candidate = replace(candidate, folded=self.folding.plans.get(op.site, candidate.plan))
-        forms = [FORMS[name] for name in self.gate.forms if FORMS[name].check(op, candidate.folded) is None]
+        names = self.gate.forms if isinstance(candidate.plan, BlockPlan) else FORMS  # other kinds: their own forms
+        forms = [FORMS[name] for name in names if FORMS[name].applies(op, candidate.folded) is None]
         if not forms:
             return candidate
         x_shapes = self._x_shapes(candidate)

@@ -1,8 +1,9 @@
 """The cost gate: which candidates are rewritten.
 
-Rule, per node: a candidate is kept dense unless its plan does at least ``min_flop_reduction`` times fewer
-multiply-accumulates than the dense weight (default 2: below that the extra nodes and permutations cost
-more than they save, tools/bench_forms.py). Its form is chosen by ``planning.forms``. With
+Rule, per node: a candidate is kept dense unless its plan does fewer multiply-accumulates than the dense
+weight, and a block plan at least ``min_flop_reduction`` times fewer (default 2: below that the extra nodes
+and permutations cost more than they save, tools/bench_forms.py; a low-rank plan adds one node, and the
+timing or cost gate judges it). Its form is chosen by ``planning.forms``. With
 ``kind="time"`` (default) it is rewritten only when ONNX Runtime measures the node's rewrite in that form at
 least ``min_speedup`` times faster at every batch size named (or the model's input shapes) (``cost.timing``;
 default 1.1, above the run-to-run noise of a shared machine); ``kind="cost"`` asks the same of the cost
@@ -23,17 +24,17 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Action, Candidate, Decision, Planning
 from onnx_decomp.planning.forms import FormChooser
 from onnx_decomp.planning.support import Masks, SupportOrPlan, as_plan
-from onnx_decomp_passes import MIN_OPSET, WeightedOp
+from onnx_decomp_passes import MIN_OPSET, BlockPlan, WeightedOp
 
 
 def decide(candidate: Candidate, gate: GateConfig, choose: Callable[[Candidate], Candidate]) -> Decision:
     """The module rule for one candidate; ``choose`` picks its form (``planning.forms``) and, with
     ``kind="time"``, measures it."""
     plan = candidate.plan
-    if plan.flop_reduction < gate.min_flop_reduction:
-        dense = len(plan.branches) == 1 and plan.flop_reduction == 1.0
-        reason = "dense: one block" if dense else \
-            f"{plan.flop_reduction:.2f}x fewer MACs < {gate.min_flop_reduction:g}x"
+    needed = gate.min_flop_reduction if isinstance(plan, BlockPlan) else 1.0
+    if plan.flop_reduction <= 1.0 or plan.flop_reduction < needed:
+        dense = isinstance(plan, BlockPlan) and len(plan.branches) == 1 and plan.flop_reduction == 1.0
+        reason = "dense: one block" if dense else f"{plan.flop_reduction:.2f}x fewer MACs < {needed:g}x"
         return Decision(candidate.op, Action.KEEP, reason, candidate)
     candidate = choose(candidate)
     if gate.kind == "flops":

@@ -22,17 +22,17 @@ from onnx_decomp.config import AnalysisConfig, Tolerance
 from onnx_decomp.context import ModelContext
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.stats.analyze import analyze_context
-from onnx_decomp_passes import BlockPlan, Site, plan_from_support
+from onnx_decomp_passes import Plan, Site, plan_from_support
 
 DEFAULT_LOSSY_TOLERANCE = 0.05  # relative L2 per output, when the support drops nonzero weights
 SUPPORTS = ("exact", "confirmed")
-SupportOrPlan = Union[np.ndarray, BlockPlan]  # a Boolean support, or the plan itself
+SupportOrPlan = Union[np.ndarray, Plan]  # a Boolean support, or the plan itself
 Masks = Optional[dict[Site, SupportOrPlan]]
 
 
-def as_plan(support: SupportOrPlan) -> BlockPlan:
+def as_plan(support: SupportOrPlan) -> Plan:
     """A plan given as such, or the components of a Boolean support (``plan_from_support``)."""
-    return support if isinstance(support, BlockPlan) else plan_from_support(support)
+    return support if isinstance(support, Plan) else plan_from_support(support)
 
 
 class Support(abc.ABC):
@@ -76,7 +76,7 @@ class ConfirmedSupport(Support):
 
 @dataclass(frozen=True)
 class AnnealedSupport(Support):
-    plans: Mapping[Site, BlockPlan] = field(default_factory=dict)
+    plans: Mapping[Site, Plan] = field(default_factory=dict)  # block and low-rank plans
     name = "annealed"
 
     def masks(self, ctx: ModelContext) -> Masks:

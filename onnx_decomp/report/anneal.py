@@ -6,7 +6,7 @@ the final fidelity was measured on), ``warnings``, ``units[]`` (``name``, ``kind
 ``steps[]`` (``index``, ``unit``, ``structure``, ``macs`` of the model with the step in force, ``mac_reduction``
 against dense, tuning ``fidelity``, ``verdict`` accepted/rolled back/deferred, ``reason``), ``final`` (MACs,
 fidelity on tuning and validation data, with and without refit, and the exact check of the rewritten model
-against the masked, refitted dense one), ``plans`` (per weight: blocks, constant rows, unused inputs, MAC
+against the masked, refitted dense one), ``plans`` (per weight: the kind of plan, what it keeps, its MAC
 reduction), ``stability[]``, ``left_out[]`` (``node``, ``reason``), ``decomposition`` (the exact path's report,
 ``report.decomposition``), ``figure``, ``notes``. Non-finite numbers are written as null.
 """
@@ -26,7 +26,19 @@ from onnx_decomp.decisions import Step, Verdict
 from onnx_decomp.io.atomic import staged_output, write_json
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.report.table import table
-from onnx_decomp_passes import Plan, Site
+from onnx_decomp_passes import BlockPlan, LowRankPlan, Plan, Site
+
+
+def plan_json(plan: Plan) -> dict:
+    """A plan in ``anneal.json``: its kind, what it keeps, its MAC reduction."""
+    if isinstance(plan, BlockPlan):
+        kept = {"kind": "blocks", "blocks": len(plan.branches), "constant_rows": int(len(plan.constant_rows)),
+                "unused_inputs": int(len(plan.unused_cols))}
+    elif isinstance(plan, LowRankPlan):
+        kept = {"kind": "low rank", "rank": plan.rank}
+    else:
+        kept = {"kind": "units", "rows_kept": plan.kept[0], "cols_kept": plan.kept[1]}
+    return {**kept, "mac_reduction": _finite(plan.flop_reduction)}
 
 
 def _finite(value: Optional[float]) -> Optional[float]:
@@ -116,9 +128,7 @@ class AnnealReport:
                        "fidelity": _finite(s.candidate.fidelity), "verdict": s.verdict.value, "reason": s.reason}
                       for i, s in enumerate(self.steps, 1)],
             "final": final,
-            "plans": {site.weight: {"blocks": len(p.branches), "constant_rows": int(len(p.constant_rows)),
-                                    "unused_inputs": int(len(p.unused_cols)), "mac_reduction": _finite(p.flop_reduction)}
-                      for site, p in self.plans.items()},
+            "plans": {site.weight: plan_json(plan) for site, plan in self.plans.items()},
             "stability": [asdict(s) for s in self.stability],
             "left_out": [{"node": node, "reason": reason} for node, reason in self.left_out],
             "decomposition": None if self.decomposition is None else self.decomposition.to_dict(),
@@ -214,9 +224,11 @@ def anneal_schema(kinds: Sequence[str]) -> dict:
                                "validation_plain": _NUMBER, "exact_max_abs": _NUMBER, "exact_ok": {"type": "boolean"},
                                "exact_rule": {"type": "string"}}},
             "plans": {"type": "object", "additionalProperties": {
-                "type": "object", "required": ["blocks", "constant_rows", "unused_inputs", "mac_reduction"]}},
+                "type": "object", "required": ["kind", "mac_reduction"],
+                "properties": {"kind": {"enum": ["blocks", "low rank", "units"]}}}},
             "stability": {"type": "array", "items": {
-                "type": "object", "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable", "spaces"],
+                "type": "object",
+                "required": ["unit", "structure", "resamples", "ari_mean", "ari_min", "stable", "spaces"],
                 "properties": {"ari_mean": _NUMBER, "ari_min": _NUMBER, "stable": {"type": "boolean"},
                                "spaces": {"type": "object", "additionalProperties": {"type": "number"}}}}},
             "left_out": {"type": "array", "items": {"type": "object", "required": ["node", "reason"]}},

@@ -11,7 +11,16 @@ from onnx_decomp.decisions import Decision
 from onnx_decomp.io.atomic import write_json
 from onnx_decomp.report.table import table
 from onnx_decomp.runtime.validation import ValidationResult
-from onnx_decomp_passes import WeightedOp
+from onnx_decomp_passes import BlockPlan, LowRankPlan, Plan, WeightedOp
+
+
+def plan_summary(plan: Plan) -> dict:
+    """What a report says of a plan besides its MACs: blocks, constant outputs and unused inputs of a block
+    plan, the rank of a low-rank one."""
+    if isinstance(plan, BlockPlan):
+        return {"blocks": len(plan.branches), "constant_outputs": int(len(plan.constant_rows)),
+                "unused_inputs": int(len(plan.unused_cols))}
+    return {"rank": plan.rank} if isinstance(plan, LowRankPlan) else {}
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class NodeReport:
     shape: Optional[list[int]] = None  # [n_out, n_in]
     density: Optional[float] = None
     blocks: Optional[int] = None
+    rank: Optional[int] = None  # a low-rank plan's
     constant_outputs: Optional[int] = None
     unused_inputs: Optional[int] = None
     flop_reduction: Optional[float] = None
@@ -44,9 +54,8 @@ class NodeReport:
             row = replace(row, weight=subject.weight.name, shape=list(subject.shape))
         if candidate is not None:
             plan = candidate.plan
-            row = replace(row, density=candidate.density, blocks=len(plan.branches),
-                          constant_outputs=len(plan.constant_rows),
-                        unused_inputs=len(plan.unused_cols), flop_reduction=round(plan.flop_reduction, 3),
+            row = replace(row, **plan_summary(plan))
+            row = replace(row, density=candidate.density, flop_reduction=round(plan.flop_reduction, 3),
                         speedup=None if candidate.speedup is None else round(candidate.speedup, 3),
                         form=candidate.form,
                         estimated=None if candidate.estimated is None else round(candidate.estimated, 3),
@@ -95,7 +104,8 @@ class Report:
                  "est.", "speedup", "action")]
         for n in nodes:
             rows.append((n.node, n.op_type, n.weight or "-", "x".join(map(str, n.shape)) if n.shape else "-",
-                         fmt(n.density, ".3f"), fmt(n.blocks), fmt(n.constant_outputs),
+                         fmt(n.density, ".3f"), fmt(n.blocks) if n.rank is None else f"r={n.rank}",
+                         fmt(n.constant_outputs),
                          fmt(n.unused_inputs), fmt(n.flop_reduction, ".1f"), fmt(n.form), fmt(n.estimated, ".2f"),
                          fmt(n.speedup, ".2f"),
                          n.action + (f" ({n.reason})" if n.reason else "")))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.errors import DecompError, UnsupportedConstructError

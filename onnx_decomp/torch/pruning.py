@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-import torch
 from torch import nn
 
 

@@ -7,16 +7,24 @@ from typing import Optional
 
 from ..builder import Builder
 from ..ops import WeightedOp
-from ..plan import BlockPlan
+from ..plan import BlockPlan, Plan
 
 
 class Form(abc.ABC):
-    """One way to execute a block plan. Subclasses state their rewrite rule in the class docstring, and
-    declare what keeping a chain of them in block layout saves per chained side (``chain_saves``: nodes and
-    copies of the activations that ``KeepBlockLayout`` removes; None: the form does not chain)."""
+    """One way to execute a plan of kind ``plan_type``. Subclasses state their rewrite rule in the class
+    docstring, and declare what keeping a chain of them in block layout saves per chained side
+    (``chain_saves``: nodes and copies of the activations that ``KeepBlockLayout`` removes; None: the form does
+    not chain)."""
 
     name: str
+    plan_type: type = BlockPlan
     chain_saves: Optional[tuple[int, int]] = None
+
+    def applies(self, op: WeightedOp, plan: Plan) -> Optional[str]:
+        """Why this form cannot execute ``plan`` for ``op`` (its kind first, then ``check``); None when it can."""
+        if not isinstance(plan, self.plan_type):
+            return f"executes {self.plan_type.__name__}s, not {type(plan).__name__}s"
+        return self.check(op, plan)
 
     @abc.abstractmethod
     def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:

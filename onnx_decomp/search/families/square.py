@@ -55,7 +55,8 @@ def residual_layers(layers: Sequence[Layer]) -> set[int]:
             continue
         node, bias = layer.op.node, layer.output_bias
         outputs = [node.outputs[0]] + ([bias.node.outputs[0]] if bias is not None and bias.node is not node else [])
-        if any(reader.op == "Add" and node.inputs[0] in reader.inputs for output in outputs for reader in output.outputs):
+        readers = [reader for output in outputs for reader in output.outputs]
+        if any(reader.op == "Add" and node.inputs[0] in reader.inputs for reader in readers):
             found.add(layer.index)
     return found
 
