@@ -32,10 +32,8 @@ import torch
 import transformers
 from safetensors.torch import load as load_safetensors
 
-from onnx_decomp.io.model_io import save_model
-from onnx_decomp.stats.null_models import NULL_KEY_PREFIX
-from onnx_decomp.torch import bind_initializers, record_init
-from onnx_decomp.torch.binding import float_initializers
+from onnx_decomp.torch import export as export_onnx
+from onnx_decomp.torch import record_init
 from onnx_decomp_models.common import HERE, run_onnx
 
 PACKAGE = "all_minilm_l6_v2"
@@ -113,23 +111,14 @@ def torch_embeddings(model: SentenceEmbedder, inputs: dict[str, np.ndarray]) -> 
 
 
 def export(model: SentenceEmbedder, path: Path = MODEL) -> Path:
-    """Write ``model`` to ``path`` (module docstring), atomically."""
+    """Write ``model`` to ``path`` (module docstring) with ``onnx_decomp.torch.export``, atomically."""
     example = encode(["An example sentence.", "A second, somewhat longer example sentence for the batch."])
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=512)
+    dims = {0: "batch", 1: torch.export.Dim("sequence", max=512)}
     init = record_init(model, {f"{name}.weight": INIT for name, module in model.named_modules()
                                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))})
-    program = torch.onnx.export(model, tuple(torch.from_numpy(example[name]) for name in INPUTS),
-                                input_names=list(INPUTS), output_names=[OUTPUT], opset_version=OPSET,
-                                dynamo=True, dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}))
-    proto = program.model_proto
-    parameters = {name: p.detach().numpy() for name, p in model.named_parameters()}
-    for name, group in bind_initializers(float_initializers(proto), parameters).items():
-        if group[0].parameter in init.specs:
-            proto.metadata_props.add(key=NULL_KEY_PREFIX + name, value=init.specs[group[0].parameter])
-    proto.metadata_props.add(key=SOURCE_KEY, value=source_digest())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(proto, path, external_data=False)
-    return path
+    return export_onnx(model, tuple(torch.from_numpy(example[name]) for name in INPUTS), path, init,
+                       dynamic_shapes=dict.fromkeys(INPUTS, dims), input_names=list(INPUTS), output_names=[OUTPUT],
+                       opset_version=OPSET, metadata={SOURCE_KEY: source_digest()}).path
 
 
 def ensure_model(path: Path = MODEL) -> Path:

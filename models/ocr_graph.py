@@ -1,5 +1,5 @@
-"""Graph facts of the OCR models (``ocr``): weights moved from Constant nodes to initializers, a fixed input
-size, and where the multiply-accumulates are (convolutions by kind, MatMul).
+"""Graph facts of the OCR models (``ocr``): a fixed input size, and where the multiply-accumulates are
+(convolutions by kind, MatMul; at one image, ``cost.model_stats.counted_shapes``).
 
 Conv kinds: ``pointwise`` (1 x 1, one group), ``depthwise`` (one group per input channel), ``full`` (k x k,
 k > 1, one group), ``grouped`` (any other group count). ``activation Add`` counts Adds of two computed
@@ -16,28 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_decomp.cost.model_stats import node_macs
+from onnx_decomp.cost.model_stats import counted_shapes, node_macs
+from onnx_decomp.io.shapes import input_specs
 
 CONV_KINDS = ("pointwise", "depthwise", "full", "grouped")
-
-
-def with_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose Constant nodes (tensor values) are initializers of the same name."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph, nodes = result.graph, []
-    for node in graph.node:
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value.t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return result
 
 
 def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.ModelProto:
@@ -66,26 +48,11 @@ def conv_kind(node: onnx.NodeProto, weight_shape) -> str:
     return "depthwise" if weight_shape[1] == 1 else "grouped"
 
 
-def _run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list]:
-    """The shapes ONNX Runtime computes for ``names`` on one zero image (onnx's shape inference stops at the
-    recognizer's Shape -> Slice -> Reshape, ONNX Runtime's symbolic one at the classifier's Concat)."""
-    import onnxruntime as ort
-
-    probe = with_initializers(model)
-    known = {v.name for v in probe.graph.output}
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in known)
-    dims = [d.dim_value or 1 for d in probe.graph.input[0].type.tensor_type.shape.dim]
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {probe.graph.input[0].name: np.zeros(dims, np.float32)})
-    shapes = {v.name: list(out.shape) for v, out in zip(probe.graph.output, outputs)}
-    return {**shapes, **{t.name: list(t.dims) for t in probe.graph.initializer}}
-
-
 def mac_split(model: onnx.ModelProto) -> dict[str, int]:
     """Multiply-accumulates per image at the model's fixed input size: Conv by kind, ConvTranspose,
     MatMul/Gemm."""
     counted = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
-    shapes = _run_shapes(model, [name for n in counted for name in (n.input[0], n.output[0])])
+    shapes = counted_shapes(model, input_specs(model))
     macs = dict.fromkeys((*CONV_KINDS, "ConvTranspose", "MatMul"), 0)
     for node in counted:
         if node.op_type == "Conv":

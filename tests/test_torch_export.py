@@ -1,6 +1,7 @@
-"""onnx_decomp.torch.export: ONNX Runtime reproduces PyTorch with either exporter and any batch size, every
-initializer is bound to the parameter it holds (by name, by value, transposed), and the initialization is
-recorded in the metadata and the reference model."""
+"""onnx_decomp.torch.export: ONNX Runtime reproduces PyTorch with either exporter and any batch size (or any
+size of every dim named dynamic), every initializer is bound to the parameter it holds (by name, by value,
+transposed), the initialization is recorded in the metadata and the reference model, and no node keeps
+torch's stack trace (local paths)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,37 @@ def test_external_data_on_request(tmp_path):
         expected = model(x).numpy()
     np.testing.assert_allclose(ort_session(exported.path).run(None, {"input": x.numpy()})[0], expected,
                                rtol=1e-5, atol=1e-6)
+
+
+SEQUENCES = {"transformer": (TinyTransformer, lambda b, s: torch.randint(0, 10, (b, s)), "tokens"),
+             "mlp": (mlp, lambda b, s: torch.randn(b, s, 8), "input")}
+
+
+@pytest.mark.parametrize("dynamo, kind", [(True, "transformer"), (False, "mlp")], ids=["dynamo", "torchscript"])
+def test_every_dim_named_dynamic_takes_any_size_and_no_stack_trace_is_kept(tmp_path, dynamo, kind):
+    """(TorchScript traces attention's head split at the example's length, so its case is an MLP on
+    sequences.)"""
+    torch.manual_seed(0)
+    build, inputs, name = SEQUENCES[kind]
+    model = build().eval()
+    exported = export(model, (inputs(3, 5),), tmp_path / "model.onnx", dynamo=dynamo,
+                      dynamic_shapes={name: {0: "batch", 1: torch.export.Dim("sequence", max=64)}})
+
+    session = ort_session(exported.path)
+    assert session.get_inputs()[0].shape[:2] == ["batch", "sequence"]
+    for batch, sequence in ((1, 9), (4, 2)):
+        x = inputs(batch, sequence)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(session.run(None, {name: x.numpy()})[0], expected, rtol=1e-5, atol=1e-6)
+    proto = onnx.load(str(exported.path))
+    assert not [p for n in proto.graph.node for p in n.metadata_props if p.key == "pkg.torch.onnx.stack_trace"]
+
+
+def test_dynamic_shapes_must_name_inputs(tmp_path):
+    with pytest.raises(ValueError, match=r"dynamic_shapes names no input: \['x'\]"):
+        export(mlp(), (torch.randn(3, 8),), tmp_path / "model.onnx", dynamic_shapes={"x": {0: "batch"}})
+    assert not os.listdir(tmp_path)
 
 
 def test_fixed_batch_when_asked(tmp_path):

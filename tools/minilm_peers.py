@@ -4,18 +4,18 @@ MiniLM structures would run under int8.
     python tools/minilm_peers.py                  # dense, int8 per tensor / per channel, int4: fidelity and speed
     python tools/minilm_peers.py --feasibility    # FFN halved, + low-rank attention: speed fp32 and int8
 
-Models (written to ``--work``, default ``build/minilm``): the dense export (``minilm.ensure_model``);
-``quantize_dynamic`` with int8 weights, per tensor (its default) and per channel; 4-bit
-``MatMulNBitsQuantizer`` (block 32, ``accuracy_level`` 4, its default asymmetric weights).
+Models (the dense export in ``--work``, default ``build/minilm``: ``minilm.ensure_model``): the dense model
+quantized by every scheme of ``onnx_decomp.runtime.quantize`` (int8 dynamic per tensor and per channel, int4
+``MatMulNBits`` block 32 symmetric at ``accuracy_level`` 4, static QDQ int8 calibrated on ``calib.npz``).
 Feasibility (speed only: the kept units and the factors are not fitted to any data): every FFN's hidden
 size cut to its first ``hidden`` units by slicing the weights; every attention projection (q, k, v, output)
 replaced by two MatMuls of its rank-``r`` truncated SVD; each also quantized int8 per channel.
 
 Fidelity: ``minilm_eval`` (1000 docstring pairs, batch 1, sequence 128): recall@1, MRR, mean cosine to the
 dense model. MACs: MatMul multiply-accumulates of one sequence of 128 (a quantized model counts its float
-source's). Speed: ``bench_models``, one intra-op thread, that thread's CPU time, medians over interleaved
-rounds of the per-round time ratio, at batch 1 and 32 with the sequence fixed to 128 (random token ids and
-masks: the work does not depend on their values).
+source's; ``model_stats`` at the shapes ONNX Runtime gives). Speed: ``bench_models``, one intra-op thread, that
+thread's CPU time, medians over interleaved rounds of the per-round time ratio, at batch 1 and 32 on the first
+rows of ``eval.npz`` (sequence 128).
 """
 
 from __future__ import annotations
@@ -28,54 +28,34 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from onnx_decomp import SessionConfig
-from onnx_decomp.cost.model_stats import node_macs
+from onnx_decomp.cost.model_stats import counted_shapes, model_stats
 from onnx_decomp.drivers.bench import bench_models
+from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp.report.table import table
-from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp.runtime.quantize import quantize
 from onnx_decomp_models import minilm
-from onnx_decomp_models.minilm_eval import Fidelity, embed, evaluate, retrieval
+from onnx_decomp_models.minilm_data import OUT
+from onnx_decomp_models.minilm_eval import Fidelity, embed, eval_inputs, evaluate, retrieval
 
 BATCHES, SEQUENCE, D_MODEL, FFN = (1, 32), minilm.SEQUENCE, 384, 1536
 FEASIBILITY = {"ffn768": (768, None), "ffn768+r96": (768, 96), "ffn512+r64": (512, 64)}
-
-
-def quantize_int8(source: Path, target: Path, per_channel: bool) -> Path:
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=per_channel)
-    return target
-
-
-def quantize_int4(source: Path, target: Path) -> Path:
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, accuracy_level=4)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-    return target
-
-
-def at_sequence(model: onnx.ModelProto, length: int = SEQUENCE) -> onnx.ModelProto:
-    """A copy whose inputs have their sequence dim fixed to ``length`` (the batch stays symbolic)."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for graph_input in fixed.graph.input:
-        graph_input.type.tensor_type.shape.dim[1].dim_value = length
-    return fixed
+SCHEMES = {"int8 per tensor": "int8", "int8 per channel": "int8-channel", "int4 block 32": "int4",
+           "int8 static": "int8-static"}
 
 
 def macs(model: onnx.ModelProto) -> int:
-    """MatMul multiply-accumulates of one sequence of ``SEQUENCE`` tokens, at the shapes ONNX Runtime gives
-    (ONNX shape inference loses this graph's batch dim, so ``model_stats`` would count nothing)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    matmuls = [node for node in probe.graph.node if node.op_type == "MatMul"]
-    names = list(dict.fromkeys(name for node in matmuls for name in (node.input[0], node.output[0])))
-    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
-    feed = {name: np.ones((1, SEQUENCE), np.int64) for name in minilm.INPUTS}
-    values = make_session(probe, SessionConfig(provider="cpu")).run(names, feed)
-    shapes = {name: list(value.shape) for name, value in zip(names, values)}
-    return sum(node_macs(node, shapes) for node in matmuls)
+    """MatMul multiply-accumulates of one sequence of ``SEQUENCE`` tokens."""
+    feeds = {name: array[:1] for name, array in eval_inputs().items()}
+    specs = [InputSpec(name, array.dtype, array.shape) for name, array in feeds.items()]
+    return model_stats(model, counted_shapes(model, specs, feeds)).matmul_flops // 2
+
+
+def peer_models(dense: onnx.ModelProto, names=tuple(SCHEMES)) -> dict[str, onnx.ModelProto]:
+    """``dense`` and its quantized peers of ``names``."""
+    calib = dict(np.load(OUT / "calib.npz"))
+    return {"dense fp32": dense, **{name: quantize(dense, SCHEMES[name], calib) for name in names}}
 
 
 def shrink_ffn(model: onnx.ModelProto, hidden: int) -> onnx.ModelProto:
@@ -120,11 +100,10 @@ def low_rank_attention(model: onnx.ModelProto, rank: int) -> onnx.ModelProto:
     return model
 
 
-def speed(models: dict[str, Path], sources: dict[str, str]) -> dict:
+def speed(models: dict[str, onnx.ModelProto], sources: dict[str, str]) -> dict:
     """``{(batch, name): time of each round in ms}`` (module rule)."""
-    protos = {name: at_sequence(onnx.load(str(path))) for name, path in models.items()}
-    report = bench_models(protos, BATCHES, SessionConfig(provider="cpu", threads=1), clock="cpu",
-                          flop_sources=sources)
+    report = bench_models(models, BATCHES, SessionConfig(provider="cpu", threads=1), clock="cpu",
+                          flop_sources=sources, inputs=eval_inputs())
     return {(r.batch, r.model): np.array(r.samples_ms) for r in report.results}
 
 
@@ -133,20 +112,17 @@ def ratio(times: dict, batch: int, reference: str, name: str) -> str:
 
 
 def peers(work: Path) -> None:
-    dense = minilm.ensure_model(work / "model.onnx")
-    models = {"dense fp32": dense,
-              "int8 per tensor": quantize_int8(dense, work / "int8_tensor.onnx", per_channel=False),
-              "int8 per channel": quantize_int8(dense, work / "int8_channel.onnx", per_channel=True),
-              "int4 block 32": quantize_int4(dense, work / "int4.onnx")}
+    dense = onnx.load(str(minilm.ensure_model(work / "model.onnx")))
+    models = peer_models(dense)
     start = time.perf_counter()
     reference = embed(dense)
     fidelity = {"dense fp32": Fidelity(*retrieval(reference), cosine=1.0)}
-    fidelity.update({name: evaluate(path, reference) for name, path in list(models.items())[1:]})
+    fidelity.update({name: evaluate(model, reference) for name, model in list(models.items())[1:]})
     evaluated = time.perf_counter() - start
     start = time.perf_counter()
     times = speed(models, dict.fromkeys(models, "dense fp32"))
     timed = time.perf_counter() - start
-    dense_macs = macs(onnx.load(str(dense)))
+    dense_macs = macs(dense)
     rows = [("model", "recall@1", "MRR", "cosine to dense", "MatMul GMACs", *(f"speed b{b}" for b in BATCHES),
              *(f"ms b{b}" for b in BATCHES))]
     for name in models:
@@ -160,22 +136,14 @@ def peers(work: Path) -> None:
 
 
 def feasibility(work: Path) -> None:
-    dense = minilm.ensure_model(work / "model.onnx")
-    folder = work / "feasibility"
-    folder.mkdir(parents=True, exist_ok=True)
-    models = {"dense fp32": dense,
-              "int8 per tensor": quantize_int8(dense, work / "int8_tensor.onnx", per_channel=False),
-              "int8 per channel": quantize_int8(dense, work / "int8_channel.onnx", per_channel=True)}
+    path = minilm.ensure_model(work / "model.onnx")
+    models = peer_models(onnx.load(str(path)), ("int8 per tensor", "int8 per channel"))
     sources = {name: "dense fp32" for name in models}
     for name, (hidden, rank) in FEASIBILITY.items():
-        model = shrink_ffn(onnx.load(str(dense)), hidden)
-        model = low_rank_attention(model, rank) if rank else model
-        path = folder / f"{name}.onnx"
-        onnx.save(model, str(path))
-        models[name], sources[name] = path, name
-        models[f"{name} int8"] = quantize_int8(path, folder / f"{name}_int8.onnx", per_channel=True)
-        sources[f"{name} int8"] = name
-    counts = {name: macs(onnx.load(str(models[name]))) for name in set(sources.values())}
+        model = shrink_ffn(onnx.load(str(path)), hidden)  # a fresh copy: the cut works in place
+        models[name], sources[name] = low_rank_attention(model, rank) if rank else model, name
+        models[f"{name} int8"], sources[f"{name} int8"] = quantize(models[name], "int8-channel"), name
+    counts = {name: macs(models[name]) for name in set(sources.values())}
     start = time.perf_counter()
     times = speed(models, sources)
     rows = [("model", "MatMul GMACs", *(f"vs dense b{b}" for b in BATCHES),
@@ -194,7 +162,7 @@ def main() -> None:
     parser.add_argument("--feasibility", action="store_true", help="structure + int8 speed instead of the peers")
     parser.add_argument("--work", type=Path, default=minilm.MODEL.parent)
     args = parser.parse_args()
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log advice on the root logger
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log progress on the root logger
     (feasibility if args.feasibility else peers)(args.work)
 
 

@@ -4,7 +4,8 @@ Speed only: the variants' weights are slices, their outputs meaningless.
     python tools/ocr_feasibility.py                # rec and det, batch 1 and 8
 
 Variants of the packaged fp32 model (inputs fixed: rec 48 x 320, det 640 x 640), each also quantized the way
-``tools/ocr_peers.py`` measured best (static QDQ, per-channel weights, Conv and MatMul only):
+``tools/ocr_peers.py`` measured best (the library's ``int8-static``: static QDQ, per-channel weights, Conv,
+MatMul and Gemm only):
 - ``half``: every channel set (the channels one or more 1 x 1 Convs write, followed through BatchNormalization,
   activations, per-channel Mul/Add, pools, Resize, depthwise Convs and squeeze-excitation gates to the Convs
   that read them) keeps its first half, where no Add of two computed tensors, Concat or other op couples it;
@@ -28,13 +29,13 @@ from onnx import helper, numpy_helper
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.drivers.bench import bench_models
 from onnx_decomp.report.table import table
-from onnx_decomp_models import ocr, ocr_data, ocr_graph, ocr_quant
+from onnx_decomp.runtime.quantize import prepared, quantize
+from onnx_decomp_models import ocr, ocr_data, ocr_graph
 
 PASS_THROUGH = {"BatchNormalization", "Relu", "Clip", "HardSigmoid", "Sigmoid", "HardSwish", "Identity",
                 "GlobalAveragePool", "AveragePool", "MaxPool", "Resize"}
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 TIMING = SessionConfig("cpu", threads=1, spin=False)
-INT8_OPS = ("Conv", "MatMul")
 
 
 def channel_axis(constant: np.ndarray):
@@ -188,8 +189,9 @@ def copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def variants(kind: str) -> tuple[dict[str, onnx.ModelProto], dict[str, str]]:
     """fp32 and int8 models of every variant, and a note on each variant's cut."""
-    dense = ocr_quant.prepared(ocr_graph.with_input_size(onnx.load(ocr.model_path(kind)), ocr.SIZES[kind]))
     calibration = ocr_data.calibration(kind)
+    packaged = ocr_graph.with_input_size(onnx.load(ocr.model_path(kind)), ocr.SIZES[kind])
+    dense = prepared(packaged, "int8-static", calibration)  # weights in initializers, where the cuts read them
     half, sets = halved(copy(dense))
     floats, notes = {"dense": dense, "half": half}, {"dense": "", "half": f"{sets} channel sets halved"}
     for groups in (2, 4):
@@ -198,7 +200,7 @@ def variants(kind: str) -> tuple[dict[str, onnx.ModelProto], dict[str, str]]:
     models = {}
     for name, model in floats.items():
         models[name] = model
-        models[f"{name} int8"] = ocr_quant.static_int8(model, calibration, True, INT8_OPS)
+        models[f"{name} int8"] = quantize(model, "int8-static", calibration)
     return models, notes
 
 

@@ -4,9 +4,10 @@
     python tools/ocr_peers.py --models rec --batches 1
 
 Models (``onnx_decomp_models.ocr``, inputs fixed at rec 48 x 320, det 640 x 640, cls 48 x 192): the packaged
-fp32 file (dense); static QDQ int8 calibrated on the calibration images with ONNX Runtime's defaults (every
-op type it knows, per-tensor weights), with per-channel weights, and per-channel on Conv and MatMul only;
-dynamic int8 (``ocr_quant``). Fidelity on the evaluation images (``ocr_eval``) against the ground truth and
+fp32 file (dense), quantized by ``onnx_decomp.runtime.quantize``: ``int8-static`` (QDQ, per-channel weights,
+calibrated on the calibration images, Conv/MatMul/Gemm only) and the same on every op type ONNX Runtime's
+quantizer knows; dynamic ``int8`` (per tensor) and ``int8-channel``; ``int4`` where the model has MatMuls
+(rec). Fidelity on the evaluation images (``ocr_eval``) against the ground truth and
 the dense model. Speed: ``bench_models``, one intra-op thread, that thread's CPU time, medians of
 interleaved rounds, random inputs. Also where each model's multiply-accumulates are (``ocr_graph``).
 Writes ``--out`` (default ``build/ocr/peers.json``).
@@ -24,29 +25,25 @@ import onnx
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.drivers.bench import bench_models
-from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.report.table import table
-from onnx_decomp_models import ocr, ocr_data, ocr_eval, ocr_graph, ocr_quant
+from onnx_decomp.runtime.quantize import quantize
+from onnx_decomp_models import ocr, ocr_data, ocr_eval, ocr_graph
 
 TIMING = SessionConfig("cpu", threads=1, spin=False)
 
 
 def peers(kind: str) -> dict[str, onnx.ModelProto]:
-    """Dense and its int8 peers (module docstring), inputs at the fixed size."""
+    """Dense and its quantized peers (module docstring), inputs at the fixed size."""
     dense = ocr_graph.with_input_size(onnx.load(ocr.model_path(kind)), ocr.SIZES[kind])
-    source, calibration = ocr_quant.prepared(dense), ocr_data.calibration(kind)
-    try:
-        print(f"{kind}: dynamic int8 of the packaged file (weights in Constants): "
-              f"{quantized_ops(ocr_quant.dynamic_int8(dense)) or 'nothing quantized'}")
-    except UnsupportedConstructError as error:
-        print(f"{kind}: dynamic int8 of the packaged file (weights in Constants) fails: {error}")
-    return {
-        "dense": dense,
-        "static": ocr_quant.static_int8(source, calibration),
-        "static per-channel": ocr_quant.static_int8(source, calibration, per_channel=True),
-        "static per-channel Conv/MatMul": ocr_quant.static_int8(source, calibration, True, ("Conv", "MatMul")),
-        "dynamic": ocr_quant.dynamic_int8(source),
-    }
+    calibration = ocr_data.calibration(kind)
+    models = {"dense": dense,
+              "int8-static": quantize(dense, "int8-static", calibration),
+              "int8-static, every op type": quantize(dense, "int8-static", calibration, op_types=None),
+              "int8 (dynamic)": quantize(dense, "int8"),
+              "int8-channel (dynamic)": quantize(dense, "int8-channel")}
+    if any(node.op_type == "MatMul" for node in dense.graph.node):
+        models["int4"] = quantize(dense, "int4")
+    return models
 
 
 def fidelity(kind: str, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
@@ -70,7 +67,8 @@ def quantized_ops(model: onnx.ModelProto) -> str:
     """The op types quantization added or turned into integer ops, counted."""
     counts = Counter(n.op_type for n in model.graph.node)
     return ", ".join(f"{op} {counts[op]}" for op in ("QuantizeLinear", "DequantizeLinear", "ConvInteger",
-                                                       "MatMulInteger", "DynamicQuantizeLinear") if counts[op])
+                                                       "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits")
+                     if counts[op])
 
 
 def mac_rows(kinds: list[str]) -> list[tuple]:

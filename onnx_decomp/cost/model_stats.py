@@ -1,21 +1,29 @@
 """Size and work of a model: node count, parameter count, MatMul/Gemm FLOPs per inference.
 
-FLOPs count ``2 * M * K * N`` for every MatMul/Gemm whose shapes ONNX shape inference can resolve once the
-graph inputs have concrete shapes (``io.shapes.concrete_shapes``), and the same ``2 * MACs`` for the Einsum
-and Conv nodes the block forms emit (any Einsum ``...k,...->`` contracting its first input's last axis; a
-Conv's output size times its kernel's per-group size). Nodes inside If branches are all counted, so models
-with control flow get an upper bound.
+FLOPs count ``2 * M * K * N`` for every MatMul/Gemm, and the same ``2 * MACs`` for the Einsum and Conv nodes
+the block forms emit (any Einsum ``...k,...->`` contracting its first input's last axis; a Conv's output size
+times its kernel's per-group size), at the shapes of the inputs used (``counted_shapes``): ONNX shape
+inference with data propagation first; where it leaves a counted node's tensors unresolved (a batch or
+sequence dim lost in a Shape -> Slice -> Reshape chain), the shapes ONNX Runtime really produces when it runs
+the model once on those inputs with the tensors exposed as outputs. Nodes inside If branches are all
+counted (an upper bound for models with control flow) where inference resolves them, else 0: ONNX Runtime
+cannot expose a branch's tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
+from onnx_decomp.config import SessionConfig
+from onnx_decomp.io.shapes import InputSpec, concrete_shapes
 from onnx_decomp.io.walk import iter_graphs, iter_tensors
+from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session
 
 
 @dataclass
@@ -31,7 +39,7 @@ COUNTED = ("MatMul", "Gemm", "Einsum", "Conv")
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, list]) -> int:
     """Multiply-accumulates of one MatMul, Gemm, Einsum or Conv node at ``shapes`` (0 when unresolved)."""
     a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-    if not a or not out or None in a or None in out:
+    if not _resolved(a) or not _resolved(out):
         return 0
     if node.op_type == "Conv":
         kernel = shapes.get(node.input[1])
@@ -39,6 +47,42 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, list]) -> int:
     trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
     k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
     return int(np.prod(out)) * k
+
+
+def _resolved(shape: Optional[list]) -> bool:
+    """A shape with every dim known; none of the counted ops takes or gives a scalar, so [] is unresolved."""
+    return bool(shape) and None not in shape
+
+
+def _counted_tensors(node: onnx.NodeProto) -> list[str]:
+    return [node.input[0], node.output[0], *(node.input[1:2] if node.op_type == "Conv" else [])]
+
+
+def _run_shapes(model: onnx.ModelProto, names: Sequence[str], feeds: Mapping[str, np.ndarray],
+                base_dir: Optional[Path]) -> dict[str, list]:
+    """The shapes of ``names`` when ONNX Runtime runs ``model`` on ``feeds`` with them exposed as outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {value.name for value in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names if name not in outputs)
+    session = make_session(probe, SessionConfig("cpu"), base_dir)
+    values = run_session(session, dict(feeds), list(names), "the inputs used to count FLOPs")
+    return {name: list(value.shape) for name, value in zip(names, values)}
+
+
+def counted_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec],
+                   feeds: Optional[Mapping[str, np.ndarray]] = None, base_dir: Optional[Path] = None) -> dict[str, list]:
+    """Every tensor's shape at ``specs`` for counting (module rule); ONNX Runtime runs on ``feeds`` (random
+    inputs at ``specs`` when None) only where shape inference leaves a counted node unresolved."""
+    shapes = concrete_shapes(model, specs, data_prop=True)
+    given = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
+    missing = list(dict.fromkeys(name for node in model.graph.node if node.op_type in COUNTED
+                                 for name in _counted_tensors(node)
+                                 if not _resolved(shapes.get(name)) and name not in given))
+    if missing:
+        feeds = feeds if feeds is not None else random_inputs(specs, np.random.default_rng(0))
+        shapes.update(_run_shapes(model, missing, feeds, base_dir))
+    return shapes
 
 
 def model_stats(model: onnx.ModelProto, shapes: dict[str, list]) -> ModelStats:

@@ -15,12 +15,12 @@ import onnx
 
 from onnx_decomp.config import GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.cost.model_stats import model_stats
+from onnx_decomp.cost.model_stats import ModelStats, counted_shapes, model_stats
 from onnx_decomp.decisions import Planning
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import ModelLike, check_model, load_references
-from onnx_decomp.io.shapes import InputShapes, concrete_shapes
+from onnx_decomp.io.shapes import InputShapes
 from onnx_decomp.planning.gate import plan_nodes
 from onnx_decomp.planning.support import Support, support_of
 from onnx_decomp.report.decomposition import Report
@@ -31,8 +31,13 @@ Gate = Union[str, GateConfig]
 Session = Union[str, SessionConfig]
 
 
+def _stats(ctx: ModelContext, model: onnx.ModelProto) -> ModelStats:
+    """Size and work of ``model`` (the original or its rewrite) at this run's input shapes."""
+    return model_stats(model, counted_shapes(model, ctx.specs, base_dir=ctx.base_dir))
+
+
 def _report(ctx: ModelContext, planning: Planning) -> Report:
-    return Report(ctx.label, planning.decisions, model_stats(ctx.scoped, ctx.shapes), notes=ctx.notes)
+    return Report(ctx.label, planning.decisions, _stats(ctx, ctx.scoped), notes=ctx.notes)
 
 
 def inspect(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate = "time",
@@ -84,7 +89,7 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     planning = plan_nodes(ctx, gate, session, support.masks(ctx))
     report = _report(ctx, planning)
     rewritten = _rewrite(ctx, planning)
-    report.after = model_stats(rewritten, concrete_shapes(rewritten, ctx.specs, data_prop=True))
+    report.after = _stats(ctx, rewritten)
     if not report.planned:
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if support.note:

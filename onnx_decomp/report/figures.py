@@ -96,7 +96,8 @@ def plot_anneal_path(steps: Sequence[Step], dense_macs: int, metric: str, tolera
 
 def plot_speedup_against_flops(results, path: PathLike, subtitle: str) -> None:
     """Speedup over dense against FLOP reduction, one series per model, batch sizes annotated, with the
-    line y = x (speedup equal to the FLOP reduction)."""
+    line y = x (speedup equal to the FLOP reduction); results without a finite reduction are left out."""
+    results = [r for r in results if np.isfinite(r.flop_reduction)]
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5))
     top = max([1.0] + [max(r.speedup, r.flop_reduction) for r in results]) * 1.2

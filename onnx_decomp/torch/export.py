@@ -4,8 +4,10 @@ Rules:
 - Either exporter: ``dynamo=True`` (``torch.export``, the default) or ``dynamo=False`` (TorchScript). The
   model is exported in eval mode (its mode is restored after). Input names default to the names of
   ``forward``'s arguments.
-- ``dynamic_batch``: dimension 0 of every tensor input is the symbolic ``batch``. ``torch.export`` may fix
-  it to an example batch of 1 (it does for attention); that export is refused: give 2 or more.
+- ``dynamic_batch``: dimension 0 of every tensor input is the symbolic ``batch``. ``dynamic_shapes`` (input
+  name -> {axis: dim name or ``torch.export.Dim``}) names every symbolic dim instead; inputs sharing a name
+  share the dim (a ``Dim`` carries bounds, e.g. ``Dim("sequence", max=512)``). Either exporter takes it.
+  ``torch.export`` may fix a dim whose example size is 1 (it does for attention): such an export is refused.
 - Initializers are bound to parameters by ``binding.bind_initializers`` (by name, then by exact value or
   transposed value). For every bound initializer whose parameter has a recipe in ``init``, metadata key
   ``onnx_decomp.null/<initializer>`` holds the spec string.
@@ -14,7 +16,7 @@ Rules:
   initializer names, and key ``onnx_decomp.init_reference`` holds its path relative to the model's folder,
   inside which it must lie (``io.references``: the tool follows a model's references there only).
 - The dynamo exporter's per-node ``pkg.torch.onnx.stack_trace`` entries are dropped: they hold local file
-  paths, so the same training would give different files on different machines.
+  paths, so the same model would give different files on different machines.
 - ``metadata``: further ``metadata_props`` entries (key -> value), e.g. where the training data came from.
 - One file unless ``external_data`` (weights in ``<name>.data`` beside the model). Every file is written
   atomically (staged, then renamed), the reference before the model that points to it; missing folders
@@ -46,6 +48,7 @@ from onnx_decomp.torch.init_record import InitRecord
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+DynamicShapes = Mapping[str, Mapping[int, Any]]  # input name -> {axis: dim name or torch.export.Dim}
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 
 
@@ -68,28 +71,43 @@ def _default_input_names(model: torch.nn.Module, count: int) -> list[str]:
     return names[:count] if len(names) >= count else [f"input_{i}" for i in range(count)]
 
 
-def _torch_export(model: torch.nn.Module, args: tuple, target: Path, dynamo: bool, dynamic_batch: bool,
+def _dim_name(dim: Any) -> str:
+    return dim if isinstance(dim, str) else dim.__name__
+
+
+def _torch_export(model: torch.nn.Module, args: tuple, target: Path, dynamo: bool, dims: DynamicShapes,
                   input_names: Sequence[str], output_names: Optional[Sequence[str]],
-                  opset_version: Optional[int]) -> None:
+                  opset_version: Optional[int], batch_outputs: bool) -> None:
+    """``torch.onnx.export`` with ``dims`` as either exporter takes them; ``batch_outputs``: dim 0 of every
+    output is ``batch`` too (TorchScript; dynamo infers the outputs' dims)."""
     options: dict[str, Any] = dict(input_names=list(input_names), output_names=output_names,
                                    opset_version=opset_version, dynamo=dynamo)
     if dynamo:
         options.update(external_data=True, verbose=False)
-        if dynamic_batch:
-            options["dynamic_shapes"] = tuple({0: torch.export.Dim("batch")} if torch.is_tensor(a) else None
-                                              for a in args)
-    elif dynamic_batch:
-        tensors = [name for name, a in zip(input_names, args) if torch.is_tensor(a)]
-        options["dynamic_axes"] = {name: {0: "batch"} for name in [*tensors, *(output_names or [])]}
+        if dims:
+            named: dict[str, Any] = {}  # one torch.export.Dim per name: the first given, or made from the name
+            for axes in dims.values():
+                for d in axes.values():
+                    named.setdefault(_dim_name(d), torch.export.Dim(d) if isinstance(d, str) else d)
+            options["dynamic_shapes"] = tuple(
+                {axis: named[_dim_name(d)] for axis, d in dims[name].items()} if name in dims else None
+                for name in input_names)
+    elif dims:
+        axes = {name: {axis: _dim_name(d) for axis, d in named.items()} for name, named in dims.items()}
+        outputs = {name: {0: "batch"} for name in output_names or []} if batch_outputs else {}
+        options["dynamic_axes"] = {**axes, **outputs}
     torch.onnx.export(model, args, str(target), **options)
 
 
-def _check_batch_dynamic(model: onnx.ModelProto, names: Sequence[str]) -> None:
+def _check_dynamic(model: onnx.ModelProto, dims: DynamicShapes) -> None:
+    """A ValueError where the exporter fixed a dim asked to be symbolic."""
     for graph_input in model.graph.input:
-        dims = graph_input.type.tensor_type.shape.dim
-        if graph_input.name in names and dims and not dims[0].dim_param:
-            raise ValueError(f"the exporter fixed the batch dimension of {graph_input.name!r} to "
-                             f"{dims[0].dim_value}; export with an example batch of 2 or more")
+        shape = graph_input.type.tensor_type.shape.dim
+        for axis in dims.get(graph_input.name, {}):
+            if axis < len(shape) and not shape[axis].dim_param:
+                advice = "an example batch of 2 or more" if axis == 0 else "an example of size 2 or more there"
+                raise ValueError(f"the exporter fixed dim {axis} of {graph_input.name!r} to "
+                                 f"{shape[axis].dim_value}; export with {advice}")
 
 
 def _reference_model(model: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> onnx.ModelProto:
@@ -141,9 +159,9 @@ def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
 
 def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Optional[InitRecord] = None, *,
            dynamo: bool = True, external_data: bool = False, dynamic_batch: bool = True,
-           reference_path: Optional[PathLike] = None, input_names: Optional[Sequence[str]] = None,
-           output_names: Optional[Sequence[str]] = None, opset_version: Optional[int] = None,
-           metadata: Optional[Mapping[str, str]] = None) -> Exported:
+           dynamic_shapes: Optional[DynamicShapes] = None, reference_path: Optional[PathLike] = None,
+           input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None,
+           opset_version: Optional[int] = None, metadata: Optional[Mapping[str, str]] = None) -> Exported:
     """Export ``model`` to ``path`` and record ``init`` (and ``metadata``) in its metadata (module rules)."""
     if reference_path is not None and init is None:
         raise ValueError("reference_path needs the InitRecord (init=record_init(model) before training)")
@@ -152,17 +170,22 @@ def export(model: torch.nn.Module, example_inputs: Any, path: PathLike, init: Op
         inside(path.parent, os.path.relpath(reference_path, path.parent), "reference_path")
     args = _as_tuple(example_inputs)
     names = list(input_names) if input_names is not None else _default_input_names(model, len(args))
+    unknown = sorted(set(dynamic_shapes or {}) - set(names))
+    if unknown:
+        raise ValueError(f"dynamic_shapes names no input: {unknown} (the inputs are {names})")
+    batch = {name: {0: "batch"} for name, a in zip(names, args) if torch.is_tensor(a)} if dynamic_batch else {}
+    dims = dict(dynamic_shapes) if dynamic_shapes is not None else batch
     was_training = model.training
     model.eval()
     try:
         with tempfile.TemporaryDirectory(prefix="onnx-decomp-export-") as folder:
             staged = Path(folder) / path.name
-            _torch_export(model, args, staged, dynamo, dynamic_batch, names, output_names, opset_version)
+            _torch_export(model, args, staged, dynamo, dims, names, output_names, opset_version,
+                          batch_outputs=dynamic_shapes is None)
             proto = onnx.load(str(staged))  # reads the .data file dynamo writes beside it
     finally:
         model.train(was_training)
-    if dynamic_batch:
-        _check_batch_dynamic(proto, [n for n, a in zip(names, args) if torch.is_tensor(a)])
+    _check_dynamic(proto, dims)
     parameters = {name: p.detach().cpu().numpy() for name, p in model.named_parameters()}
     bindings = bind_initializers(float_initializers(proto), parameters)
     logger.info("%s: %d initializers bound to %d parameters", path, len(bindings),
