@@ -33,7 +33,7 @@ def add_parser(commands) -> None:
                         "other sessions' spinning threads take the cores of the one timed, so off by default)")
     parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
                         help="where the sessions run (default cpu; cuda fails clearly without a GPU)")
-    parser.add_argument("--peer", type=options._names(PEERS), default=(), metavar="S1,S2",
+    parser.add_argument("--peer", type=options.names(PEERS), default=(), metavar="S1,S2",
                         help=f"also time both models quantized by ONNX Runtime, per scheme of {','.join(PEERS)} "
                         "(int8-static needs --calib)")
     parser.add_argument("--calib", type=Path, metavar="NPZ",

@@ -34,7 +34,7 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def _names(choices: tuple):
+def names(choices: tuple):
     """A parser of ``a,b`` lists of names from ``choices``."""
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(n for n in text.split(",") if n)
@@ -125,7 +125,7 @@ class GateOptions(Options):
                             "(default %(default)s)")
         parser.add_argument("--min-speedup", type=float, default=defaults.min_speedup, metavar="X",
                             help="with --gate time, the measured speedup a rewrite needs (default %(default)s)")
-        parser.add_argument("--forms", type=_names(FORMS), default=defaults.forms, metavar="F1,F2",
+        parser.add_argument("--forms", type=names(FORMS), default=defaults.forms, metavar="F1,F2",
                             help=f"rewrite forms to choose from, of {','.join(FORMS)} (default "
                             f"{','.join(defaults.forms)})")
         parser.add_argument("--tune", action="store_true",
@@ -222,7 +222,7 @@ class AnnealOptions(Options):
         parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
                             help="fraction of the calibration samples held out for the reported fidelity "
                             "(default %(default)s)")
-        parser.add_argument("--families", type=_names(tuple(FAMILIES)), metavar="F1,F2",
+        parser.add_argument("--families", type=names(tuple(FAMILIES)), metavar="F1,F2",
                             help=f"structure families to search, of {','.join(FAMILIES)} (default: all)")
         parser.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
         parser.add_argument("--no-refit", action="store_true", help="plain cuts: no ridge refit of the cut weights")
