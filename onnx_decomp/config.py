@@ -154,7 +154,7 @@ class AnalysisConfig:
             object.__setattr__(self, "init_reference", Path(self.init_reference))
 
 
-METRICS = ("rel-l2", "max-abs", "top1", "accuracy")
+METRICS = ("rel-l2", "max-abs", "top1", "accuracy", "cosine")
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,8 @@ class SquareSettings:
 
 @dataclass(frozen=True)
 class AnnealConfig:
-    """Structural annealing (``search``), core settings: the fidelity ``metric`` against the original model and
-    one global ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative
+    """Structural annealing (``search``), core settings: the fidelity ``metric`` against the original model on
+    its ``outputs`` (None: every float output) and one global ``tolerance`` on it (lower is better); ridge ``refit`` of every cut (strength ``ridge`` relative
     to the mean input energy; None: cross-validated per block, ``search.refit``); the ``held_out`` fraction of
     the calibration samples; samples per ONNX Runtime batch; activation rows kept per layer for the refit;
     bootstrap resamples for the stability check; random input sets used when no calibration data is given;
@@ -207,14 +207,16 @@ class AnnealConfig:
     random_sets: int = 8
     blas_threads: Optional[int] = 1
     seed: int = 0
+    outputs: Optional[tuple[str, ...]] = None
     families: Optional[tuple[str, ...]] = None
     block: BlockSettings = BlockSettings()
     square: SquareSettings = SquareSettings()
 
     def __post_init__(self):
         _one_of("metric", self.metric, METRICS)
-        if self.families is not None:
-            object.__setattr__(self, "families", tuple(self.families))
+        for name in ("families", "outputs"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         checks = [(self.families is None or bool(self.families), "families: name at least one structure family"),(self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}"),
                   (0 < self.held_out < 1, f"--held-out must be in (0, 1), got {self.held_out}"),
                   (self.batch_size >= 1 and self.max_rows >= 1, "batch size and rows kept must be at least 1"),

@@ -140,7 +140,7 @@ class Folding:
         spaces = [(space, order) for space, order in self.spaces
                   if {space.producer.site, *(c.site for c in space.consumers)} & sites]
         members = {op.site for space, _ in spaces for op in (space.producer, *space.consumers)}
-        return Folding(spaces, {site: self.plans[site] for site in sites},
+        return Folding(spaces, {site: self.plans[site] for site in sites if site in self.plans},
                        {s: o for s, o in self.rows.items() if s in members},
                        {s: o for s, o in self.cols.items() if s in members}, dict(self.refused),
                        {c: p for c, p in self.links.items() if {c, p} <= sites})

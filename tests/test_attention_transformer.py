@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
 def attention_unit(path):
     ctx = ModelContext.load(path, SHAPES)
     network = Network(ctx)
-    units = [u for u in build_units(SearchSpace(network, ctx.shapes, {}, AnnealConfig())) if u.family == "attention"]
+    units = build_units(SearchSpace(network, ctx.shapes, {}, AnnealConfig(families=("attention",))))
     return network, find_attention(network.layers, ctx.shapes), units
 
 

@@ -216,7 +216,10 @@ class AnnealOptions(Options):
                             "of held-out calibration samples")
         parser.add_argument("--metric", choices=METRICS, default=defaults.metric,
                             help="fidelity against the original: rel-l2 per output (default), max-abs, top1 "
-                            "(argmax disagreement), accuracy (drop against --labels)")
+                            "(argmax disagreement), accuracy (drop against --labels), cosine (1 - mean cosine "
+                            "similarity of output rows, for embeddings)")
+        parser.add_argument("--output", action="append", dest="outputs", metavar="NAME",
+                            help="measure fidelity on this output (repeatable; default: every float output)")
         parser.add_argument("--tolerance", type=float, default=defaults.tolerance, metavar="X",
                             help="the fidelity budget on --metric (default %(default)s)")
         parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
@@ -238,7 +241,8 @@ class AnnealOptions(Options):
 
     def parse(self, args: argparse.Namespace) -> AnnealConfig:
         return AnnealConfig(args.metric, args.tolerance, not args.no_refit, args.held_out, bootstrap=args.bootstrap,
-                            seed=args.seed, families=args.families, block=BlockSettings(args.blocks, not args.unbalanced),
+                            seed=args.seed, outputs=args.outputs, families=args.families,
+                            block=BlockSettings(args.blocks, not args.unbalanced),
                             square=SquareSettings(tuple(args.square)))
 
 

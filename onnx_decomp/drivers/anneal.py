@@ -89,7 +89,7 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
     """The search stage (module rule)."""
     analysis = analyze_context(ctx, analysis, figures=False, keep_evidence=True)
     network = Network(ctx, session, config.max_rows, config.seed)
-    fidelity = FidelityGate(network, data, config.metric, config.tolerance) if network.layers else None
+    fidelity = FidelityGate(network, data, config.metric, config.tolerance, config.outputs) if network.layers else None
     units = build_units(SearchSpace(network, ctx.shapes, analysis.evidence, config, analysis.nulls,
                                     fidelity.dense_taps)) if network.layers else []
     report = AnnealReport(

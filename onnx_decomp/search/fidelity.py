@@ -1,11 +1,12 @@
 """The fidelity gate: how far a candidate's outputs are from the original model's on calibration data, in
 ONNX Runtime.
 
-Metrics (lower is better; over every float output, the worst one counts; a row is one vector of the last
-axis, every leading index flattened):
+Metrics (lower is better; over every float output, or those named (``--output``), the worst one counts; a
+row is one vector of the last axis, every leading index flattened):
 - ``rel-l2``: ``||candidate - original||_2 / ||original||_2`` over all samples.
 - ``max-abs``: the largest absolute difference.
 - ``top1``: the fraction of rows whose argmax differs from the original's.
+- ``cosine``: ``1 - mean cosine similarity`` of the candidate's rows with the original's (embeddings).
 - ``accuracy``: the accuracy drop against the labels, ``acc(original) - acc(candidate)``, where ``acc`` is
   the fraction of rows whose argmax equals the label; outputs that have labels only.
 One global tolerance: a state passes when its metric is at most the tolerance. The original model's
@@ -21,6 +22,7 @@ samples gave 0.9-2.7%).
 from __future__ import annotations
 
 import logging
+from itertools import compress
 from typing import Optional, Sequence
 
 import numpy as np
@@ -55,6 +57,12 @@ def output_fidelity(metric: str, original: np.ndarray, candidate: np.ndarray,
         return float(np.abs(a - e).max(initial=0.0))
     if metric == "top1":
         return float(np.mean(_rows(e).argmax(1) != _rows(a).argmax(1)))
+    if metric == "cosine":
+        e, a = _rows(e), _rows(a)
+        norms = np.linalg.norm(e, axis=1) * np.linalg.norm(a, axis=1)
+        same = np.where(norms > 0, np.einsum("ij,ij->i", e, a) / np.maximum(norms, TINY),
+                        np.all(e == a, axis=1).astype(np.float64))  # a zero row: the same zero row or nothing
+        return float(1.0 - same.mean()) if len(same) else 0.0
     truth = np.asarray(labels).reshape(-1)
     return float(np.mean(_rows(e).argmax(1) == truth) - np.mean(_rows(a).argmax(1) == truth))
 
@@ -85,8 +93,13 @@ class FidelityGate:
     """The metric of any state of the network's weights against the original model (module rules), on
     the tuning samples (what the schedule decides on) or the held-out ones (what the report gives)."""
 
-    def __init__(self, network: Network, data: Calibration, metric: str, tolerance: float):
+    def __init__(self, network: Network, data: Calibration, metric: str, tolerance: float,
+                 outputs: Optional[Sequence[str]] = None):
         self.network, self.data, self.metric, self.tolerance = network, data, metric, tolerance
+        unknown = sorted(set(outputs or ()) - set(network.outputs))
+        if unknown:
+            raise DecompError(f"--output {unknown[0]!r} names no output of the model (outputs {network.outputs})")
+        self.measured = [outputs is None or name in outputs for name in network.outputs]
         self.folds = [data.batches(fold) for fold in data.folds]
         self.batches = {"tuning": self.folds[0] + self.folds[1], "held-out": data.batches(data.held_out)}
         self.labels = {"tuning": self._labels(data.tuning, "tuning"),
@@ -110,7 +123,8 @@ class FidelityGate:
 
     def compare(self, outputs: Sequence[np.ndarray], part: str = "tuning") -> float:
         """The metric of ``outputs`` (the candidate's, on ``part``) against the original's."""
-        return fidelity(self.metric, self.reference[part], outputs, self.labels[part])
+        chosen = [list(compress(values, self.measured)) for values in (self.reference[part], outputs, self.labels[part])]
+        return fidelity(self.metric, *chosen)
 
     def measure(self, weights: Weights, part: str = "tuning") -> float:
         """The metric with ``weights`` in force, on ``part``."""

@@ -95,13 +95,14 @@ class Annealer:
     def _refit_in_order(self, cuts: dict[Site, Cut], weights: Weights, dense: Taps, taps: Taps,
                         activations) -> dict[Site, Stored]:
         """``cuts`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
-        ``activations(weights so far)``, all against the original's ``dense`` rows."""
+        ``activations(weights so far)``, all against the original's ``dense`` rows (a cut that
+        ``keeps_what_is_read`` changes nothing the later cuts read: no new activations after it)."""
         weights, changed = dict(weights), False
         for site in sorted(cuts, key=lambda s: self.network.by_site[s].index):
             if changed:
                 taps = activations(weights)
             weights[site] = cuts[site].refit(self.network.by_site[site], dense[site], taps[site], self.refit)
-            changed = True
+            changed = changed or not cuts[site].keeps_what_is_read
         return weights
 
     def sequential_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:

@@ -19,8 +19,11 @@ FAMILIES: dict[str, Family] = {family.name: family
 
 
 def build_units(space: SearchSpace) -> list[Unit]:
-    """The units of every family the run asks for (``AnnealConfig.families``; None: all), in registry order."""
-    asked = space.config.families or tuple(FAMILIES)
+    """The units of every family the run asks for (``AnnealConfig.families``; None: all, or the block families
+    when a block count is asked for), in registry order."""
+    config = space.config
+    asked = config.families or tuple(name for name, family in FAMILIES.items()
+                                     if family.blocks or config.block.blocks is None)
     unknown = sorted(set(asked) - set(FAMILIES))
     if unknown:
         raise UnsupportedConstructError(f"families {unknown} are not registered (known: {', '.join(FAMILIES)})")

@@ -31,9 +31,11 @@ Norms = Mapping[Site, np.ndarray]  # layer site -> input norms
 
 
 class Cut(abc.ABC):
-    """What a structure does to one layer (module rule)."""
+    """What a structure does to one layer (module rule). ``keeps_what_is_read``: the outputs the layers after
+    it still read are unchanged (a producer whose removed units nothing reads any more)."""
 
     plan: Plan
+    keeps_what_is_read = False
 
     @abc.abstractmethod
     def macs(self, layer: Layer) -> int:
@@ -117,9 +119,10 @@ class SearchSpace:
 
 
 class Family(abc.ABC):
-    """Makes the units of one kind of structure."""
+    """Makes the units of one kind of structure; ``blocks``: its structures are partitions into blocks."""
 
     name: str
+    blocks = True
 
     @abc.abstractmethod
     def units(self, space: SearchSpace) -> list[Unit]:

@@ -60,6 +60,7 @@ def ranks(n_out: int, n_in: int, spectral: int) -> list[int]:
 
 class LowRank(Family):
     name = "lowrank"
+    blocks = False
 
     def units(self, space: SearchSpace) -> list[Unit]:
         units = []

@@ -7,8 +7,8 @@ energy it carries around its mean on the original model's tuning activations (it
 when it goes), weighed by the statistical evidence ``e_u`` (the mean evidence of its entries in W1's row and
 W2's column: init-like units weigh little). Rungs keep the best-scoring ``SHARES`` of the units.
 
-Cuts: the producer keeps the rows of the kept units (refit: ridge toward W0 per ``refit``, the removed rows
-constant), the consumer their columns (refit: least squares on the kept units, intercept free, so the removed
+Cuts: the producer keeps the rows of the kept units as they are (so the consumer's kept inputs do not change),
+the consumer their columns (refit: least squares on the kept units, intercept free, so the removed
 units' mean contribution lands in the bias; plain cut: that mean moved into the bias). The plans are
 ``SlicePlan``s: the rewrite is smaller weights, nothing else. The structure is coupled: both cuts or none.
 """
@@ -31,9 +31,14 @@ SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)  # of the hidden units kept, cau
 
 @dataclass(frozen=True)
 class SliceCut(Cut):
-    """The layer keeps ``rows`` (None: all) and ``cols`` (None: all)."""
+    """The layer keeps ``rows`` (None: all) and ``cols`` (None: all). A producer's kept rows are not refitted:
+    they keep their values, so the consumer's kept inputs are unchanged."""
 
     plan: SlicePlan
+
+    @property
+    def keeps_what_is_read(self) -> bool:
+        return self.plan.cols is None
 
     def _blocks(self) -> BlockPlan:
         rows = np.arange(self.plan.n_out) if self.plan.rows is None else self.plan.rows
@@ -53,6 +58,8 @@ class SliceCut(Cut):
         return layer.store(layer.matrix(stored), layer.bias_vector(stored) + moved)
 
     def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
+        if self.keeps_what_is_read:
+            return plain_cut(layer, self._blocks())
         return refitter(layer, self._blocks(), dense, cut)
 
 
@@ -83,6 +90,7 @@ def unit_scores(first: Layer, second: Layer, hidden: np.ndarray, evidence: dict)
 
 class Units(Family):
     name = "units"
+    blocks = False
 
     def units(self, space: SearchSpace) -> list[Unit]:
         network = space.network
