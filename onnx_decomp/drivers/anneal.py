@@ -130,7 +130,7 @@ def finalize(run: Annealing) -> None:
     """The finalize stage (module rule)."""
     report, config = run.report, run.config
     if run.annealer is not None:
-        refitted = run.annealer.sequential_refit(run.cuts)
+        refitted = run.annealer.final_refit(run.cuts)
         plain = run.annealer.plain(run.cuts)
         run.weights = refitted if config.refit else plain
         run.held_out = tuple(run.fidelity.measure(w, "held-out") for w in (refitted, plain))
