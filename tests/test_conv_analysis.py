@@ -89,7 +89,8 @@ def test_grouped_and_depthwise_fans_are_per_group(rng):
     grouped[5, 1] = 0.3  # output 5 is in group 2 (outputs 4-5, inputs 8-11): input 9
     depthwise = rng.uniform(-1 / 3, 1 / 3, (12, 1, 3, 3))
     depthwise[7] = -0.5
-    nodes = [helper.make_node("Conv", ["x", "g"], ["yg"], group=4), helper.make_node("Conv", ["x12", "d"], ["yd"], group=12)]
+    nodes = [helper.make_node("Conv", ["x", "g"], ["yg"], group=4),
+             helper.make_node("Conv", ["x12", "d"], ["yd"], group=12)]
     model = make_model(nodes, [value("x", [1, 16, 5, 5]), value("x12", [1, 12, 5, 5])],
                        [value("yg", [1, 8, 3, 3]), value("yd", [1, 12, 3, 3])],
                        [tensor("g", grouped.astype(np.float32)), tensor("d", depthwise.astype(np.float32))])

@@ -67,7 +67,8 @@ def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.imshow(image, cmap="Greys", interpolation="nearest", aspect="auto")
     prefix = f"{features} " if features else ""
-    axes.set(title=title, xlabel=f"input {prefix}(permuted)", ylabel=f"output {prefix}(permuted)")
+    axes.set(xlabel=f"input {prefix}(permuted)", ylabel=f"output {prefix}(permuted)")
+    axes.set_title(title, fontsize=9)  # long weight names fit the narrow square figure
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -191,7 +191,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
     def weight(name: str) -> _Weight:
         return _Weight(by_weight[name], choices[name], initial.get(name))
 
-    thresholds = _model_thresholds(by_weight, weight, fdr) if config.fdr_scope == "model" else None
+    cuts = _model_thresholds(by_weight, weight, fdr) if config.fdr_scope == "model" else (None, None)
     macs, unknown = _macs(ops, ctx.shapes) if ops else ({}, 0)
     if unknown:
         report.notes.append(f"{unknown} op(s) with an unknown output shape: their work share counts one output "
@@ -207,24 +207,22 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
     stems = _figure_stems(by_weight)
     for name in tqdm(by_weight, desc="analysis", unit="tensor", disable=None, leave=False):
         w = weight(name)
-        p, p_pair = w.p_values(), None
-        confirmed = p <= (thresholds[0] if thresholds else bh_threshold(p[p <= fdr], p.size, fdr))
-        support = confirmed
+        p = w.p_values()
+        confirmed = _decide(p, cuts[0], fdr)
+        support, channel = confirmed, {}
         if w.conv:
             p_pair = w.pair_p_values(p)
-            pairs = p_pair <= (thresholds[1] if thresholds else bh_threshold(p_pair[p_pair <= fdr], p_pair.size, fdr))
+            pairs = _decide(p_pair, cuts[1], fdr)
             support = block_diagonal(pairs, w.groups, False)
+            channel = dict(kind="conv", groups=w.groups, window=list(w.ops[0].weight.shape[2:]),
+                           channels=list(support.shape), channel_pi0=round(storey_pi0(p_pair), 6),
+                           channel_confirmed_density=round(float(pairs.mean()), 6))
         plan = plan_from_support(support)
         entry = TensorAnalysis(
             name, [op.node.name for op in w.ops], list(w.matrix.shape), str(w.choice.spec), w.choice.source,
             round(storey_pi0(p), 6), round(float(confirmed.mean()), 6), len(plan.branches),
             len(plan.constant_rows), len(plan.unused_cols),
-            round(sum(macs[id(op)] for op in w.ops) / total_macs, 6))
-        if w.conv:
-            entry.kind, entry.groups, entry.window = "conv", w.groups, list(w.ops[0].weight.shape[2:])
-            entry.channels = list(support.shape)
-            entry.channel_pi0, entry.channel_confirmed_density = (round(storey_pi0(p_pair), 6),
-                                                                  round(float(pairs.mean()), 6))
+            round(sum(macs[id(op)] for op in w.ops) / total_macs, 6), **channel)
         if figure_dir is not None:
             entry.figures = _draw(w, support, plan, figure_dir / stems[name])
         report.tensors.append(entry)
@@ -243,6 +241,11 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
     for first, second in chains:
         report.chains.append(_chain(first, second, p_by_weight, fdr))
     return report
+
+
+def _decide(p: np.ndarray, cut: Optional[float], fdr: float) -> np.ndarray:
+    """Rejected at ``cut``, or by BH at ``fdr`` over ``p`` itself when there is no pooled cut."""
+    return p <= (cut if cut is not None else bh_threshold(p[p <= fdr], p.size, fdr))
 
 
 def _model_thresholds(by_weight: dict, weight, fdr: float) -> tuple[float, float]:
@@ -278,8 +281,7 @@ def _draw(w: _Weight, support: np.ndarray, plan, stem: Path) -> list[str]:
 def _chain(first: WeightedOp, second: WeightedOp, p_by_weight: dict, fdr: float) -> ChainAnalysis:
     """Grouped-edge decision for one chain (criterion module rule), BH over the chain's edges."""
     p_edge = grouped_edge_p_values(p_by_weight[first.weight.name], p_by_weight[second.weight.name])
-    cut = bh_threshold(p_edge[p_edge <= fdr], p_edge.size, fdr)
-    confirmed = p_edge <= cut
+    confirmed = _decide(p_edge, None, fdr)
     return ChainAnalysis(first.node.name, second.node.name, [second.shape[0], first.shape[0], first.shape[1]],
                          round(storey_pi0(p_edge), 6), round(float(confirmed.mean()), 6),
                          len(plan_from_support(confirmed).branches))
