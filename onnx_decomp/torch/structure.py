@@ -17,9 +17,10 @@ Rules:
   (``low_rank.factorize``).
 - ``SlicePlan``: the ``nn.Linear`` keeps its ``rows`` outputs and ``cols`` inputs, and per-feature parameters
   between a producer and its consumers are sliced with it (``units``).
-- A low-rank or sliced site must be one node reading its weight, bound to one parameter, the ``weight`` of an
-  ``nn.Linear`` holding it as ``[out, in]``; no two planned sites may bind one parameter. Anything else is
-  refused with a ``ValueError`` naming the site before the module is changed.
+- Every planned weight must be bound to a parameter, and no two planned sites to one parameter. A low-rank or
+  sliced site must be one node reading its weight, bound to one parameter, the ``weight`` of an ``nn.Linear``
+  holding it as ``[out, in]``. Anything else is refused with a ``ValueError`` naming the site, before the
+  module is changed.
 - Replaced and sliced layers have new parameters: make the optimizer afterwards.
 """
 
@@ -61,9 +62,6 @@ class AppliedStructure:
 
 def _linear(site: Site, op: WeightedOp, group: tuple[Binding, ...], modules: Mapping[str, nn.Module]) -> str:
     """The path of the ``nn.Linear`` whose weight the site reads (module rules), or a ValueError."""
-    if not group:
-        raise ValueError(f"{site}: its weight is bound to no parameter (onnx_model= must be the model exported "
-                         "from the module's current weights)")
     if len(group) > 1:
         raise ValueError(f"{site}: its weight holds {len(group)} parameters "
                          f"({', '.join(b.parameter for b in group)}); cannot tell which layer to change")
@@ -94,6 +92,10 @@ def apply_structure(model: nn.Module, structure: Union[AnnealReport, Mapping[Sit
     unknown = [site for site in plans if site not in ops]
     if unknown:
         raise ValueError(f"{unknown[0]}: no MatMul/Gemm of the masked model")
+    unbound = [site for site in plans if not bindings.get(site.weight)]
+    if unbound:
+        raise ValueError(f"{unbound[0]}: its weight is bound to no parameter (onnx_model= must be the model "
+                         "exported from the module's current weights)")
     owners = Counter(b.parameter for site in plans for b in bindings.get(site.weight, ()))
     shared = [name for name, count in owners.items() if count > 1]
     if shared:
