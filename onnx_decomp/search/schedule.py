@@ -15,8 +15,8 @@ Rules:
   feasible candidates an acceptance overtakes are logged as deferred.
 - A measurement above the tolerance is a step rolled back: the state stays as it was, the step is logged,
   and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
-  aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
-  natural blocks can split them where the k=4 cut fits).
+  aggressive; one more is tried because block rungs are different partitions, not nested ones: a k=2 cut of
+  four natural blocks can split them where the k=4 cut fits), one stops a unit whose rungs are nested.
 - Memory: only the best queued candidate keeps its refitted weights; another one that reaches the top
   on the current state is refitted again (deterministically) before it is accepted. A unit whose ladder
   is done drops its cached products.
@@ -180,7 +180,7 @@ class Annealer:
                 holder[-1].fits = ({}, {})
             heapq.heappush(queue, entry)
             return
-        stops = measured.misses + 1 >= PATIENCE
+        stops = measured.misses + 1 >= (1 if measured.unit.nested else PATIENCE)
         self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
                   f"tolerance {self.gate.tolerance:g}" + (f"; {measured.unit.name} stops" if stops else ""))
         if stops:

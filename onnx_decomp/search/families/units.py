@@ -67,6 +67,7 @@ class SliceCut(Cut):
 class UnitsUnit(Unit):
     scores: Optional[np.ndarray] = None  # per hidden unit, higher is kept longer
     family = "units"
+    nested = True
 
     def label(self, rung: int) -> str:
         return f"keep {self.rungs[rung]:.1%} of units"
