@@ -92,6 +92,9 @@ def apply_structure(model: nn.Module, structure: Union[AnnealReport, Mapping[Sit
     unknown = [site for site in plans if site not in ops]
     if unknown:
         raise ValueError(f"{unknown[0]}: no MatMul/Gemm of the masked model")
+    kinds = [site for site, plan in plans.items() if not isinstance(plan, (BlockPlan, LowRankPlan, SlicePlan))]
+    if kinds:
+        raise ValueError(f"{kinds[0]}: a {type(plans[kinds[0]]).__name__} has no PyTorch counterpart here")
     unbound = [site for site in plans if not bindings.get(site.weight)]
     if unbound:
         raise ValueError(f"{unbound[0]}: its weight is bound to no parameter (onnx_model= must be the model "
@@ -101,7 +104,7 @@ def apply_structure(model: nn.Module, structure: Union[AnnealReport, Mapping[Sit
     if shared:
         raise ValueError(f"{shared[0]} is bound to several planned sites")
     modules = dict(model.named_modules())
-    layers = {site: _linear(site, ops[site], bindings.get(site.weight, ()), modules)
+    layers = {site: _linear(site, ops[site], bindings[site.weight], modules)
               for site, plan in plans.items() if isinstance(plan, (LowRankPlan, SlicePlan))}
     blocks = {site: plan for site, plan in plans.items() if isinstance(plan, BlockPlan)}
     masks = parameter_masks(blocks, parameters, {site.weight: ops[site].layout for site in blocks}, bindings)
