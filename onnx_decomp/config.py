@@ -228,3 +228,25 @@ class AnnealConfig:
         for ok, message in checks:
             if not ok:
                 raise UnsupportedConstructError(message)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Annealing spread over Ray (``distributed``, extra ``ray``): ``workers`` fold workers, on a local Ray
+    instance started for the run (loopback only) or, with ``address``, on the existing cluster there (then 2
+    workers unless ``workers`` says otherwise); each worker's ONNX Runtime session runs ``threads`` intra-op
+    threads."""
+
+    workers: Optional[int] = None
+    address: Optional[str] = None
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.workers is not None:
+            _at_least("--workers", self.workers, 1)
+        _at_least("worker threads", self.threads, 1)
+
+    @property
+    def size(self) -> int:
+        """The number of fold workers."""
+        return self.workers or 2

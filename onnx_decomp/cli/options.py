@@ -10,11 +10,11 @@ import argparse
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, PROVIDERS, AnalysisConfig,
-                                AnnealConfig, BlockSettings, GateConfig, SessionConfig, SquareSettings, Tolerance,
-                                ValidationConfig)
+                                AnnealConfig, BlockSettings, ClusterConfig, GateConfig, SessionConfig, SquareSettings,
+                                Tolerance, ValidationConfig)
 from onnx_decomp.errors import ValidationError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
@@ -248,6 +248,29 @@ class AnnealOptions(Options):
                             seed=args.seed, outputs=args.outputs, quantize=args.quantize, families=args.families,
                             block=BlockSettings(args.blocks, not args.unbalanced),
                             square=SquareSettings(tuple(args.square)))
+
+
+class ClusterOptions(Options):
+    """Annealing on Ray workers (extra ``ray``), and block by block."""
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--by-block", action="store_true",
+                            help="anneal one block of layers at a time in bounded memory (blocks: the graph cut "
+                            "where one tensor separates groups of layers; see the README)")
+        parser.add_argument("--stream-tolerance", type=float, metavar="X",
+                            help="with --by-block and a --metric other than rel-l2 or cosine: the rel-l2 budget "
+                            "at the last cut before the outputs")
+        parser.add_argument("--workers", type=int, metavar="N",
+                            help="run the search's tuning folds on N Ray workers of a local Ray instance started "
+                            "for the run (loopback only; the same result; extra ray)")
+        parser.add_argument("--ray-address", metavar="ADDR",
+                            help="run them on the Ray cluster at ADDR instead (model and data paths must be "
+                            "readable on its nodes)")
+
+    def parse(self, args: argparse.Namespace) -> Optional[ClusterConfig]:
+        if args.workers is None and args.ray_address is None:
+            return None
+        return ClusterConfig(args.workers, args.ray_address)
 
 
 def add_all(parser: argparse.ArgumentParser, groups: list[Options]) -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -36,9 +37,11 @@ import numpy as np
 import onnx
 from threadpoolctl import threadpool_limits
 
-from onnx_decomp.config import AnalysisConfig, AnnealConfig, GateConfig, SessionConfig, ValidationConfig
+from onnx_decomp.config import AnalysisConfig, AnnealConfig, ClusterConfig, GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Verdict
+from onnx_decomp.distributed.cluster import cluster_of
+from onnx_decomp.distributed.folds import fold_annealer
 from onnx_decomp.drivers.decompose import Gate, Session, decompose
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.model_io import ModelLike
@@ -98,11 +101,13 @@ def _quantized(model: onnx.ModelProto, run: "Annealing") -> onnx.ModelProto:
 
 
 def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis: AnalysisConfig,
-           session: SessionConfig) -> Annealing:
-    """The search stage (module rule)."""
+           session: SessionConfig, original: Optional[Calibration] = None, make=Annealer) -> Annealing:
+    """The search stage (module rule); ``original``: paired original data (``FidelityGate``), ``make``: the
+    annealer's class (``distributed.folds.fold_annealer``: on Ray workers)."""
     analysis = analyze_context(ctx, analysis, figures=False, keep_evidence=True)
     network = Network(ctx, session, config.max_rows, config.seed)
-    fidelity = FidelityGate(network, data, config.metric, config.tolerance, config.outputs) if network.layers else None
+    fidelity = FidelityGate(network, data, config.metric, config.tolerance, config.outputs, original) \
+        if network.layers else None
     units = build_units(SearchSpace(network, network.shapes, analysis.evidence, config, analysis.nulls,
                                     fidelity.dense_taps)) if network.layers else []
     report = AnnealReport(
@@ -120,7 +125,7 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
                                "unquantized": float("nan")}
     if fidelity is not None:
         norms = {site: column_norms(taps) for site, taps in fidelity.dense_taps.items()}
-        run.annealer = Annealer(network, fidelity, units, config, norms)
+        run.annealer = make(network, fidelity, units, config, norms)
         report.steps = run.annealer.run()
         run.cuts = run.annealer.state.cuts
     return run
@@ -194,12 +199,14 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
            refit: Optional[bool] = None, blocks: Optional[int] = None, config: Optional[AnnealConfig] = None,
            analysis: Optional[AnalysisConfig] = None, input_shapes: InputShapes = None, gate: Gate = "time",
            session: Session = "auto", report_dir: Optional[Union[str, os.PathLike]] = None,
-           inline_functions: bool = False) -> tuple[onnx.ModelProto, AnnealReport]:
+           inline_functions: bool = False, cluster: Optional[ClusterConfig] = None
+           ) -> tuple[onnx.ModelProto, AnnealReport]:
     """Anneal ``model`` on calibration data (module rule) and rewrite it exactly; returns the rewritten model
     and the report (``report.plans``: Site -> plan, for ``onnx_decomp.torch.apply_block_mask``;
     ``report.masked``: the masked, refitted dense model). ``calib``, ``labels``, ``inputs``: ``.npz`` paths or
     mappings (``search.calibration``); ``metric``, ``tolerance``, ``refit``, ``blocks`` override ``config``;
-    ``inline_functions`` as for ``decompose``."""
+    ``inline_functions`` as for ``decompose``; ``cluster``: the schedule's folds on Ray workers
+    (``distributed``; the same result)."""
     config = config or AnnealConfig()
     overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance, refit=refit).items() if v is not None}
     if blocks is not None:
@@ -208,10 +215,13 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
     if config.quantize is not None and config.quantize not in SCHEMES:
         raise UnsupportedConstructError(f"quantize must be one of {','.join(SCHEMES)}, got {config.quantize!r}")
     gate, session = GateConfig.of(gate), SessionConfig.of(session)
-    with threadpool_limits(config.blas_threads, user_api="blas"):
+    ray = cluster_of(cluster)
+    with threadpool_limits(config.blas_threads, user_api="blas"), ray or contextlib.nullcontext():
         ctx = ModelContext.load(model, input_shapes, inline_functions)
-        run = search(ctx, calibration(ctx, config, calib, labels, inputs), config, analysis or AnalysisConfig(),
-                     session)
+        data = calibration(ctx, config, calib, labels, inputs)
+        make = Annealer if ray is None else fold_annealer(ray, ctx, input_shapes, inline_functions, session, config,
+                                                          data)
+        run = search(ctx, data, config, analysis or AnalysisConfig(), session, make=make)
         finalize(run)
         rewrite(run, input_shapes, gate, session)
         verify(run, session)

@@ -17,6 +17,11 @@ Cross-fitting: the schedule refits every cut twice, once on each tuning fold's a
 on is measured on samples the refit did not see, so a refit that fits the tuning samples' noise does not
 pass for a structure that generalises (on digits, in-sample top-1 disagreement read 0.4% where held-out
 samples gave 0.9-2.7%).
+
+Paired data (block by block, ``drivers.by_block``): with ``original`` given (the original model's inputs to
+this network, sample by sample the same samples as ``data``, e.g. the original stream where ``data`` is the
+already-compressed one), the reference outputs and the activations refits aim at (``fold_taps``) are the
+network's on ``original``, and the schedule starts from its activations on ``data`` (``start_taps``).
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ class FidelityGate:
     the tuning samples (what the schedule decides on) or the held-out ones (what the report gives)."""
 
     def __init__(self, network: Network, data: Calibration, metric: str, tolerance: float,
-                 outputs: Optional[Sequence[str]] = None):
+                 outputs: Optional[Sequence[str]] = None, original: Optional[Calibration] = None):
         self.network, self.data, self.metric, self.tolerance = network, data, metric, tolerance
         unknown = sorted(set(outputs or ()) - set(network.outputs))
         if unknown:
@@ -104,11 +109,14 @@ class FidelityGate:
         self.batches = {"tuning": self.folds[0] + self.folds[1], "held-out": data.batches(data.held_out)}
         self.labels = {"tuning": self._labels(data.tuning, "tuning"),
                        "held-out": self._labels(data.held_out, "validation")}
-        dense = [network.run(batches, taps=True) for batches in self.folds]
+        source = original or data
+        dense = [network.run(source.batches(fold), taps=True) for fold in source.folds]
         self.fold_taps = [run.taps for run in dense]  # the original's activations, per fold
         self.dense_taps = self.joined(self.fold_taps)  # ... and over the whole tuning part
+        self.start_taps = self.fold_taps if original is None else \
+            [network.run(batches, taps=True).taps for batches in self.folds]  # module rule
         self.reference = {"tuning": [np.concatenate(o) for o in zip(dense[0].outputs, dense[1].outputs)],
-                          "held-out": network.run(self.batches["held-out"]).outputs}
+                          "held-out": network.run(source.batches(source.held_out)).outputs}
         check_measurable(metric, network.outputs, self.reference, self.labels, self.dense_taps)
         floats = [name for name, out in zip(network.outputs, dense[0].outputs) if np.issubdtype(out.dtype, np.floating)]
         self.notes = [] if len(floats) == len(network.outputs) else \

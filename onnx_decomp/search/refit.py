@@ -13,8 +13,9 @@ Rule, for a layer with plan P and original effective weight ``W0`` and bias ``b0
   ``RIDGE_GRID`` by two-fold cross-validation over the activation rows (seeded halves; squared error on the
   other half, on at most ``CV_OUTPUTS`` of the branch's rows), because the right strength depends on the
   data: a trained model's correlated activations want little (digits: 0.01), independent inputs want
-  much (the dropped part is then noise no refit can reproduce). A ``Refitter`` remembers each plan's
-  choice, so a layer refitted again under the same plan (on other activations) does not choose again.
+  much (the dropped part is then noise no refit can reproduce). Every refit chooses again, on the rows it
+  fits: the choice depends on nothing but the refit's inputs, so a fold's refit never sees the other fold
+  and any process (``distributed``) computes the same weights.
   Solved as ``W^T = W0^T + (Z_C^T Z_C + lam I)^-1 Z_C^T (T_R - Z_C W0^T)`` from one eigendecomposition of the
   smaller Gram matrix of ``Z_C`` (``Ridge``), whose cost follows ``min(rows, |C|)`` (few calibration rows make
   wide blocks cheap) and which serves the whole grid;
@@ -91,11 +92,10 @@ def cross_validated_ridge(z: np.ndarray, residual: np.ndarray, half: np.ndarray)
 
 
 class Refitter:
-    """The module rule with a fixed ``ridge``, or cross-validated ridges remembered per plan."""
+    """The module rule with a fixed ``ridge``, or a ridge cross-validated at every refit."""
 
     def __init__(self, ridge: Optional[float] = None, seed: int = 0):
         self.ridge, self.seed = ridge, seed
-        self._chosen: dict[tuple[int, int, int], float] = {}  # (layer, id(plan), branch) -> ridge
         self._targets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # -> (dense rows, target)
         self._bases: dict[tuple[int, int, int], tuple] = {}  # (layer, id(dense), id(rows)) -> low-rank basis
 
@@ -120,18 +120,16 @@ class Refitter:
         half = np.zeros(len(z), bool)
         half[rng.permutation(len(z))[:len(z) // 2]] = True
         weight, bias = np.zeros(w0.shape, np.float32), t_mean.copy()
-        for number, branch in enumerate(plan.branches):
+        for branch in plan.branches:
             rows, cols = branch.rows, branch.cols
             inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T.astype(np.float64)
             residual = target[:, rows] - inputs @ prior
-            key = (layer.index, id(plan), number)
-            if self.ridge is None and key not in self._chosen:
+            ridge = self.ridge
+            if ridge is None:
                 some = slice(None) if len(rows) <= CV_OUTPUTS else \
                     np.sort(rng.choice(len(rows), CV_OUTPUTS, replace=False))
-                self._chosen[key] = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 \
-                    else RIDGE_GRID[1]
+                ridge = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 else RIDGE_GRID[1]
             ridge_of = Ridge(inputs)
-            ridge = self.ridge if self.ridge is not None else self._chosen[key]
             solution = prior + ridge_of.step(residual, _lam(ridge, ridge_of.energy / len(cols)))
             weight[np.ix_(rows, cols)] = solution.T
             bias[rows] = t_mean[rows] - solution.T @ z_mean[cols]

@@ -79,6 +79,20 @@ class Measured:
         return self.sequence < other.sequence
 
 
+def refit_in_order(network: Network, refitter: Refitter, cuts: dict[Site, Cut], weights: Weights, dense: Taps,
+                   taps: Taps, activations) -> dict[Site, Stored]:
+    """``cuts`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
+    ``activations(weights so far)``, all against the original's ``dense`` rows (a cut that
+    ``keeps_what_is_read`` changes nothing the later cuts read: no new activations after it)."""
+    weights, changed = dict(weights), False
+    for site in sorted(cuts, key=lambda s: network.by_site[s].index):
+        if changed:
+            taps = activations(weights)
+        weights[site] = cuts[site].refit(network.by_site[site], dense[site], taps[site], refitter)
+        changed = changed or not cuts[site].keeps_what_is_read
+    return weights
+
+
 class Annealer:
     """Runs the module rules over ``units`` and keeps every step (``steps``) and the final ``state``."""
 
@@ -86,25 +100,12 @@ class Annealer:
                  norms: Norms):
         self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
         self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
-        self.taps = list(gate.fold_taps)  # per fold, activations at every layer with the state's fit in force
+        self.taps = list(gate.start_taps)  # per fold, activations at every layer with the state's fit in force
         self.steps: list[tuple[int, Step]] = []
         self._sequence = 0
         self._structures: dict[tuple[int, int], Structure] = {}
         self._progress = None
         self.refit = Refitter(config.ridge, config.seed)
-
-    def _refit_in_order(self, cuts: dict[Site, Cut], weights: Weights, dense: Taps, taps: Taps,
-                        activations) -> dict[Site, Stored]:
-        """``cuts`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
-        ``activations(weights so far)``, all against the original's ``dense`` rows (a cut that
-        ``keeps_what_is_read`` changes nothing the later cuts read: no new activations after it)."""
-        weights, changed = dict(weights), False
-        for site in sorted(cuts, key=lambda s: self.network.by_site[s].index):
-            if changed:
-                taps = activations(weights)
-            weights[site] = cuts[site].refit(self.network.by_site[site], dense[site], taps[site], self.refit)
-            changed = changed or not cuts[site].keeps_what_is_read
-        return weights
 
     def final_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
         """``cuts`` fitted on the whole tuning part (module rule)."""
@@ -122,9 +123,19 @@ class Annealer:
             cuts = self.plain(structure.cuts)
             return {**self.state.fits[0], **cuts}, {**self.state.fits[1], **cuts}
         gate = self.gate
-        return tuple(self._refit_in_order(structure.cuts, self.state.fits[fold], gate.fold_taps[fold], self.taps[fold],
-                                          lambda weights, fold=fold: gate.fold_activations(fold, weights))
+        return tuple(refit_in_order(self.network, self.refit, structure.cuts, self.state.fits[fold],
+                                    gate.fold_taps[fold], self.taps[fold],
+                                    lambda weights, fold=fold: gate.fold_activations(fold, weights))
                      for fold in (0, 1))
+
+    def _evaluate(self, structure: Structure) -> tuple[Fits, float]:
+        """The state's fits with ``structure`` cut in (``_apply``) and their crossed fidelity."""
+        fits = self._apply(structure)
+        return fits, self.gate.measure_crossed(fits)
+
+    def _retap(self) -> None:
+        """Every layer's activations per fold with the state's fits in force."""
+        self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
 
     def _structure(self, unit: Unit, rung: int) -> Structure:
         key = (id(unit), rung)
@@ -138,8 +149,7 @@ class Annealer:
             structure = self._structure(unit, rung)
             macs = self.network.macs({**self.state.cuts, **structure.cuts})
             if macs < self.state.macs and not self._splits(structure):
-                fits = self._apply(structure)
-                fidelity = self.gate.measure_crossed(fits)
+                fits, fidelity = self._evaluate(structure)
                 candidate = StructureCandidate(unit.name, structure.label, structure.plans, macs, fidelity)
                 self._sequence += 1
                 self._progress.update()
@@ -201,7 +211,7 @@ class Annealer:
         self.state = State({**state.cuts, **measured.structure.cuts}, measured.fits, measured.candidate.fidelity,
                            measured.candidate.macs, state.version + 1, origin)
         if self.config.refit:
-            self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
+            self._retap()
         self._log(measured, Verdict.ACCEPTED)
         logger.info("accepted %s %s: %d MACs, %s %.4g", measured.unit.name, measured.candidate.structure,
                     measured.candidate.macs, self.config.metric, measured.candidate.fidelity)

@@ -1,0 +1,106 @@
+"""A Ray connection for one run, and the fold workers on it.
+
+Rules:
+- Ray is optional (extra ``ray``): asking for it without it installed is one line naming the extra.
+- With ``ClusterConfig.address`` the run joins the cluster there (``ray.init(address=...)``): every node
+  needs onnx-decomp installed, and the model and calibration files must be readable at the same paths where
+  the workers run (models travel by path, never by value). Otherwise a local instance is started for the run
+  with one CPU per worker, bound to the loopback address only (Ray's single-node switch
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set before Ray is imported), without a dashboard, and shut down
+  when the run ends. A Ray already initialised in the process is used as it is and left running.
+- Workers are actors that Ray restarts whenever their process dies (``max_restarts=-1``); a call that was
+  running on a dead worker is retried on the restarted one (``max_task_retries=-1``). Every call carries
+  what it depends on (``distributed.folds``), so a retried call returns what the first would have.
+- An error a worker raises reaches the caller as itself (a ``DecompError`` stays one line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from onnx_decomp.config import ClusterConfig
+from onnx_decomp.errors import DecompError
+
+logger = logging.getLogger(__name__)
+
+INSTALL = "pip install 'onnx-decomp[ray]'"
+OBJECT_STORE = 2 * 2**30  # bytes of shared memory for a local instance's object store
+
+
+def import_ray(local: bool):
+    """The ``ray`` module (module rule: one line when it is missing; loopback only for a local instance)."""
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise DecompError(f"--workers and --ray-address need Ray: {INSTALL}") from None
+    return ray
+
+
+def gather(futures):
+    """``ray.get`` that re-raises a worker's own exception (module rule)."""
+    ray = import_ray(False)
+    try:
+        return ray.get(futures)
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause
+        raise (cause if isinstance(cause, Exception) else error) from None
+
+
+class Cluster:
+    """The Ray connection of one run (module rules) and the actors made on it."""
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        self.ray = import_ray(config.address is None)
+        self._started = False
+        self._actors: list = []
+        self._fold_workers: Optional[list] = None
+
+    def __enter__(self) -> "Cluster":
+        if not self.ray.is_initialized():
+            if self.config.address is not None:
+                self.ray.init(address=self.config.address, log_to_driver=False)
+            else:
+                self.ray.init(num_cpus=self.config.size, include_dashboard=False, log_to_driver=False,
+                              object_store_memory=OBJECT_STORE)
+            self._started = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for actor in self._actors:
+            self.ray.kill(actor)
+        self._actors, self._fold_workers = [], None
+        if self._started:
+            self.ray.shutdown()
+
+    def actors(self, body: type, count: int, *args) -> list:
+        """``count`` actors running ``body(*args)``, restarted and their calls retried (module rule)."""
+        remote = self.ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=1)(body)
+        made = [remote.remote(*args) for _ in range(count)]
+        self._actors += made
+        return made
+
+    @property
+    def fold_workers(self) -> list:
+        """The run's ``ClusterConfig.size`` fold workers (``distributed.folds``), made on first use."""
+        if self._fold_workers is None:
+            from onnx_decomp.distributed.folds import FoldWorker
+            self._fold_workers = self.actors(FoldWorker, self.config.size, self.config.threads)
+            logger.info("%d fold workers on Ray (%s)", self.config.size, self.config.address or "local instance")
+        return self._fold_workers
+
+
+def pids(actors: list) -> list[int]:
+    """The process id of every actor (each has a ``pid`` method) now."""
+    return gather([actor.pid.remote() for actor in actors])
+
+
+def cluster_of(config: Optional[ClusterConfig]) -> Optional[Cluster]:
+    """A ``Cluster`` for ``config``, or None when the run is to stay in one process."""
+    if config is None or (config.workers is None and config.address is None):
+        return None
+    return Cluster(config)
