@@ -16,9 +16,14 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Optional
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Union
 
 from onnx_decomp.config import ClusterConfig
 from onnx_decomp.errors import DecompError
@@ -99,8 +104,37 @@ def pids(actors: list) -> list[int]:
     return gather([actor.pid.remote() for actor in actors])
 
 
-def cluster_of(config: Optional[ClusterConfig]) -> Optional[Cluster]:
-    """A ``Cluster`` for ``config``, or None when the run is to stay in one process."""
-    if config is None or (config.workers is None and config.address is None):
-        return None
-    return Cluster(config)
+@contextlib.contextmanager
+def ray_cluster(cluster: Union[None, ClusterConfig, Cluster]) -> Iterator[Optional[Cluster]]:
+    """The run's cluster: None (one process), a ``Cluster`` the caller holds (used as it is), or one made for
+    a ``ClusterConfig`` and closed when the run ends."""
+    if isinstance(cluster, Cluster) or cluster is None or (cluster.workers is None and cluster.address is None):
+        yield cluster if isinstance(cluster, Cluster) else None
+        return
+    with Cluster(cluster) as made:
+        yield made
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (Linux ``/proc``; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kill_when_busy(pid: int, seconds: float, poll: float = 0.05) -> threading.Thread:
+    """A thread that kills process ``pid`` (SIGKILL) once it has used ``seconds`` of CPU time: a worker killed
+    in the middle of its work, for the tests and ``tools/bench_ray.py``."""
+    def watch() -> None:
+        while Path(f"/proc/{pid}").exists():
+            if cpu_seconds(pid) >= seconds:
+                os.kill(pid, signal.SIGKILL)
+                logger.info("killed worker %d after %.1f s of CPU", pid, seconds)
+                return
+            time.sleep(poll)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

@@ -26,7 +26,6 @@ succeeded.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -40,7 +39,7 @@ from threadpoolctl import threadpool_limits
 from onnx_decomp.config import AnalysisConfig, AnnealConfig, ClusterConfig, GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.decisions import Verdict
-from onnx_decomp.distributed.cluster import cluster_of
+from onnx_decomp.distributed.cluster import Cluster, ray_cluster
 from onnx_decomp.distributed.folds import fold_annealer
 from onnx_decomp.drivers.decompose import Gate, Session, decompose
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
@@ -199,14 +198,14 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
            refit: Optional[bool] = None, blocks: Optional[int] = None, config: Optional[AnnealConfig] = None,
            analysis: Optional[AnalysisConfig] = None, input_shapes: InputShapes = None, gate: Gate = "time",
            session: Session = "auto", report_dir: Optional[Union[str, os.PathLike]] = None,
-           inline_functions: bool = False, cluster: Optional[ClusterConfig] = None
+           inline_functions: bool = False, cluster: Union[None, ClusterConfig, Cluster] = None
            ) -> tuple[onnx.ModelProto, AnnealReport]:
     """Anneal ``model`` on calibration data (module rule) and rewrite it exactly; returns the rewritten model
     and the report (``report.plans``: Site -> plan, for ``onnx_decomp.torch.apply_block_mask``;
     ``report.masked``: the masked, refitted dense model). ``calib``, ``labels``, ``inputs``: ``.npz`` paths or
     mappings (``search.calibration``); ``metric``, ``tolerance``, ``refit``, ``blocks`` override ``config``;
     ``inline_functions`` as for ``decompose``; ``cluster``: the schedule's folds on Ray workers
-    (``distributed``; the same result)."""
+    (``distributed.cluster``: a config, or a cluster the caller holds; the same result)."""
     config = config or AnnealConfig()
     overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance, refit=refit).items() if v is not None}
     if blocks is not None:
@@ -215,8 +214,7 @@ def anneal(model: ModelLike, calib: Optional[Arrays] = None, *, labels: Optional
     if config.quantize is not None and config.quantize not in SCHEMES:
         raise UnsupportedConstructError(f"quantize must be one of {','.join(SCHEMES)}, got {config.quantize!r}")
     gate, session = GateConfig.of(gate), SessionConfig.of(session)
-    ray = cluster_of(cluster)
-    with threadpool_limits(config.blas_threads, user_api="blas"), ray or contextlib.nullcontext():
+    with threadpool_limits(config.blas_threads, user_api="blas"), ray_cluster(cluster) as ray:
         ctx = ModelContext.load(model, input_shapes, inline_functions)
         data = calibration(ctx, config, calib, labels, inputs)
         make = Annealer if ray is None else fold_annealer(ray, ctx, input_shapes, inline_functions, session, config,
