@@ -4,10 +4,13 @@
     model, report = onnx_decomp.decompose("model.onnx", gate="flops")
     onnx_decomp.save_model(model, "out.onnx")
     model, report = onnx_decomp.anneal("model.onnx", "calib.npz", metric="top1", tolerance=0.01)
+    report = onnx_decomp.anneal_by_block("model.onnx", "out.onnx", "calib.npz", tolerance=0.05)   # bounded memory
 """
 
-from onnx_decomp.config import AnalysisConfig, AnnealConfig, GateConfig, SessionConfig, Tolerance, ValidationConfig
+from onnx_decomp.config import (AnalysisConfig, AnnealConfig, ClusterConfig, GateConfig, SessionConfig, Tolerance,
+                                ValidationConfig)
 from onnx_decomp.drivers.anneal import anneal
+from onnx_decomp.drivers.by_block import anneal_by_block
 from onnx_decomp.drivers.decompose import decompose, inspect
 from onnx_decomp.errors import DecompError, InvalidModelError, UnsupportedConstructError, ValidationError
 from onnx_decomp.io.model_io import load_model, save_model
@@ -18,8 +21,8 @@ from onnx_decomp.report.decomposition import NodeReport, Report
 from onnx_decomp.stats.analyze import analyze
 
 __all__ = [
-    "analyze", "anneal", "decompose", "inspect", "load_model", "save_model",
-    "GateConfig", "SessionConfig", "ValidationConfig", "Tolerance", "AnalysisConfig", "AnnealConfig",
+    "analyze", "anneal", "anneal_by_block", "decompose", "inspect", "load_model", "save_model",
+    "GateConfig", "SessionConfig", "ValidationConfig", "Tolerance", "AnalysisConfig", "AnnealConfig", "ClusterConfig",
     "ExactSupport", "ConfirmedSupport", "AnnealedSupport",
     "AnalysisReport", "AnnealReport", "Report", "NodeReport",
     "DecompError", "InvalidModelError", "UnsupportedConstructError", "ValidationError",

@@ -12,12 +12,14 @@ Rules:
   ``original``): its gate measures all the error at its output, its own and what reached it, against the
   original model. Then the streams move on: the original block's outputs on the original stream (the gate's
   reference), the rewritten block's outputs on the compressed stream.
-- Budget (our rule): a cumulative ramp. Block ``b`` of ``n`` may reach ``(b + 1) / n`` of the stream budget at
-  its output, so each block spends about ``1 / n`` of it and what one leaves the next may use (an error that
-  grows through later blocks is measured where it arrives). The last block holds the model's outputs and is
-  measured with the run's metric against the whole ``tolerance``: its fidelity is the compressed model's end
-  to end, the figure reported against the whole budget. Between blocks the metric is the run's where it reads
-  any tensor (rel-l2, cosine; the stream budget is then ``tolerance``), else rel-l2 with its own budget
+- Budget (our rule): a cumulative ramp, so that what each block adds sums to the whole. Independent errors
+  add in quadrature in rel-l2 (and linearly in the cosine distance, a squared error): block ``b`` of ``n``
+  may reach ``sqrt((b + 1) / n)`` (cosine: ``(b + 1) / n``) of the stream budget at its output, each block
+  adding about an equal share, and what one leaves unspent the next may use (an error that grows through
+  later blocks is measured where it arrives). The last block holds the model's outputs and is measured with
+  the run's metric against the whole ``tolerance``: its fidelity is the compressed model's end to end, the
+  figure reported against the whole budget. Between blocks the metric is the run's where it reads any tensor
+  (rel-l2, cosine; the stream budget is then ``tolerance``), else rel-l2 with its own budget
   ``stream_tolerance``, required then.
 - Output: each rewritten block goes to the temporary folder when it is done; the model is stitched from them
   (nodes in block order, side nodes once, the input's interface) and written with its weights copied tensor
@@ -202,7 +204,8 @@ def anneal_by_block(model: ModelLike, output: Union[str, os.PathLike], calib: Op
         count, totals = len(run.blocks), [0, 0]
         for block in run.blocks:
             last = block.index == count - 1
-            budget = config.tolerance if last else stream_budget * (block.index + 1) / count
+            share = (block.index + 1) / count
+            budget = config.tolerance if last else stream_budget * (share if stream_metric == "cosine" else share ** 0.5)
             block_config = dataclasses.replace(config, metric=config.metric if last else stream_metric,
                                                tolerance=budget, outputs=config.outputs if last else None)
             start = time.perf_counter()
