@@ -22,8 +22,8 @@ from .builder import NameTable
 from .fold_permutation import FeatureSpace, Folding
 from .head_region import HeadRegion, head_region, reached_ops
 from .infra import Pass, PassError, PassResult
-from .ops import find_weighted_ops
 from .plan import HeadsPlan
+from .remove_units import planned_ops
 from .site import Site
 
 logger = logging.getLogger(__name__)
@@ -43,11 +43,7 @@ class RemoveHeads(Pass):
         self.plans, self.shapes = dict(plans), shapes
 
     def _regions(self, graph: gs.Graph) -> list[HeadRegion]:
-        ops, _ = find_weighted_ops(graph)
-        by_node, by_site = {id(op.node): op for op in ops}, {op.site: op for op in ops}
-        missing = sorted(set(self.plans) - set(by_site))
-        if missing:
-            raise PassError(f"plans name nodes that are not weighted ops: {[s.node for s in missing]}")
+        by_node, by_site = planned_ops(graph, self.plans)
         blocks: dict[Site, list] = {site: [] for site, plan in self.plans.items() if plan.cols is not None}
         for site, plan in self.plans.items():
             if plan.rows is None:
