@@ -112,6 +112,8 @@ class _Follower:
     def follow(self, node: gs.Node) -> Heads:
         inputs = [t for t in node.inputs if not t.is_empty()]
         here = [t for t in inputs if id(t) in self.located]
+        if any(output.outputs for output in node.outputs[1:]):
+            raise _Refused(f"{node.name} ({node.op}): its second output is read")
         if node.op in UNARY:
             return self.located[id(inputs[0])]
         if node.op in ("Softmax", "LogSoftmax"):
@@ -135,6 +137,8 @@ class _Follower:
 
     def _aligned(self, node: gs.Node, inputs: Sequence[gs.Tensor], batch_only: bool) -> Heads:
         rank = len(self.shape(node.outputs[0]))
+        if batch_only and any(len(self.shape(t)) < 2 for t in inputs):
+            raise _Refused(f"{node.name} ({node.op}) has a 1-D operand")
         found = set()
         for tensor in inputs:
             heads, own = self.located.get(id(tensor)), len(self.shape(tensor))
