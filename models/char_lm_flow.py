@@ -5,9 +5,13 @@ Rules:
 - The trained weights come back from ``models/char_lm/model.onnx``: a model made with the training seed
   holds the recorded initialization, which binds to ``init.onnx`` by value, and so every initializer name
   of the exported model to its parameter (``onnx_decomp.torch.load_initializers``).
+- Ours in PyTorch: the annealed, refitted weights (``masked.onnx``) with the annealed structure taken on
+  (``onnx_decomp.torch.apply_structure``: block masks, low-rank factors, hidden units removed), so that it
+  computes what the rewritten model computes, whatever families annealing chose.
 - Fine-tuning (every method, the same budget): AdamW lr ``FT_LR``, weight decay 0.01, ``FT_WARMUP`` steps of
   linear warm-up, cosine decay to zero, batches of 32 random training windows from a generator seeded
-  with ``FT_SEED`` (the same batches for every method), masked entries held at zero where a mask is given.
+  with ``FT_SEED`` (the same batches for every method), masked entries held at zero where a mask or a
+  structure with block masks is given.
 - Weight MACs: multiply-accumulates per token of the model's ``nn.Linear`` layers (the embeddings gather);
   the attention's own products (scores, weighted values) are not weights and are the same for every
   method except head pruning. A peer meets a budget by reaching the largest weight MACs not above it.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import onnx
@@ -28,9 +32,10 @@ from torch import nn
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.runtime.sessions import make_session
-from onnx_decomp.torch import (BlockMask, bind_initializers, export, factorize, finetune_under_mask,
-                               load_initializers, prune_structured, rank_for_macs)
+from onnx_decomp.torch import (AppliedStructure, BlockMask, apply_structure, bind_initializers, export, factorize,
+                               finetune_under_mask, load_initializers, prune_structured, rank_for_macs)
 from onnx_decomp.torch.binding import float_initializers
+from onnx_decomp_passes import Plan, Site
 from onnx_decomp_models import char_lm
 from onnx_decomp_models.char_lm import CONTEXT, OUT, SEED, CharLM, RandomWindows, next_char_loss
 from onnx_decomp_models.common import deterministic
@@ -76,7 +81,13 @@ def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
     return model
 
 
-def finetune(model: nn.Module, steps: int, mask: Optional[BlockMask] = None) -> list[float]:
+def structured_model(masked: Path, plans: Mapping[Site, Plan]) -> tuple[CharLM, AppliedStructure]:
+    """Ours in PyTorch (module rule): ``masked``, an annealed model of ``model.onnx``, under its ``plans``."""
+    model = model_from_onnx(masked)
+    return model, apply_structure(model, plans, masked)
+
+
+def finetune(model: nn.Module, steps: int, mask: Optional[Union[BlockMask, AppliedStructure]] = None) -> list[float]:
     """The one fine-tuning budget of every method (module rule); mean loss per tenth of the steps."""
     optimizer, schedule = char_lm.warmup_cosine(model, FT_LR, FT_WARMUP, steps)
     epochs = 10 if steps % 10 == 0 else 1

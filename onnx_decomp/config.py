@@ -193,7 +193,8 @@ class AnnealConfig:
     bootstrap resamples for the stability check; random input sets used when no calibration data is given;
     ``blas_threads``: the threads numpy's BLAS may use meanwhile (None: leave it alone; default 1, because idle
     BLAS threads spin and fight ONNX Runtime's between the runs: tools/bench_anneal_large.py at 4 x 1024 took
-    233 s with OpenBLAS's default 2 threads, 21 s with 1). ``families``: the structure families searched (names registered in ``search.families``; None: all); per
+    233 s with OpenBLAS's default 2 threads, 21 s with 1). ``quantize``: a quantization scheme
+    (``runtime.quantize.SCHEMES``) applied last, inside the same budget. ``families``: the structure families searched (names registered in ``search.families``; None: all); per
     family settings: ``block`` (``BlockSettings``) and ``square`` (``SquareSettings``)."""
 
     metric: str = "rel-l2"
@@ -208,6 +209,7 @@ class AnnealConfig:
     blas_threads: Optional[int] = 1
     seed: int = 0
     outputs: Optional[tuple[str, ...]] = None
+    quantize: Optional[str] = None
     families: Optional[tuple[str, ...]] = None
     block: BlockSettings = BlockSettings()
     square: SquareSettings = SquareSettings()

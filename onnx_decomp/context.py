@@ -69,4 +69,4 @@ class ModelContext:
     @cached_property
     def shapes(self) -> dict[str, list]:
         """Every tensor's shape at ``specs`` by its name in the graph (``io.shapes.concrete_shapes``)."""
-        return concrete_shapes(self.scoped, self.specs, data_prop=True)
+        return concrete_shapes(self.scoped, self.specs)

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from .block_rewrite import Emission
 from .builder import BlockBoundary
-from .fold_permutation import per_feature_inputs
+from .features import per_feature_constants
 from .infra import Pass, PassResult
 from .ops import all_graphs
 from .site import Site
@@ -40,8 +40,9 @@ def _path(leaving: BlockBoundary, entering: Mapping[int, BlockBoundary], outputs
         node = _only_reader(tensor, outputs)
         if node is None:
             return None
-        positions = per_feature_inputs(node, tensor, leaving.k * leaving.b)
-        if isinstance(positions, str) or any(len(node.inputs[i].outputs) > 1 for i in positions):
+        positions = per_feature_constants(node, leaving.k * leaving.b)
+        others = [t for t in node.inputs if not isinstance(t, gs.Constant) and t is not tensor]
+        if isinstance(positions, str) or others or any(len(node.inputs[i].outputs) > 1 for i in positions):
             return None  # not per-feature, or a constant someone else reads too
         chain.append(node)
         constants += [node.inputs[i] for i in positions]

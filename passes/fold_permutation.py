@@ -1,22 +1,18 @@
 """Permutation folding: reorder the features between two weighted layers inside their constants, so that
 decomposed layers read and write contiguous blocks and no permutation runs at inference time.
 
-A *feature space* is the output of a MatMul/Gemm ``Q`` with a constant weight (the producer), followed
-through per-feature nodes (activations, Cast, Add/Sub/Mul/Div with a constant that is a scalar or a
-``[.., n]`` vector), up to the MatMul/Gemm nodes that read it as their input (the consumers). Relabelling
-its features by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) is exact when it is applied
-everywhere at once: ``Q``'s weight rows and bias, the per-feature constants, and every consumer's weight
-columns. So a space is refused, and left as it is, when any tensor in it is a graph output or is read by
-any other node (a residual Add, LayerNorm, Reshape, a node in a subgraph), when a weight to reorder is
-shared with another node (folding would copy it) or stored behind a Cast, or when a constant does not
-broadcast per feature.
+Relabelling the features of a feature space (``features``: a producer, the per-feature nodes after it, its
+consumers) by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) is exact when it is applied
+everywhere at once: the producer's weight rows and bias, the per-feature constants, and every consumer's
+weight columns. A space the features module refuses is left as it is, and so is one where a weight to
+reorder is shared with another node (folding would copy it) or stored behind a Cast.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -24,76 +20,12 @@ import onnx_graphsurgeon as gs
 from .builder import Builder, NameTable
 from .forms.blocks import block_layout
 from .infra import Pass, PassResult
-from .ops import BROADCAST_CONSTANT, ELEMENTWISE, WeightedOp, find_weighted_ops
+from .features import FeatureSpace, feature_space
+from .ops import WeightedOp, find_weighted_ops
 from .plan import BlockPlan
 from .site import Site
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureSpace:
-    producer: WeightedOp
-    consumers: list[WeightedOp]
-    constants: list[tuple[gs.Node, int]]  # (node, input index) of per-feature constants to reorder
-    n: int
-
-
-def _per_feature_constant(tensor: gs.Constant, n: int) -> Optional[bool]:
-    """Whether a constant operand must be reordered (a ``[.., n]`` vector), must not (a scalar), or None
-    when it does not broadcast per feature."""
-    shape = tuple(tensor.shape)
-    if int(np.prod(shape)) == 1:
-        return False
-    return True if shape[-1] == n and int(np.prod(shape)) == n else None
-
-
-def feature_space(producer: WeightedOp, ops: Mapping[int, WeightedOp]) -> Union[FeatureSpace, str]:
-    """The space of the module docstring, or why it cannot be relabelled."""
-    graph, n = producer.graph, producer.shape[0]
-    members = {id(node) for node in graph.nodes}
-    outputs = {id(t) for t in graph.outputs}
-    space = FeatureSpace(producer, [], [], n)
-    stack, seen = [producer.node.outputs[0]], set()
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        if id(tensor) in outputs:
-            return f"{tensor.name} is a graph output"
-        for node in tensor.outputs:
-            if id(node) not in members:
-                return f"{tensor.name} is read inside a subgraph"
-            consumer = ops.get(id(node))
-            if consumer is not None and node.inputs[0] is tensor and all(t is not tensor for t in node.inputs[1:]):
-                space.consumers.append(consumer)
-                continue
-            positions = per_feature_inputs(node, tensor, n)
-            if isinstance(positions, str):
-                return positions
-            space.constants.extend((node, i) for i in positions)
-            stack.append(node.outputs[0])
-    return space
-
-
-def per_feature_inputs(node: gs.Node, tensor: gs.Variable, n: int) -> Union[list[int], str]:
-    """For a node reading ``tensor`` (``n`` features): the input positions of its ``[.., n]`` constants, which
-    must follow any reordering of the features; or why the node is not per-feature (module rule)."""
-    variables = [t for t in node.inputs if not isinstance(t, gs.Constant)]
-    if len(node.outputs) != 1 or variables != [tensor] or node.op not in ELEMENTWISE | BROADCAST_CONSTANT:
-        return f"{node.name} ({node.op}) is not a per-feature node"
-    if node.op in ELEMENTWISE:
-        return []
-    positions = []
-    for i, operand in enumerate(node.inputs):
-        if isinstance(operand, gs.Constant):
-            reorder = _per_feature_constant(operand, n)
-            if reorder is None:
-                return f"{node.name}: constant of shape {tuple(operand.shape)} does not broadcast per feature"
-            if reorder:
-                positions.append(i)
-    return positions
 
 
 def _contiguous_sides(plan: BlockPlan) -> tuple[bool, bool]:

@@ -29,7 +29,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ops import ELEMENTWISE, WeightedOp
+from .features import ELEMENTWISE
+from .ops import WeightedOp
 
 UNARY = ELEMENTWISE | {"Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Not", "IsNaN", "IsInf"}
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",

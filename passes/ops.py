@@ -279,38 +279,6 @@ def find_weighted_ops(graph: gs.Graph, op_types: Sequence[str] = LINEAR) -> tupl
     return found, skipped
 
 
-ELEMENTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Tanh", "Sigmoid", "HardSigmoid",
-               "Softplus", "Softsign", "Erf", "Identity", "Dropout", "Cast"}
-BROADCAST_CONSTANT = {"Add", "Sub", "Mul", "Div"}
-
-
-def _per_feature(node: gs.Node) -> bool:
-    """True for a node that maps each feature on its own: a unary activation, or arithmetic with a constant."""
-    if node.op in ELEMENTWISE:
-        return True
-    return node.op in BROADCAST_CONSTANT and sum(isinstance(t, gs.Constant) for t in node.inputs) == 1
-
-
-def find_chains(ops: list[WeightedOp]) -> list[tuple[WeightedOp, WeightedOp]]:
-    """Pairs ``(first, second)`` where ``first``'s output reaches ``second``'s input only through
-    per-feature nodes, each with a single consumer, and the hidden sizes agree."""
-    by_node = {id(op.node): op for op in ops}
-    chains = []
-    for op in ops:
-        tensor = op.node.outputs[0]
-        while len(tensor.outputs) == 1:
-            consumer = tensor.outputs[0]
-            second = by_node.get(id(consumer))
-            if second is not None:
-                if consumer.inputs[0] is tensor and second.shape[1] == op.shape[0]:
-                    chains.append((op, second))
-                break
-            if not _per_feature(consumer) or len(consumer.outputs) != 1:
-                break
-            tensor = consumer.outputs[0]
-    return chains
-
-
 def one_node_graph(op: WeightedOp, x_shape: Sequence[int], dtype, root: gs.Graph) -> gs.Graph:
     """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
     its weight and bias, in a graph named like ``op``'s (so its site is the same); opset and IR version of

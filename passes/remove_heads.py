@@ -19,7 +19,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .builder import NameTable
-from .fold_permutation import FeatureSpace, Folding
+from .features import FeatureSpace
+from .fold_permutation import Folding
 from .head_region import HeadRegion, head_region, reached_ops
 from .infra import Pass, PassError, PassResult
 from .plan import HeadsPlan

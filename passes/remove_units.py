@@ -19,7 +19,8 @@ from typing import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .fold_permutation import FeatureSpace, Folding, feature_space
+from .features import FeatureSpace, feature_space
+from .fold_permutation import Folding
 from .infra import Pass, PassError, PassResult
 from .ops import WeightedOp, find_weighted_ops
 from .plan import SlicePlan

@@ -58,7 +58,7 @@ def heads_space(path, rng) -> SearchSpace:
     ctx = ModelContext.load(path, {"tokens": [3, CONTEXT]})
     network = Network(ctx)
     taps = network.run([{"tokens": rng.integers(0, VOCAB, (3, CONTEXT))}], taps=True).taps
-    return SearchSpace(network, ctx.shapes, {}, AnnealConfig(families=("heads",)), taps=taps)
+    return SearchSpace(network, network.shapes, {}, AnnealConfig(families=("heads",)), taps=taps)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -118,8 +118,8 @@ def test_a_fused_attention_op_is_listed_as_skipped(rng):
     graph = helper.make_graph(nodes, "fused", [value("x", ["N", 3, 8])], [value("y", ["N", 3, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)], ir_version=IR_VERSION)
-    ctx = ModelContext.load(model, {"x": [2, 3, 8]})
-    space = SearchSpace(Network(ctx), ctx.shapes, {}, AnnealConfig(families=("heads",)))
+    network = Network(ModelContext.load(model, {"x": [2, 3, 8]}))
+    space = SearchSpace(network, network.shapes, {}, AnnealConfig(families=("heads",)))
     assert build_units(space) == []
     assert space.notes == ["heads: Attention node 'fused' skipped: a fused attention op keeps its heads inside one "
                            "kernel's packed weights"]

@@ -2,7 +2,7 @@
 
     python tools/char_lm_pipeline.py analyze      # pi0 and confirmed density per weight; drop the unconfirmed
     python tools/char_lm_pipeline.py anneal       # anneal with refit at --tolerances (and one without refit)
-    python tools/char_lm_pipeline.py finetune     # ours: fine-tune under each annealed mask
+    python tools/char_lm_pipeline.py finetune     # ours: fine-tune under each annealed structure
     python tools/char_lm_pipeline.py control      # the dense model fine-tuned the same budget
     python tools/char_lm_pipeline.py decompose    # ours: exact rewrite, time gate at batch 1 and 64
     python tools/char_lm_pipeline.py peers        # pruning and low-rank at ours' weight MACs, same fine-tuning
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +41,6 @@ from onnx_decomp.io.shapes import concrete_shapes, input_specs
 from onnx_decomp.report.figures import plot_tradeoff
 from onnx_decomp.report.table import table
 from onnx_decomp.runtime.quantize import quantize_int8
-from onnx_decomp.torch import apply_block_mask
 from onnx_decomp_models import char_lm_flow as flow
 from onnx_decomp_models.char_lm import CONTEXT, OUT, CharLM
 
@@ -86,7 +86,7 @@ def analyze(args) -> None:
 
 
 def anneal(args) -> None:
-    """For each tolerance (and without refit at the first): the annealed, refitted masked model and its masks."""
+    """For each tolerance (and without refit at the first): the annealed, refitted masked model and its plans."""
     calib = {"tokens": flow.calibration_windows()}
     runs = [(t, True) for t in args.tolerances] + [(args.tolerances[0], False)]
     for tolerance, refit in runs:
@@ -97,7 +97,7 @@ def anneal(args) -> None:
         seconds = time.perf_counter() - start
         onnx_decomp.save_model(report.masked, folder / "masked.onnx")
         onnx_decomp.save_model(rewritten, folder / "annealed.onnx")
-        np.savez_compressed(folder / "masks.npz", **{site.weight: plan.mask() for site, plan in report.plans.items()})
+        (folder / "plans.pkl").write_bytes(pickle.dumps(report.plans))
         accepted = [f"{s.candidate.unit} {s.candidate.structure}" for s in report.accepted]
         _write_json(folder / "summary.json", {
             "tolerance": tolerance, "refit": refit, "seconds": seconds, "accepted": accepted,
@@ -107,21 +107,17 @@ def anneal(args) -> None:
               f"disagreement {report.final.validation:.4f}, {seconds:.0f} s; accepted: {'; '.join(accepted)}")
 
 
-def _masked_model(folder: Path):
-    """The refitted weights under the annealed masks, in PyTorch (``flow.model_from_onnx``)."""
-    model = flow.model_from_onnx(folder / "masked.onnx")
-    bindings = flow.parameter_names()
-    masks = dict(np.load(folder / "masks.npz"))
-    mask = apply_block_mask(model, {b.parameter: m for name, m in masks.items() for b in bindings[name]})
-    return model, mask, masks
+def _plans(folder: Path) -> dict:
+    """The plans annealing chose (``Site`` -> plan), as the anneal stage wrote them."""
+    return pickle.loads((folder / "plans.pkl").read_bytes())
 
 
 def finetune(args) -> None:
-    """Ours: every annealed model fine-tuned ``--steps`` under its mask."""
+    """Ours: every annealed model fine-tuned ``--steps`` under its structure (``flow.structured_model``)."""
     for tolerance in args.tolerances:
         folder = args.work / _tag(tolerance)
-        model, mask, _ = _masked_model(folder)
-        losses = flow.finetune(model, args.steps, mask)
+        model, structure = flow.structured_model(folder / "masked.onnx", _plans(folder))
+        losses = flow.finetune(model, args.steps, structure)
         flow.export_model(model, folder / "finetuned.onnx")
         print(f"{_tag(tolerance)}: fine-tuned {args.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
@@ -147,10 +143,9 @@ def decompose(args) -> None:
 
 
 def _budget(folder: Path) -> float:
-    """Ours' weight MACs per token: the dense model's, less every entry the masks dropped."""
-    masks = dict(np.load(folder / "masks.npz"))
+    """Ours' weight MACs per token: the dense model's, less what every plan saves."""
     dense = flow.weight_macs(CharLM())
-    return dense - sum(int(m.size - m.sum()) for m in masks.values())
+    return dense - sum(plan.dense_macs - plan.macs for plan in _plans(folder).values())
 
 
 def peers(args) -> None:

@@ -19,6 +19,7 @@ from onnx_decomp.errors import ValidationError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
 from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE
+from onnx_decomp.runtime.quantize import SCHEMES
 from onnx_decomp.search.families import FAMILIES
 
 
@@ -225,6 +226,9 @@ class AnnealOptions(Options):
         parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
                             help="fraction of the calibration samples held out for the reported fidelity "
                             "(default %(default)s)")
+        parser.add_argument("--quantize", choices=SCHEMES, metavar="SCHEME",
+                            help=f"quantize last, inside the budget: one of {','.join(SCHEMES)} (what it costs alone "
+                            "on the tuning samples is taken off --tolerance before the structure is searched)")
         parser.add_argument("--families", type=names(tuple(FAMILIES)), metavar="F1,F2",
                             help=f"structure families to search, of {','.join(FAMILIES)} (default: all)")
         parser.add_argument("--blocks", type=int, metavar="K", help="try K blocks only (and report what they cost)")
@@ -241,7 +245,7 @@ class AnnealOptions(Options):
 
     def parse(self, args: argparse.Namespace) -> AnnealConfig:
         return AnnealConfig(args.metric, args.tolerance, not args.no_refit, args.held_out, bootstrap=args.bootstrap,
-                            seed=args.seed, outputs=args.outputs, families=args.families,
+                            seed=args.seed, outputs=args.outputs, quantize=args.quantize, families=args.families,
                             block=BlockSettings(args.blocks, not args.unbalanced),
                             square=SquareSettings(tuple(args.square)))
 

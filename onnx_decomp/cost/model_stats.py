@@ -71,14 +71,17 @@ def _run_shapes(model: onnx.ModelProto, names: Sequence[str], feeds: Mapping[str
 
 
 def counted_shapes(model: onnx.ModelProto, specs: Sequence[InputSpec],
-                   feeds: Optional[Mapping[str, np.ndarray]] = None, base_dir: Optional[Path] = None) -> dict[str, list]:
+                   feeds: Optional[Mapping[str, np.ndarray]] = None, base_dir: Optional[Path] = None,
+                   every_tensor: bool = False) -> dict[str, list]:
     """Every tensor's shape at ``specs`` for counting (module rule); ONNX Runtime runs on ``feeds`` (random
-    inputs at ``specs`` when None) only where shape inference leaves a counted node unresolved."""
+    inputs at ``specs`` when None) only where shape inference leaves a counted node unresolved, or with
+    ``every_tensor`` any node output of the main graph."""
     shapes = concrete_shapes(model, specs, data_prop=True)
     given = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
-    missing = list(dict.fromkeys(name for node in model.graph.node if node.op_type in COUNTED
-                                 for name in _counted_tensors(node)
-                                 if not _resolved(shapes.get(name)) and name not in given))
+    wanted = (name for node in model.graph.node
+              for name in (node.output if every_tensor else _counted_tensors(node) if node.op_type in COUNTED else ()))
+    missing = list(dict.fromkeys(name for name in wanted if name and not _resolved(shapes.get(name))
+                                 and name not in given))
     if missing:
         feeds = feeds if feeds is not None else random_inputs(specs, np.random.default_rng(0))
         shapes.update(_run_shapes(model, missing, feeds, base_dir))

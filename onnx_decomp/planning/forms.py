@@ -25,7 +25,8 @@ from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.estimate import estimate_speedup
 from onnx_decomp.cost.timing import measure_speedup
 from onnx_decomp.decisions import Candidate, FormCost
-from onnx_decomp.io.shapes import InputSpec, concrete_shapes
+from onnx_decomp.cost.model_stats import counted_shapes
+from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp_passes import FORMS, BlockPlan, Site, plan_folding
 from onnx_decomp_passes.forms.blocks import block_layout
 
@@ -63,7 +64,7 @@ class FormChooser:
         self.folding = plan_folding(ctx.graph, eligible)
         self.linked = chain_links(self.folding.plans, self.folding.links)
         specs = {b: batch_specs(ctx, b) for b in gate.batches} if gate.batches else {None: ctx.specs}
-        self.shapes = {b: concrete_shapes(ctx.proto, s, data_prop=True) for b, s in specs.items()}
+        self.shapes = {b: counted_shapes(ctx.proto, s, base_dir=ctx.base_dir) for b, s in specs.items()}
 
     def _x_shapes(self, candidate: Candidate) -> Optional[dict]:
         """Batch size -> the node's input shape, or None when a shape is unresolved."""

@@ -107,6 +107,7 @@ class AnnealReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     decomposition: Optional[Report] = None
+    quantization: Optional[dict] = None  # scheme, what it costs alone on the tuning data, the structure's budget
     figure: Optional[str] = None
     masked: Optional[onnx.ModelProto] = field(default=None, repr=False)  # the masked, refitted dense model
 
@@ -132,6 +133,8 @@ class AnnealReport:
             "stability": [asdict(s) for s in self.stability],
             "left_out": [{"node": node, "reason": reason} for node, reason in self.left_out],
             "decomposition": None if self.decomposition is None else self.decomposition.to_dict(),
+            "quantization": None if self.quantization is None else
+            {k: _finite(v) if isinstance(v, float) else v for k, v in self.quantization.items()},
             "figure": self.figure, "notes": list(self.notes),
         }
 
@@ -157,6 +160,10 @@ class AnnealReport:
         lines = [f"WARNING: {w}" for w in self.warnings]
         lines.append(f"annealing {self.model}: {self.metric} <= {self.tolerance:g} on {self.calibration['tuning']} "
                      f"tuning samples, refit {'on' if self.refit else 'off'}; dense {self.dense_macs:,} MatMul MACs")
+        if self.quantization is not None:
+            q = self.quantization
+            lines.append(f"quantization {q['scheme']} last: alone it costs {self.metric} {q['alone']:.4g} on the tuning "
+                         f"samples, leaving the structure {q['budget']:.4g}")
         rows = [("#", "unit", "structure", "MACs", "MACs /", f"{self.metric} (tuning)", "verdict")]
         rows += [(i, s.candidate.unit, s.candidate.structure, f"{s.candidate.macs:,}",
                   f"{self.dense_macs / max(s.candidate.macs, 1):.2f}", f"{s.candidate.fidelity:.4g}",
@@ -167,8 +174,9 @@ class AnnealReport:
             f = self.final
             lines += ["", f"annealed: {f.macs:,} MatMul MACs ({f.mac_reduction:.2f}x fewer); {self.metric} on "
                       f"{self.calibration['validation_set']} ({self.calibration['validation']} samples): "
-                      f"{f.validation:.4g} (refit {f.validation_refit:.4g}, plain cut {f.validation_plain:.4g}); "
-                      f"tuning {f.tuning:.4g}",
+                      f"{f.validation:.4g}" + (f" quantized, {self.quantization['unquantized']:.4g} before"
+                                                 if self.quantization is not None else "") +
+                      f" (refit {f.validation_refit:.4g}, plain cut {f.validation_plain:.4g}); tuning {f.tuning:.4g}",
                       f"rewritten vs masked dense model: max abs diff {f.exact_max_abs:.3g} "
                       f"({f.exact_rule}): {'ok' if f.exact_ok else 'MISMATCH'}"]
         if self.stability:
@@ -233,6 +241,9 @@ def anneal_schema(kinds: Sequence[str]) -> dict:
                                "spaces": {"type": "object", "additionalProperties": {"type": "number"}}}}},
             "left_out": {"type": "array", "items": {"type": "object", "required": ["node", "reason"]}},
             "decomposition": {"type": ["object", "null"]},
+            "quantization": {"type": ["object", "null"], "required": ["scheme", "alone", "budget", "unquantized"],
+                             "properties": {"scheme": {"type": "string"}, "alone": _NUMBER, "budget": _NUMBER,
+                                            "unquantized": _NUMBER}},
             "figure": {"type": ["string", "null"]},
         },
     }

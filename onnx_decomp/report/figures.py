@@ -47,9 +47,11 @@ def plot_weight_histogram(w: np.ndarray, null, title: str, path: PathLike) -> No
     plt.close(figure)
 
 
-def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path: PathLike) -> None:
+def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path: PathLike,
+                          features: str = "") -> None:
     """The support ``[n_out, n_in]`` with rows in branch order and columns in first-reading-branch order,
-    so independent blocks show on the diagonal (max-pooled to at most MAX_PIXELS per side)."""
+    so independent blocks show on the diagonal (max-pooled to at most MAX_PIXELS per side); ``features``
+    names what rows and columns are (``channels``: output and input channels)."""
     plt = _pyplot()
     cols = list(dict.fromkeys(np.concatenate([b.cols for b in plan.branches] + [plan.unused_cols]).tolist()))
     image = np.asarray(support, dtype=bool)[plan.output_order()][:, cols]
@@ -64,7 +66,9 @@ def plot_permuted_support(support: np.ndarray, plan: BlockPlan, title: str, path
             image = image.reshape(shape).any(axis=axis + 1)
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.imshow(image, cmap="Greys", interpolation="nearest", aspect="auto")
-    axes.set(title=title, xlabel="inputs (permuted)", ylabel="outputs (permuted)")
+    prefix = f"{features} " if features else ""
+    axes.set(xlabel=f"input {prefix}(permuted)", ylabel=f"output {prefix}(permuted)")
+    axes.set_title(title, fontsize=9)  # long weight names fit the narrow square figure
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

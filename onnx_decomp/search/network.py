@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
+from onnx_decomp.cost.model_stats import counted_shapes
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import load_references
@@ -119,15 +120,15 @@ class Layer:
         return weight, stored
 
 
-def vectors_of(ctx: ModelContext, tensor: str, n_in: int) -> int:
+def vectors_of(shapes: Mapping[str, list], tensor: str, n_in: int) -> int:
     """Activation vectors per inference reaching a layer at the run's input shapes (1 when unknown)."""
-    shape = ctx.shapes.get(tensor)
+    shape = shapes.get(tensor)
     if not shape or None in shape:
         return 1
     return max(1, int(np.prod(shape)) // max(n_in, 1))
 
 
-def find_layers(ctx: ModelContext) -> tuple[list[Layer], list[tuple[str, str]]]:
+def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Layer], list[tuple[str, str]]]:
     """The annealable layers of the normalised graph in topological order, and the (node, reason) of every
     MatMul/Gemm left out (module rules)."""
     graph = ctx.graph
@@ -142,7 +143,7 @@ def find_layers(ctx: ModelContext) -> tuple[list[Layer], list[tuple[str, str]]]:
                              "serve them"))
             continue
         bias = op.output_bias()
-        layers.append(Layer(0, op, bias, vectors_of(ctx, op.node.inputs[0].name, op.shape[1]),
+        layers.append(Layer(0, op, bias, vectors_of(shapes, op.node.inputs[0].name, op.shape[1]),
                             stored_values(op.weight), None if bias is None else stored_values(bias.tensor)))
     layers.sort(key=lambda layer: position[id(layer.op.node)])
     for index, layer in enumerate(layers):
@@ -163,16 +164,17 @@ class Network:
                  seed: int = 0):
         self.proto = export_graph(ctx.graph, like=ctx.proto)
         load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
-        self.layers, self.left_out = find_layers(ctx)
+        self.shapes = counted_shapes(self.proto, ctx.specs, every_tensor=True)  # every tensor, by ORT if need be
+        self.layers, self.left_out = find_layers(ctx, self.shapes)
         self.by_site = {layer.site: layer for layer in self.layers}
         self.outputs = [o.name for o in self.proto.graph.output]
         self.max_rows, self.seed = max_rows, seed
         inputs = {value.name for value in self.proto.graph.input}
         self._tapped = [layer for layer in self.layers if layer.input not in inputs]
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
-        self.other_macs = sum(vectors_of(ctx, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
+        self.other_macs = sum(vectors_of(self.shapes, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
                               for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
-        self.products = find_products(ctx, self.layers)  # activation x activation MatMuls
+        self.products = find_products(ctx, self.layers, self.shapes)  # activation x activation MatMuls
         self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
 
     def _session_model(self) -> onnx.ModelProto:

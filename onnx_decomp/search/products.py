@@ -4,7 +4,7 @@ what they cost, so that a structure removing them (whole heads) is weighed again
 Rules:
 - A product is a MatMul of the main graph both of whose operands depend on a graph input. It costs
   ``prod(output shape) * K`` multiply-accumulates per inference (K: the contracted dim) at the run's input
-  shapes (``ModelContext.shapes``, the same shapes the layers' vectors are counted at), so it grows with the
+  shapes (``Network.shapes``, the same shapes the layers' vectors are counted at), so it grows with the
   sequence length where a weight's MACs per vector do not. A product whose shapes were not inferred counts
   nothing.
 - Its sources are the layers whose results reach its operands, walking back through any node but weighted
@@ -43,8 +43,8 @@ class Product:
         return round(self.macs * share)
 
 
-def find_products(ctx: ModelContext, layers: list["Layer"]) -> list[Product]:
-    """Every product of the module rules, in graph order."""
+def find_products(ctx: ModelContext, layers: list["Layer"], shapes: Mapping[str, list]) -> list[Product]:
+    """Every product of the module rules at ``shapes``, in graph order."""
     graph = ctx.graph
     variable = {id(t) for t in graph.inputs}
     for node in graph.nodes:
@@ -56,7 +56,7 @@ def find_products(ctx: ModelContext, layers: list["Layer"]) -> list[Product]:
     for node in graph.nodes:
         if node.op != "MatMul" or id(node) in weighted or not all(id(t) in variable for t in node.inputs[:2]):
             continue
-        output, first = ctx.shapes.get(node.outputs[0].name), ctx.shapes.get(node.inputs[0].name)
+        output, first = shapes.get(node.outputs[0].name), shapes.get(node.inputs[0].name)
         if output and first and None not in output and None not in first:
             products.append(Product(node.name, int(np.prod(output)) * first[-1], _sources(node, weighted, sites)))
     return products

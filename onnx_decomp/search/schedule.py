@@ -15,14 +15,15 @@ Rules:
   feasible candidates an acceptance overtakes are logged as deferred.
 - A measurement above the tolerance is a step rolled back: the state stays as it was, the step is logged,
   and the unit's next rung is measured; ``PATIENCE`` rollbacks in a row stop the unit (later rungs are more
-  aggressive; one more is tried because rungs are different partitions, not nested ones: a k=2 cut of four
-  natural blocks can split them where the k=4 cut fits).
+  aggressive; one more is tried because block rungs are different partitions, not nested ones: a k=2 cut of
+  four natural blocks can split them where the k=4 cut fits), one stops a unit whose rungs are nested.
 - Memory: only the best queued candidate keeps its refitted weights; another one that reaches the top
   on the current state is refitted again (deterministically) before it is accepted. A unit whose ladder
   is done drops its cached products.
-- Stop when no candidate is left. ``sequential_refit`` then fits the final structure on the whole tuning
-  part, every cut layer in topological order on the activations of the refitted layers before it (during
-  the search a layer was refitted on the model as it was when its step was taken).
+- Stop when no candidate is left. ``final_refit`` then fits the final structure on the whole tuning part at
+  once: every cut layer on the activations reaching it with the search's last fits in force (both folds, as
+  made at the last acceptance: no further run), so each layer sees what every other cut left, not the model
+  as it was when its own step was taken.
 """
 
 from __future__ import annotations
@@ -105,11 +106,11 @@ class Annealer:
             changed = changed or not cuts[site].keeps_what_is_read
         return weights
 
-    def sequential_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
-        """``cuts`` fitted on the whole tuning part from the original weights (module rule)."""
-        gate = self.gate
-        return self._refit_in_order(cuts, {}, gate.dense_taps, gate.dense_taps, lambda weights: gate.joined(
-            [gate.fold_activations(fold, weights) for fold in (0, 1)]))
+    def final_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
+        """``cuts`` fitted on the whole tuning part (module rule)."""
+        taps = self.gate.joined(self.taps)
+        return {site: cut.refit(self.network.by_site[site], self.gate.dense_taps[site], taps[site], self.refit)
+                for site, cut in cuts.items()}
 
     def plain(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
         """``cuts`` applied without refitting."""
@@ -180,7 +181,7 @@ class Annealer:
                 holder[-1].fits = ({}, {})
             heapq.heappush(queue, entry)
             return
-        stops = measured.misses + 1 >= PATIENCE
+        stops = measured.misses + 1 >= (1 if measured.unit.nested else PATIENCE)
         self._log(measured, Verdict.ROLLED_BACK, f"{self.config.metric} {measured.candidate.fidelity:.4g} > "
                   f"tolerance {self.gate.tolerance:g}" + (f"; {measured.unit.name} stops" if stops else ""))
         if stops:

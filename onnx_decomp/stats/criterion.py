@@ -10,6 +10,8 @@
   are (intersection-union test: ``p_path = max(p1[k, j], p2[i, k])``); Fisher combines the h path p-values:
   ``X = -2 sum_k log p_path``, ``p_edge = P(chi2_{2h} >= X)``. Conservative (``max`` of two uniforms is
   not uniform), exact in memory, O(d_out * h * d) time like the chain's own product.
+- Fisher's combination (``fisher_combine``): ``n`` p-values of one hypothesis (a Conv channel pair's window)
+  give ``p = P(chi2_{2n} >= -2 sum log p_k)``; exact for independent uniform p-values under the null.
 - Spectral form (``spectral_rank``): the singular values of a weight above the Marchenko-Pastur edge of its
   init null count the directions training confirmed.
 """
@@ -44,6 +46,12 @@ def storey_pi0(p: np.ndarray, lam: float = STOREY_LAMBDA) -> float:
     if p.size == 0:
         return 1.0
     return float(min(1.0, np.count_nonzero(p > lam) / (p.size * (1.0 - lam))))
+
+
+def fisher_combine(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Fisher's combined p-values along ``axis`` (module rule)."""
+    statistic = -2.0 * np.log(np.maximum(p, TINY)).sum(axis=axis)
+    return stats.chi2.sf(statistic, 2 * p.shape[axis])
 
 
 def grouped_edge_p_values(p1: np.ndarray, p2: np.ndarray, chunk_bytes: int = 64 << 20) -> np.ndarray:

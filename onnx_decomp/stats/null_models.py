@@ -1,7 +1,10 @@
 """Null models: the distribution a weight entry would have if training had never confirmed it.
 
 Orientation: a weight is ``W[n_out, n_in]``; ``fan_in = n_in``, ``fan_out = n_out`` (MatMul ``B[K, N]`` and
-Gemm ``transB=0`` hold ``W.T``; Gemm ``transB=1`` holds ``W``).
+Gemm ``transB=0`` hold ``W.T``; Gemm ``transB=1`` holds ``W``). A Conv kernel ``[C_out, C_in / group, k...]``
+is ``W [C_out, C_in / group * window]`` (``window = prod(k)``) with PyTorch's and Keras's fans:
+``fan_in = C_in / group * window``, ``fan_out = C_out * window`` (``torch.nn.init._calculate_fan_in_and_fan_out``
+reads the tensor's dims 0 and 1 times the window, whatever the group).
 
 Spec strings name a null and its parameters, ``name`` or ``name(key=value, ...)``:
 
@@ -16,6 +19,17 @@ Spec strings name a null and its parameters, ``name`` or ``name(key=value, ...)`
 | ``trunc-normal(sigma=..., bound=...)`` | N(0, sigma^2) cut at +-bound; bound defaults to 2 sigma (TensorFlow, JAX); PyTorch's ``trunc_normal_`` cuts at +-2 absolute: ``bound=2`` |
 | ``reference`` | the initial tensor W0 is known; an entry training never touched keeps it exactly, so the update d = W - W0 is tested against float32 rounding: d ~ N(0, tau^2), tau = 1e-7 max abs(W0) (unchanged entries get p = 1). Weight decay touches every entry: use a distribution null for models trained with it |
 | ``empirical`` | N(0, s^2), s = 1.4826 MAD(W): fitted to the central bulk of the trained tensor itself |
+| ``paddle-conv`` | N(0, 2 / (C_in * window)), C_in every input channel (not per group): Paddle's Conv default |
+
+Defaults by framework, guessed from the model's ``producer_name`` when nothing is recorded or chosen
+(``guess_null``): PyTorch (``pytorch``; also the guess for an empty or unknown producer): ``torch-linear`` for
+MatMul/Gemm (nn.Linear), ``kaiming-uniform`` (a = sqrt(5), the same bound 1/sqrt(fan_in)) for Conv
+(``_ConvNd.reset_parameters``); TensorFlow/Keras (``tf2onnx``, ``keras2onnx``, ``tensorflow``, ``tflite``):
+``xavier-uniform`` for both (Dense and Conv ``kernel_initializer="glorot_uniform"``); Paddle (``PaddlePaddle``,
+``paddle2onnx``): ``xavier-uniform`` for Linear (``ParamAttr._set_default_param_initializer``: ``Xavier()``,
+uniform) and ``paddle-conv`` for Conv (``paddle.nn.layer.conv._ConvNd._get_default_param_initializer``: std
+``sqrt(2 / (prod(kernel_size) * in_channels))``). Models often override these defaults (PaddleOCR's backbones
+use KaimingNormal): a guess is reported as one.
 
 The test is one-sided: ``p = P0(|w0| >= |w|)``; a weight decayed below its initial scale is not confirmed.
 
@@ -39,7 +53,11 @@ from onnx_decomp.errors import UnsupportedConstructError
 
 NULL_KEY_PREFIX = "onnx_decomp.null/"
 REFERENCE_KEY = "onnx_decomp.init_reference"
-FALLBACK_SPEC = "torch-linear"
+FRAMEWORK_DEFAULTS = (  # producer_name fragment (lower case), framework, (MatMul/Gemm null, Conv null)
+    (("torch",), "PyTorch", ("torch-linear", "kaiming-uniform")),
+    (("tf2onnx", "keras", "tensorflow", "tflite"), "TensorFlow/Keras", ("xavier-uniform", "xavier-uniform")),
+    (("paddle",), "Paddle", ("xavier-uniform", "paddle-conv")),
+)
 MAD_SCALE = 1.4826
 UNCHANGED = 1e-7
 
@@ -137,7 +155,7 @@ def empirical_sigma(w: np.ndarray) -> float:
 _SPEC = re.compile(r"^\s*([a-z][a-z-]*)\s*(?:\((.*)\))?\s*$")
 _PARAMS = {"torch-linear": (), "kaiming-uniform": ("a",), "kaiming-normal": (), "xavier-uniform": (),
            "xavier-normal": (), "normal": ("sigma",), "trunc-normal": ("sigma", "bound"),
-           "reference": (), "empirical": ()}
+           "reference": (), "empirical": (), "paddle-conv": ()}
 _REQUIRED = {"normal": ("sigma",), "trunc-normal": ("sigma",)}
 
 
@@ -152,9 +170,10 @@ class NullSpec:
         inner = ", ".join(f"{k}={v:g}" for k, v in self.params)
         return f"{self.name}({inner})" if inner else self.name
 
-    def build(self, w: np.ndarray, initial: Optional[np.ndarray] = None):
-        """The null for ``w`` (shape ``[n_out, n_in]``); ``initial`` is required for ``reference``."""
-        fan_out, fan_in = w.shape
+    def build(self, w: np.ndarray, initial: Optional[np.ndarray] = None, window: int = 1, groups: int = 1):
+        """The null for ``w`` (shape ``[n_out, n_in]``; a Conv's kernel unrolled, ``window`` positions per input
+        channel, ``groups`` groups: module orientation); ``initial`` is required for ``reference``."""
+        fan_in, fan_out = w.shape[1], w.shape[0] * window
         p = dict(self.params)
         if self.name in ("torch-linear", "kaiming-uniform"):
             a = p.get("a", math.sqrt(5.0))
@@ -171,6 +190,8 @@ class NullSpec:
             return TruncNormal(p["sigma"], p.get("bound", 2.0 * p["sigma"]))
         if self.name == "empirical":
             return Normal(empirical_sigma(w))
+        if self.name == "paddle-conv":
+            return Normal(math.sqrt(2.0 / (fan_in * groups)))
         if initial is None:
             raise UnsupportedConstructError("null 'reference' needs the initial tensor (--init-reference)")
         if initial.shape != w.shape:
@@ -228,11 +249,22 @@ def parse_user_nulls(texts: Sequence[str]) -> list[tuple[str, NullSpec]]:
     return rules
 
 
-def choose_null(name: str, metadata: Mapping[str, NullSpec], rules: Sequence[tuple[str, NullSpec]]) -> NullChoice:
-    """Metadata written by our exporter > the first user rule whose glob matches ``name`` > torch-linear."""
+def guess_null(producer: str, conv: bool) -> tuple[NullSpec, str]:
+    """The framework default (module table) for a Conv or a MatMul/Gemm weight of a model written by
+    ``producer``, and why it was guessed; PyTorch's for an empty or unknown producer."""
+    for fragments, framework, specs in FRAMEWORK_DEFAULTS:
+        if any(fragment in producer.lower() for fragment in fragments):
+            return parse_null_spec(specs[conv]), f"producer_name {producer!r}: {framework} default"
+    reason = f"unknown producer_name {producer!r}" if producer else "no producer_name"
+    return parse_null_spec(FRAMEWORK_DEFAULTS[0][2][conv]), f"{reason}: PyTorch default"
+
+
+def choose_null(name: str, metadata: Mapping[str, NullSpec], rules: Sequence[tuple[str, NullSpec]],
+                guess: NullSpec = NullSpec("torch-linear")) -> NullChoice:
+    """Metadata written by our exporter > the first user rule whose glob matches ``name`` > ``guess``."""
     if name in metadata:
         return NullChoice(metadata[name], "metadata")
     for pattern, spec in rules:
         if fnmatchcase(name, pattern):
             return NullChoice(spec, "user")
-    return NullChoice(parse_null_spec(FALLBACK_SPEC), "guess")
+    return NullChoice(guess, "guess")

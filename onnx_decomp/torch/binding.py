@@ -30,6 +30,7 @@ import torch
 from onnx import numpy_helper
 
 from onnx_decomp.io.walk import iter_graphs
+from onnx_decomp_passes import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ class Binding:
 
     parameter: str
     transposed: bool
+
+    def layout(self, initializer: Layout) -> Layout:
+        """How the parameter holds ``W [n_out, n_in]`` when the initializer holds it in ``initializer``
+        (``Layout.OUT_IN``: as ``nn.Linear.weight`` does)."""
+        return initializer.flipped() if self.transposed else initializer
 
 
 def float_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ import torch
 
 from onnx_decomp.io.graph import import_graph
 from onnx_decomp.io.model_io import load_model
-from onnx_decomp.torch.binding import bind_initializers, float_initializers
+from onnx_decomp.torch.binding import Binding, bind_initializers, float_initializers
 from onnx_decomp_passes import BlockPlan, Layout, Site, find_weighted_ops
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,28 @@ def _weight_layouts(model: onnx.ModelProto) -> dict[str, Layout]:
     return {op.weight.name: op.layout for op in ops}
 
 
+def parameter_masks(plans: Mapping[Union[str, Site], MaskLike], parameters: Mapping[str, torch.nn.Parameter],
+                    layouts: Mapping[str, Layout], bindings: Mapping[str, tuple[Binding, ...]]) -> dict[str, np.ndarray]:
+    """Parameter name -> mask in the parameter's layout (module rules); ONNX weight names resolve through
+    ``layouts`` (initializer -> the layout its MatMul/Gemm reads it in) and ``bindings``."""
+    targets = {}
+    for key, plan in plans.items():
+        name = key.weight if isinstance(key, Site) else key
+        mask = _as_bool(plan)
+        if name in layouts and name in bindings:
+            for binding in bindings[name]:  # the parameter holds the initializer, or its transpose
+                targets[binding.parameter] = binding.layout(layouts[name]).from_matrix(mask)
+        elif name in parameters:
+            targets[name] = mask
+        else:
+            raise ValueError(f"{name!r} is neither a parameter nor a MatMul/Gemm weight bound to one (ONNX "
+                             "initializer names resolve with onnx_model=, the model exported from these weights)")
+    for name, mask in targets.items():
+        if mask.shape != tuple(parameters[name].shape):
+            raise ValueError(f"mask for {name} has shape {mask.shape}, parameter {tuple(parameters[name].shape)}")
+    return targets
+
+
 def _targets(model: torch.nn.Module, plans: Mapping[Union[str, Site], MaskLike],
              onnx_model: Optional[Union[str, os.PathLike, onnx.ModelProto]]) -> dict[str, np.ndarray]:
     """Parameter name -> mask in the parameter's layout (module rules)."""
@@ -81,24 +103,7 @@ def _targets(model: torch.nn.Module, plans: Mapping[Union[str, Site], MaskLike],
         layouts = _weight_layouts(proto)
         values = {name: p.detach().cpu().numpy() for name, p in parameters.items()}
         bindings = bind_initializers(float_initializers(proto), values)
-    targets = {}
-    for key, plan in plans.items():
-        name = key.weight if isinstance(key, Site) else key
-        mask = _as_bool(plan)
-        if name in layouts and name in bindings:
-            for binding in bindings[name]:  # the parameter holds the initializer, or its transpose
-                layout = layouts[name].flipped() if binding.transposed else layouts[name]
-                targets[binding.parameter] = layout.from_matrix(mask)
-        elif name in parameters:
-            targets[name] = mask
-        elif onnx_model is None:
-            raise ValueError(f"{name!r} is no parameter name; pass onnx_model= to resolve ONNX initializer names")
-        else:
-            raise ValueError(f"{name!r} is neither a parameter nor a MatMul/Gemm weight bound to one")
-    for name, mask in targets.items():
-        if mask.shape != tuple(parameters[name].shape):
-            raise ValueError(f"mask for {name} has shape {mask.shape}, parameter {tuple(parameters[name].shape)}")
-    return targets
+    return parameter_masks(plans, parameters, layouts, bindings)
 
 
 def apply_block_mask(model: torch.nn.Module, plans: Mapping[Union[str, Site], MaskLike],

@@ -1,8 +1,9 @@
 """Low-rank factorisation of ``nn.Linear`` layers: the peer that keeps every layer dense but thinner.
 
-Rule: ``W [out, in] = U S V^T`` (``torch.linalg.svd``); rank r keeps the r largest singular values and the
-layer becomes ``Sequential(Linear(in, r, bias=False), Linear(r, out))`` with weights ``sqrt(S_r) V_r^T`` and
-``U_r sqrt(S_r)`` and the original bias on the second: the best rank-r approximation of ``W`` (Eckart-Young),
+Rule: ``W [out, in] = U S V^T``; rank r keeps the r largest singular values and the layer becomes
+``Sequential(Linear(in, r, bias=False), Linear(r, out))`` with weights ``sqrt(S_r) V_r^T`` and ``U_r sqrt(S_r)``
+(the factors the ONNX low-rank rewrite uses, ``onnx_decomp_passes.forms.lowrank.factors``) and the original
+bias on the second: the best rank-r approximation of ``W`` (Eckart-Young),
 ``r * (in + out)`` multiply-accumulates per row instead of ``in * out``. Fine-tune afterwards to win back
 what the truncation lost.
 """
@@ -14,6 +15,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from onnx_decomp_passes.forms.lowrank import factors
+
 
 def rank_for_macs(n_out: int, n_in: int, macs: float) -> int:
     """The largest rank whose factorised layer costs at most ``macs`` per row (at least 1, at most full)."""
@@ -22,13 +25,13 @@ def rank_for_macs(n_out: int, n_in: int, macs: float) -> int:
 
 def factorized(layer: nn.Linear, rank: int) -> nn.Sequential:
     """``layer`` as the rank-``rank`` product of the module rule."""
+    up, down = factors(layer.weight.detach().cpu().numpy(), rank)
+    weight = layer.weight
+    first = nn.Linear(layer.in_features, rank, bias=False, device=weight.device, dtype=weight.dtype)
+    second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        u, s, vt = torch.linalg.svd(layer.weight.detach().to(torch.float64), full_matrices=False)
-        root = s[:rank].sqrt()
-        first = nn.Linear(layer.in_features, rank, bias=False)
-        second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
-        first.weight.copy_((root[:, None] * vt[:rank]).to(layer.weight.dtype))
-        second.weight.copy_((u[:, :rank] * root[None, :]).to(layer.weight.dtype))
+        first.weight.copy_(torch.from_numpy(down))
+        second.weight.copy_(torch.from_numpy(up))
         if layer.bias is not None:
             second.bias.copy_(layer.bias)
     return nn.Sequential(first, second)

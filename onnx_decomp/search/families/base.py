@@ -83,12 +83,16 @@ class Structure:
 
 @dataclass
 class Unit(abc.ABC):
-    """Layers planned together (in topological order), their rungs, and the evidence they use (per site)."""
+    """Layers planned together (in topological order), their rungs, and the evidence they use (per site).
+    ``nested``: every rung keeps less than the one before (fewer units, a lower rank), so a rung that breaks
+    the tolerance ends the ladder; block partitions are not nested (a k=2 cut can split natural blocks that
+    k=4 keeps)."""
 
     layers: list[Layer]
     rungs: list
     evidence: Mapping[Site, Optional[np.ndarray]] = field(repr=False)
     family = ""  # the registered name of the family making the unit
+    nested = False
 
     @property
     def name(self) -> str:

@@ -41,6 +41,7 @@ class LowRankCut(Cut):
 class LowRankUnit(Unit):
     spectral: int = 0  # the confirmed directions (the first rung when it saves MACs)
     family = "lowrank"
+    nested = True
 
     def label(self, rung: int) -> str:
         rank = self.rungs[rung]

@@ -23,8 +23,7 @@ import numpy as np
 from onnx_decomp.search.families.base import Cut, Family, Norms, SearchSpace, Structure, Unit
 from onnx_decomp.search.network import Layer, Stored
 from onnx_decomp.search.refit import Refitter, plain_cut
-from onnx_decomp_passes import BlockPlan, Branch, SlicePlan, find_chains
-from onnx_decomp_passes.fold_permutation import feature_space
+from onnx_decomp_passes import BlockPlan, Branch, SlicePlan, feature_space, find_chains
 
 SHARES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)  # of the hidden units kept, cautious to aggressive
 
@@ -70,6 +69,7 @@ class SliceCut(Cut):
 class UnitsUnit(Unit):
     scores: Optional[np.ndarray] = None  # per hidden unit, higher is kept longer
     family = "units"
+    nested = True
 
     def label(self, rung: int) -> str:
         return f"keep {self.rungs[rung]:.1%} of units"
