@@ -177,7 +177,7 @@ class _Follower:
                 value == 0 and heads.axis == index
             if index != found and follows:
                 raise _Refused(f"{name}: entry {index} carries the heads' dim to another axis")
-            if index != found or follows or value == -1:
+            if index != found or follows or (kind == "const" and value == -1):
                 continue
             if kind == "dim" or value == 0:
                 raise _Refused(f"{name}: its heads' entry copies a dim that keeps its size")

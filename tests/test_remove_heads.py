@@ -24,9 +24,14 @@ def bert_like(rng, extra: str = ""):
     """x [N, S, D], mask [N, 1, 1, S] -> q, k, v (MatMul + Add) -> Reshape [0, 0, H, DH] -> Transpose ->
     Q K^T / sqrt(DH) + mask -> Softmax -> A V -> Transpose -> Reshape [0, 0, D] -> o (MatMul + Add); o's
     columns of heads 0 and 2 are zero. ``extra``: "alibi" adds a per-head constant to the scores, "probs"
-    makes the probabilities a graph output."""
-    nodes, inits = [], [tensor("split", np.array([0, 0, H, DH])), tensor("merge", np.array([0, 0, D])),
-                        tensor("scale", np.float32(np.sqrt(DH)))]
+    makes the probabilities a graph output, "computed" computes the split shape from x's."""
+    nodes, inits = [], [tensor("merge", np.array([0, 0, D])), tensor("scale", np.float32(np.sqrt(DH)))]
+    if extra == "computed":  # Hugging Face's x.size()[:-1] + (H, DH) as the legacy exporter writes it
+        nodes += [helper.make_node("Shape", ["x"], ["xs"]), helper.make_node("Slice", ["xs", "zero", "two"], ["lead"]),
+                  helper.make_node("Concat", ["lead", "tail"], ["split"], axis=0)]
+        inits += [tensor("zero", np.array([0])), tensor("two", np.array([2])), tensor("tail", np.array([H, DH]))]
+    else:
+        inits.append(tensor("split", np.array([0, 0, H, DH])))
     for name in "qkv":
         nodes += [helper.make_node("MatMul", ["x", f"W{name}"], [f"{name}m"], name=name),
                   helper.make_node("Add", [f"{name}m", f"b{name}"], [f"{name}b"]),
@@ -97,7 +102,8 @@ def test_removed_heads_shrink_the_projections_and_the_head_count_constants_and_e
 
 
 @pytest.mark.parametrize("extra, reason", [("alibi", "alibi varies along the heads"),
-                                           ("probs", "probs holds the heads and is a graph output")])
+                                           ("probs", "probs holds the heads and is a graph output"),
+                                           ("computed", "the head count sits in a shape computed in the graph")])
 def test_a_block_whose_heads_cannot_be_removed_is_refused_with_the_reason(rng, extra, reason):
     model = bert_like(rng, extra)
     graph = gs.import_onnx(model)
