@@ -5,9 +5,6 @@ Rules:
 - The trained weights come back from ``models/char_lm/model.onnx``: a model made with the training seed
   holds the recorded initialization, which binds to ``init.onnx`` by value, and so every initializer name
   of the exported model to its parameter (``onnx_decomp.torch.load_initializers``).
-- Ours in PyTorch: the annealed, refitted weights (``masked.onnx``) with the annealed structure taken on
-  (``onnx_decomp.torch.apply_structure``: block masks, low-rank factors, hidden units removed), so that it
-  computes what the rewritten model computes, whatever families annealing chose.
 - Fine-tuning (every method, the same budget): AdamW lr ``FT_LR``, weight decay 0.01, ``FT_WARMUP`` steps of
   linear warm-up, cosine decay to zero, batches of 32 random training windows from a generator seeded
   with ``FT_SEED`` (the same batches for every method), masked entries held at zero where a mask or a
@@ -21,10 +18,9 @@ Rules:
 
 from __future__ import annotations
 
-import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import onnx
@@ -33,14 +29,13 @@ from torch import nn
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.runtime.sessions import make_session
-from onnx_decomp.torch import (AppliedStructure, BlockMask, apply_structure, bind_initializers, export, factorize,
-                               finetune_under_mask, load_initializers, prune_structured)
+from onnx_decomp.torch import (AppliedStructure, BlockMask, bind_initializers, export, finetune_under_mask,
+                               load_initializers, prune_structured)
 from onnx_decomp.torch.binding import float_initializers
-from onnx_decomp_passes import Plan, Site
 from onnx_decomp_models import char_lm
 from onnx_decomp_models.char_lm import CONTEXT, OUT, SEED, CharLM, RandomWindows, next_char_loss
 from onnx_decomp_models.common import deterministic, warmup_cosine
-from onnx_decomp_models.comparison import pruned_widths, ranks_within, weight_macs, whitened_low_rank
+from onnx_decomp_models.comparison import pruned_widths, weight_macs
 
 FT_LR, FT_WARMUP, FT_SEED, CALIBRATION, TAYLOR_BATCHES = 5e-4, 20, 1, 256, 8
 
@@ -71,6 +66,11 @@ def parameter_names(folder: Path = OUT) -> dict[str, tuple]:
     return bind_initializers(float_initializers(onnx.load(str(folder / "init.onnx"))), values)
 
 
+def model() -> CharLM:
+    """The trained model in PyTorch (``model_from_onnx`` of ``models/char_lm/model.onnx``)."""
+    return model_from_onnx(OUT / "model.onnx")
+
+
 def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
     """A CharLM holding the weights of ``path``, a model with ``folder/model.onnx``'s initializer names
     (the trained model, or an annealed one)."""
@@ -81,12 +81,6 @@ def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
     if missing:
         raise ValueError(f"{path}: no weights for {sorted(missing)}")
     return model
-
-
-def structured_model(masked: Path, plans: Mapping[Site, Plan]) -> tuple[CharLM, AppliedStructure]:
-    """Ours in PyTorch (module rule): ``masked``, an annealed model of ``model.onnx``, under its ``plans``."""
-    model = model_from_onnx(masked)
-    return model, apply_structure(model, plans, masked)
 
 
 def finetune(model: nn.Module, steps: int, mask: Optional[Union[BlockMask, AppliedStructure]] = None) -> list[float]:
@@ -101,21 +95,6 @@ def block_layers(model: CharLM) -> dict[str, tuple[int, int]]:
     """Every block's Linear layers: module path -> ``(out, in)``."""
     return {name: (m.out_features, m.in_features) for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and name.startswith("blocks.")}
-
-
-def low_rank_to(model: CharLM, budget: float, whitened: bool = False) -> dict[str, int]:
-    """Every block's Linear layers at one share of their MACs within the weight MAC ``budget``
-    (``comparison.ranks_within``): their truncated SVD (``onnx_decomp.torch.factorize``) or, ``whitened``,
-    their activation-whitened one on the calibration windows (``comparison.whitened_low_rank``); the ranks."""
-    ranks = ranks_within(model, block_layers(model), budget)
-    if whitened:
-        windows = calibration_windows()
-        with tempfile.TemporaryDirectory() as folder:
-            exported = onnx.load(str(export_model(model, Path(folder) / "model.onnx")))
-        whitened_low_rank(model, exported, ranks, [{"tokens": windows[s:s + 64]} for s in range(0, len(windows), 64)])
-    else:
-        factorize(model, ranks)
-    return ranks
 
 
 def prune_to(model: CharLM, budget: float) -> tuple[int, int]:

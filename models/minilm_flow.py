@@ -34,7 +34,7 @@ from onnx_decomp_models import minilm, minilm_data
 from onnx_decomp_models.common import warmup_cosine
 from onnx_decomp_models.comparison import pruned_widths
 
-SEED, BATCH, FT_LR, FT_WARMUP, TAYLOR_BATCHES, SCALE = 0, 16, 1e-4, 10, 4, 20.0
+SEED, BATCH, FT_LR, FT_WARMUP, TAYLOR_BATCHES, SCALE = 0, 8, 1e-4, 10, 4, 20.0
 D_MODEL, HEADS, HEAD_DIM, FFN, LAYERS = 384, 12, 32, 1536, 6
 
 

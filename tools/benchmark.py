@@ -26,6 +26,7 @@ import logging
 import pickle
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -35,7 +36,7 @@ from torch import nn
 import onnx_decomp
 from onnx_decomp.config import AnnealConfig, GateConfig
 from onnx_decomp.runtime.quantize import quantize
-from onnx_decomp.torch import AppliedStructure, apply_structure
+from onnx_decomp.torch import apply_structure, factorize
 from onnx_decomp_models import comparison
 from onnx_decomp_models.comparison import OURS, PEERS, Entry, Manifest, Point
 
@@ -55,6 +56,8 @@ class Benchmark(abc.ABC):
     columns: tuple[str, ...]  # the table's score columns
     metric: str  # annealing's metric
     tolerances: tuple[float, ...]
+    flow: ModuleType  # the PyTorch side: model(), finetune(model, steps, structure), export_model(model, path),
+    # prune_to(model, budget) -> (heads, units), block_layers(model) -> {path: (out, in)}
 
     @abc.abstractmethod
     def score(self, model: onnx.ModelProto) -> dict[str, float]:
@@ -78,24 +81,28 @@ class Benchmark(abc.ABC):
 
     @abc.abstractmethod
     def anneal_options(self) -> dict:
-        """Keyword arguments of ``onnx_decomp.anneal`` beyond the calibration, config and gate."""
+        """Keyword arguments of ``onnx_decomp.anneal`` beyond the calibration, config and gate; at least
+        ``input_shapes``."""
 
-    @abc.abstractmethod
-    def torch_model(self) -> nn.Module:
-        """The dense model in PyTorch, its weights those of ``dense_path``."""
+    def calibration_batches(self) -> list[dict[str, np.ndarray]]:
+        """The calibration inputs in batches of the first dim of ``anneal_options()["input_shapes"]``."""
+        calib, shapes = self.calibration(), self.anneal_options()["input_shapes"]
+        size, rows = next(iter(shapes.values()))[0], len(next(iter(calib.values())))
+        return [{name: array[s:s + size] for name, array in calib.items()} for s in range(0, rows, size)]
 
-    @abc.abstractmethod
-    def finetune(self, model: nn.Module, steps: int, structure: Optional[AppliedStructure] = None) -> list[float]:
-        """The one fine-tuning budget of every method; the losses."""
-
-    @abc.abstractmethod
-    def export(self, model: nn.Module, path: Path) -> None:
-        """Write ``model`` as ONNX with the dense model's inputs and outputs."""
-
-    @abc.abstractmethod
     def peer(self, method: str, model: nn.Module, budget: float) -> str:
-        """Apply peer ``method`` (``comparison.PEERS``) to ``model`` in place within the weight MAC ``budget``;
-        what it kept, in words."""
+        """Apply peer ``method`` (``comparison.PEERS``) to ``model`` (the dense one) in place within the weight
+        MAC ``budget``; what it kept, in words."""
+        if method == "pruned":
+            heads, units = self.flow.prune_to(model, budget)
+            return f"{heads} heads and {units} FFN units per block"
+        ranks = comparison.ranks_within(model, self.flow.block_layers(model), budget)
+        if method == PEERS[0]:
+            comparison.whitened_low_rank(model, onnx.load(str(self.dense_path)), ranks, self.calibration_batches(),
+                                         self.anneal_options()["input_shapes"])
+        else:
+            factorize(model, ranks)
+        return f"ranks {sorted(set(ranks.values()))}"
 
     @abc.abstractmethod
     def targets(self, entries: dict[str, Entry], times: dict, int8: str) -> list[str]:
@@ -195,12 +202,12 @@ class Stages:
             name = f"{OURS} {_tag(tolerance)} +{steps} steps" + (" +int8" if scheme else "")
             if self._done(name):
                 continue
-            model = self.bench.torch_model()
+            model = self.bench.flow.model()
             plans = pickle.loads((folder / "plans.pkl").read_bytes())
             structure = apply_structure(model, plans, onnx.load(str(folder / "masked.onnx")),
                                         onnx_model=onnx.load(str(self.bench.dense_path)))
-            losses = self.bench.finetune(model, steps, structure)
-            self.bench.export(model, folder / "finetuned.onnx")
+            losses = self.bench.flow.finetune(model, steps, structure)
+            self.bench.flow.export_model(model, folder / "finetuned.onnx")
             print(f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
             proto = onnx.load(str(folder / "finetuned.onnx"))
             self._record(name, OURS, _tag(tolerance), quantize(proto, scheme) if scheme else proto, steps,
@@ -209,21 +216,21 @@ class Stages:
     def control(self) -> None:
         name = f"{DENSE} +{self.args.steps} steps"
         if not self._done(name):
-            model = self.bench.torch_model()
-            losses = self.bench.finetune(model, self.args.steps)
+            model = self.bench.flow.model()
+            losses = self.bench.flow.finetune(model, self.args.steps)
             print(f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
             self._record(name, DENSE, "", self._exported(model), self.args.steps)
 
     def _exported(self, model: nn.Module) -> onnx.ModelProto:
         path = self.work / "models" / "export.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.bench.export(model, path)
+        self.bench.flow.export_model(model, path)
         return onnx.load(str(path))
 
     def budget(self, tolerance: float) -> int:
         """Ours' weight MACs per token after the float anneal at ``tolerance``."""
         plans = pickle.loads((self.work / _tag(tolerance) / "plans.pkl").read_bytes())
-        return comparison.budget_after(plans, comparison.weight_macs(self.bench.torch_model()))
+        return comparison.budget_after(plans, comparison.weight_macs(self.bench.flow.model()))
 
     def peers(self) -> None:
         steps = self.args.steps
@@ -233,12 +240,12 @@ class Stages:
                 name = f"{method} {tag}"
                 if all(self._done(name + s) for s in ("", " +int8", f" +{steps} steps", f" +{steps} steps +int8")):
                     continue
-                model = self.bench.torch_model()
+                model = self.bench.flow.model()
                 kept = self.bench.peer(method, model, budget)
                 print(f"{name}: budget {budget:,} weight MACs per token, kept {comparison.weight_macs(model):,} "
                       f"({kept})", flush=True)
                 self._record_both(name, method, tag, self._exported(model))
-                losses = self.bench.finetune(model, steps)
+                losses = self.bench.flow.finetune(model, steps)
                 print(f"{name} +{steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
                 self._record_both(f"{name} +{steps} steps", method, tag, self._exported(model), steps)
 

@@ -32,8 +32,8 @@ import onnx_decomp
 from onnx_decomp.context import ModelContext
 from onnx_decomp.report.table import table
 from onnx_decomp_models import char_lm_flow as flow
-from onnx_decomp_models.char_lm import CONTEXT, OUT, CharLM
-from onnx_decomp_models.comparison import PEERS, Entry, ratio
+from onnx_decomp_models.char_lm import CONTEXT, OUT
+from onnx_decomp_models.comparison import Entry, ratio
 
 from benchmark import DENSE, OURS, Benchmark, main
 
@@ -49,7 +49,8 @@ class CharLMBenchmark(Benchmark):
     quality, quality_label = "accuracy", "next-character accuracy"
     columns = ("next-char accuracy (pp vs dense)", "bits/char")
     metric = "top1"
-    tolerances = (0.02, 0.05, 0.1, 0.2)
+    tolerances = (0.03, 0.06, 0.12, 0.25)
+    flow = flow
 
     def score(self, model):
         accuracy, bits = flow.scores_of(model)
@@ -70,22 +71,6 @@ class CharLMBenchmark(Benchmark):
 
     def anneal_options(self):
         return {"input_shapes": {"tokens": [64, CONTEXT]}}
-
-    def torch_model(self):
-        return flow.model_from_onnx(MODEL)
-
-    def finetune(self, model, steps, structure=None):
-        return flow.finetune(model, steps, structure)
-
-    def export(self, model, path):
-        flow.export_model(model, path)
-
-    def peer(self, method, model, budget):
-        if method == "pruned":
-            heads, units = flow.prune_to(model, budget)
-            return f"{heads} heads, {units} FFN units per block"
-        ranks = flow.low_rank_to(model, budget, whitened=method == PEERS[0])
-        return f"ranks {sorted(set(ranks.values()))}"
 
     def targets(self, entries: dict[str, Entry], times: dict, int8: str) -> list[str]:
         """Post-training within 0.5 pp of dense: 2x at batch 64 and 1.5x at batch 1 (quantization allowed);

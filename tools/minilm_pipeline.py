@@ -24,12 +24,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from onnx_decomp.torch import factorize
 from onnx_decomp_models import minilm
 from onnx_decomp_models import minilm_flow as flow
-from onnx_decomp_models.comparison import PEERS, Entry, ratio, ranks_within, whitened_low_rank
+from onnx_decomp_models.comparison import Entry, ratio
 from onnx_decomp_models.minilm_data import OUT
 from onnx_decomp_models.minilm_eval import embed, eval_inputs, evaluate
 
@@ -46,6 +44,7 @@ class MiniLMBenchmark(Benchmark):
     columns = ("recall@1 (pp vs dense)", "MRR", "cosine to dense")
     metric = "cosine"
     tolerances = (0.01, 0.02, 0.04)
+    flow = flow
 
     @cached_property
     def dense_path(self) -> Path:
@@ -74,26 +73,6 @@ class MiniLMBenchmark(Benchmark):
 
     def anneal_options(self):
         return {"input_shapes": SHAPES}
-
-    def torch_model(self):
-        return flow.model()
-
-    def finetune(self, model, steps, structure=None):
-        return flow.finetune(model, steps, structure)
-
-    def export(self, model, path):
-        flow.export_model(model, path)
-
-    def peer(self, method, model, budget):
-        if method == "pruned":
-            heads, units = flow.prune_to(model, budget)
-            return f"{heads} heads, {units} FFN units per layer"
-        ranks = ranks_within(model, flow.block_layers(model), budget)
-        if method == PEERS[0]:
-            whitened_low_rank(model, onnx.load(str(self.dense_path)), ranks, flow.calibration_batches(), SHAPES)
-        else:
-            factorize(model, ranks)
-        return f"ranks {sorted(set(ranks.values()))}"
 
     def targets(self, entries: dict[str, Entry], times: dict, int8: str) -> list[str]:
         """At a fidelity no worse than int8 alone (cosine and recall@1; ``int8``, the stronger scheme), 1.3x
