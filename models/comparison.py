@@ -215,32 +215,34 @@ COLOURS = {OURS: "#c44e52", PEERS[0]: "#4c72b0", PEERS[1]: "#55a868", PEERS[2]: 
 def tradeoff_figure(entries: Sequence[Entry], speeds: Mapping[tuple[str, int], float], batches: Sequence[int],
                     quality: str, label: str, path: Path, title: str) -> None:
     """Quality (``scores[quality]``, axis ``label``) against speed over dense, one column per batch size, post-
-    training above and fine-tuned below; ours and each peer a colour, +int8 dashed; dense and its quantized
-    forms as black markers."""
+    training above and fine-tuned below; ours and each peer a colour, one line over its budgets, +int8 dashed;
+    the dense model and its quantized forms (and below, its fine-tuned control) as black markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, grid = plt.subplots(2, len(batches), figsize=(6.5 * len(batches), 10), squeeze=False)
+    dense = next(e for e in entries if e.name == "dense").scores[quality]
     for column, batch in enumerate(batches):
         for row, trained in enumerate((False, True)):
             axes = grid[row][column]
             series: dict[str, list] = {}
             for e in entries:
-                point = (speeds[e.name, batch], e.scores[quality], e.budget)
+                point = (speeds[e.name, batch], e.scores[quality])
                 if e.method in COLOURS and bool(e.steps) == trained:
-                    series.setdefault(e.series, []).append(point)
-                elif e.method not in COLOURS and not e.steps:
-                    axes.plot(*point[:2], "k" + ("o" if e.name == "dense" else "^"), ms=6)
-                    axes.annotate(e.name, point[:2], textcoords="offset points", xytext=(4, -10), fontsize=7)
+                    series.setdefault(e.series, []).append((-e.macs, *point, e.budget))
+                elif e.method not in COLOURS and (not e.steps or trained):
+                    axes.plot(*point, "ko" if not e.quantized else "k^", ms=5)
+                    axes.annotate(e.name, point, textcoords="offset points", xytext=(4, -10), fontsize=7)
             for name, points in series.items():
                 method = next(m for m in COLOURS if name.startswith(m))
                 points.sort()
-                axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=COLOURS[method],
+                axes.plot([p[1] for p in points], [p[2] for p in points], marker="o", color=COLOURS[method],
                           linestyle="--" if name.endswith("int8") else "-", label=name)
-                for speed, value, budget in points:
+                for _, speed, value, budget in points:
                     axes.annotate(budget, (speed, value), textcoords="offset points", xytext=(3, 3), fontsize=6)
+            axes.axhline(dense, color="grey", linestyle="--", linewidth=1)
             axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
             axes.set(xlabel="speed over dense fp32 (one thread)", ylabel=label,
                      title=f"{title}: {'+ fine-tuning' if trained else 'post-training'}, batch {batch}")
