@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from onnx_decomp.torch import finetune_under_mask, record_init
-from onnx_decomp_models.common import HERE, deterministic, run_onnx, save_data, save_model
+from onnx_decomp_models.common import HERE, deterministic, run_onnx, save_data, save_model, warmup_cosine
 
 OUT = HERE / "char_lm"
 SEED, CONTEXT, D_MODEL, HEADS, FFN, LAYERS = 0, 128, 256, 8, 1024, 4
@@ -154,15 +154,6 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray
     model.eval()
     return np.concatenate([model(torch.from_numpy(x[start:start + batch])).numpy()
                            for start in range(0, len(x), batch)])
-
-
-def warmup_cosine(model: nn.Module, lr: float, warmup: int, steps: int):
-    """AdamW (weight decay 0.01) at ``lr``, linear warm-up over ``warmup`` steps and cosine decay to zero over
-    ``steps``: the optimizer and its per-step scheduler."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    return optimizer, schedule
 
 
 def train_dense(model: nn.Module, tokens: np.ndarray, steps: int = STEPS) -> list[float]:

@@ -5,16 +5,13 @@ Rules:
 - The trained weights come back from ``models/char_lm/model.onnx``: a model made with the training seed
   holds the recorded initialization, which binds to ``init.onnx`` by value, and so every initializer name
   of the exported model to its parameter (``onnx_decomp.torch.load_initializers``).
-- Ours in PyTorch: the annealed, refitted weights (``masked.onnx``) with the annealed structure taken on
-  (``onnx_decomp.torch.apply_structure``: block masks, low-rank factors, hidden units removed), so that it
-  computes what the rewritten model computes, whatever families annealing chose.
 - Fine-tuning (every method, the same budget): AdamW lr ``FT_LR``, weight decay 0.01, ``FT_WARMUP`` steps of
   linear warm-up, cosine decay to zero, batches of 32 random training windows from a generator seeded
   with ``FT_SEED`` (the same batches for every method), masked entries held at zero where a mask or a
   structure with block masks is given.
-- Weight MACs: multiply-accumulates per token of the model's ``nn.Linear`` layers (the embeddings gather);
-  the attention's own products (scores, weighted values) are not weights and are the same for every
-  method except head pruning. A peer meets a budget by reaching the largest weight MACs not above it.
+- Weight MACs and the peers' rules at a budget: ``comparison`` (the embeddings gather; the attention's own
+  products are not weights and are the same for every method except head pruning); low rank and pruning
+  act on the blocks' Linear layers.
 - Calibration for annealing: ``CALIBRATION`` windows at seeded random offsets of the training text, so
   that annealing, fine-tuning and evaluation never see the evaluation windows.
 """
@@ -23,7 +20,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import onnx
@@ -32,13 +29,13 @@ from torch import nn
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.runtime.sessions import make_session
-from onnx_decomp.torch import (AppliedStructure, BlockMask, apply_structure, bind_initializers, export, factorize,
-                               finetune_under_mask, load_initializers, prune_structured, rank_for_macs)
+from onnx_decomp.torch import (AppliedStructure, BlockMask, bind_initializers, export, finetune_under_mask,
+                               load_initializers, prune_structured)
 from onnx_decomp.torch.binding import float_initializers
-from onnx_decomp_passes import Plan, Site
 from onnx_decomp_models import char_lm
 from onnx_decomp_models.char_lm import CONTEXT, OUT, SEED, CharLM, RandomWindows, next_char_loss
-from onnx_decomp_models.common import deterministic
+from onnx_decomp_models.common import deterministic, warmup_cosine
+from onnx_decomp_models.comparison import pruned_widths, weight_macs
 
 FT_LR, FT_WARMUP, FT_SEED, CALIBRATION, TAYLOR_BATCHES = 5e-4, 20, 1, 256, 8
 
@@ -69,6 +66,11 @@ def parameter_names(folder: Path = OUT) -> dict[str, tuple]:
     return bind_initializers(float_initializers(onnx.load(str(folder / "init.onnx"))), values)
 
 
+def model() -> CharLM:
+    """The trained model in PyTorch (``model_from_onnx`` of ``models/char_lm/model.onnx``)."""
+    return model_from_onnx(OUT / "model.onnx")
+
+
 def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
     """A CharLM holding the weights of ``path``, a model with ``folder/model.onnx``'s initializer names
     (the trained model, or an annealed one)."""
@@ -81,59 +83,28 @@ def model_from_onnx(path: Path, folder: Path = OUT) -> CharLM:
     return model
 
 
-def structured_model(masked: Path, plans: Mapping[Site, Plan]) -> tuple[CharLM, AppliedStructure]:
-    """Ours in PyTorch (module rule): ``masked``, an annealed model of ``model.onnx``, under its ``plans``."""
-    model = model_from_onnx(masked)
-    return model, apply_structure(model, plans, masked)
-
-
 def finetune(model: nn.Module, steps: int, mask: Optional[Union[BlockMask, AppliedStructure]] = None) -> list[float]:
     """The one fine-tuning budget of every method (module rule); mean loss per tenth of the steps."""
-    optimizer, schedule = char_lm.warmup_cosine(model, FT_LR, FT_WARMUP, steps)
+    optimizer, schedule = warmup_cosine(model, FT_LR, FT_WARMUP, steps)
     epochs = 10 if steps % 10 == 0 else 1
     return finetune_under_mask(model, next_char_loss, RandomWindows(tokens()[0], steps // epochs, seed=FT_SEED),
                                epochs=epochs, optimizer=optimizer, scheduler=schedule, mask=mask)
 
 
-def weight_macs(model: nn.Module) -> int:
-    """Multiply-accumulates per token of the model's Linear layers."""
-    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-
-
-def low_rank_to(model: CharLM, budget: float) -> dict[str, int]:
-    """Every block's Linear layers factorised (``onnx_decomp.torch.factorize``) at one share of its MACs,
-    the largest share whose ranks keep the model's weight MACs within ``budget``; the ranks."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")}
-    fixed = weight_macs(model) - sum(m.in_features * m.out_features for m in layers.values())
-
-    def ranks(share: float) -> dict[str, int]:
-        return {name: rank_for_macs(m.out_features, m.in_features, share * m.in_features * m.out_features)
-                for name, m in layers.items()}
-
-    def cost(chosen: dict[str, int]) -> int:
-        return fixed + sum(r * (layers[n].in_features + layers[n].out_features) for n, r in chosen.items())
-
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if cost(ranks(middle)) <= budget else (low, middle)
-    chosen = ranks(low)
-    factorize(model, chosen)
-    return chosen
+def block_layers(model: CharLM) -> dict[str, tuple[int, int]]:
+    """Every block's Linear layers: module path -> ``(out, in)``."""
+    return {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.startswith("blocks.")}
 
 
 def prune_to(model: CharLM, budget: float) -> tuple[int, int]:
-    """Whole heads and FFN units pruned alike in every block (``onnx_decomp.torch.prune_structured``, Taylor
-    importance on ``TAYLOR_BATCHES`` training batches): the head count nearest the budget's share, then the
-    FFN width that brings the weight MACs within ``budget``. Returns (heads kept, FFN units kept) per block."""
+    """Whole heads and FFN units pruned alike in every block (``comparison.pruned_widths``;
+    ``onnx_decomp.torch.prune_structured``, Taylor importance on ``TAYLOR_BATCHES`` training batches) within
+    the weight MAC ``budget``. Returns (heads kept, FFN units kept) per block."""
     block = model.blocks[0]
-    d, heads, width, layers = block.q.in_features, block.q.out_features // block.head_dim, block.up.out_features, \
-        len(model.blocks)
-    fixed = weight_macs(model) - layers * (4 * d * d + 2 * d * width)
-    share = (budget - fixed) / (weight_macs(model) - fixed)
-    kept_heads = int(min(heads, max(1, round(share * heads))))
-    attention = 4 * d * block.head_dim * kept_heads
-    kept_units = int(min(width, max(1, ((budget - fixed) / layers - attention) // (2 * d))))
+    d, heads, width = block.q.in_features, block.q.out_features // block.head_dim, block.up.out_features
+    fixed = weight_macs(model) - sum(o * i for o, i in block_layers(model).values())
+    kept_heads, kept_units = pruned_widths(d, heads, block.head_dim, width, len(model.blocks), budget - fixed)
     num_heads = {p: heads for b in model.blocks for p in (b.q, b.k, b.v)}
     batches = list(RandomWindows(tokens()[0], TAYLOR_BATCHES, seed=FT_SEED + 1))
     prune_structured(model, torch.from_numpy(calibration_windows(2)), num_heads, [model.token, model.position,

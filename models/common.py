@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -71,3 +73,12 @@ def components(path: Path, initializer: str) -> int:
     """Independent blocks of an exported weight's nonzero pattern (``plan_from_support(W != 0)``)."""
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     return len(plan_from_support(weights[initializer] != 0).branches)
+
+
+def warmup_cosine(model: torch.nn.Module, lr: float, warmup: int, steps: int):
+    """AdamW (weight decay 0.01) at ``lr``, linear warm-up over ``warmup`` steps and cosine decay to zero over
+    ``steps``: the optimizer and its per-step scheduler."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    return optimizer, schedule

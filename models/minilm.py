@@ -110,12 +110,13 @@ def torch_embeddings(model: SentenceEmbedder, inputs: dict[str, np.ndarray]) -> 
     return model(*(torch.from_numpy(inputs[name]) for name in INPUTS)).numpy()
 
 
-def export(model: SentenceEmbedder, path: Path = MODEL) -> Path:
-    """Write ``model`` to ``path`` (module docstring) with ``onnx_decomp.torch.export``, atomically."""
+def export(model: SentenceEmbedder, path: Path = MODEL, record: bool = True) -> Path:
+    """Write ``model`` to ``path`` (module docstring) with ``onnx_decomp.torch.export``, atomically; without
+    ``record``, no nulls (a model whose layers are no longer the pretrained ones)."""
     example = encode(["An example sentence.", "A second, somewhat longer example sentence for the batch."])
     dims = {0: "batch", 1: torch.export.Dim("sequence", max=512)}
     init = record_init(model, {f"{name}.weight": INIT for name, module in model.named_modules()
-                               if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))})
+                               if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}) if record else None
     return export_onnx(model, tuple(torch.from_numpy(example[name]) for name in INPUTS), path, init,
                        dynamic_shapes=dict.fromkeys(INPUTS, dims), input_names=list(INPUTS), output_names=[OUTPUT],
                        opset_version=OPSET, metadata={SOURCE_KEY: source_digest()}).path

@@ -51,17 +51,17 @@ class Pair:
     body: str
 
 
-def _definitions(node: ast.AST, prefix: str = ""):
+def definitions(node: ast.AST, prefix: str = ""):
     """``(qualified name, node)`` of every function and class under ``node``, in source order."""
     for child in ast.iter_child_nodes(node):
         if isinstance(child, DEFINITIONS):
             yield prefix + child.name, child
-            yield from _definitions(child, f"{prefix}{child.name}.")
+            yield from definitions(child, f"{prefix}{child.name}.")
         else:
-            yield from _definitions(child, prefix)
+            yield from definitions(child, prefix)
 
 
-def _pair(module: str, name: str, docstring: str):
+def pair(module: str, name: str, docstring: str):
     head, blank, body = docstring.partition("\n\n")
     summary, body = " ".join(head.split()), body.strip()
     if blank and len(summary.split()) >= MIN_SUMMARY and len(body.split()) >= MIN_BODY:
@@ -79,11 +79,11 @@ def corpus_pairs(root: Path = Path(sysconfig.get_paths()["stdlib"])) -> tuple[li
         source = path.read_bytes()
         digest.update(relative.as_posix().encode() + b"\0" + source)
         module = ".".join(relative.with_suffix("").parts)
-        for name, node in _definitions(ast.parse(source)):
+        for name, node in definitions(ast.parse(source)):
             docstring = ast.get_docstring(node)
-            pair = docstring and _pair(module, name, docstring)
-            if pair:
-                pairs.append(pair)
+            found = docstring and pair(module, name, docstring)
+            if found:
+                pairs.append(found)
     counts = Counter(text for pair in pairs for text in (pair.summary, pair.body))
     return [p for p in pairs if counts[p.summary] == counts[p.body] == 1], digest.hexdigest()
 

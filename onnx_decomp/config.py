@@ -193,7 +193,9 @@ class AnnealConfig:
     bootstrap resamples for the stability check; random input sets used when no calibration data is given;
     ``blas_threads``: the threads numpy's BLAS may use meanwhile (None: leave it alone; default 1, because idle
     BLAS threads spin and fight ONNX Runtime's between the runs: tools/bench_anneal_large.py at 4 x 1024 took
-    233 s with OpenBLAS's default 2 threads, 21 s with 1). ``quantize``: a quantization scheme
+    233 s with OpenBLAS's default 2 threads, 21 s with 1). ``search_samples``: the most tuning samples per fold
+    the search runs (None: all; every candidate runs both folds once, so this bounds a step's cost; the
+    report's fidelity is measured on every held-out sample). ``quantize``: a quantization scheme
     (``runtime.quantize.SCHEMES``) applied last, inside the same budget. ``families``: the structure families searched (names registered in ``search.families``; None: all); per
     family settings: ``block`` (``BlockSettings``) and ``square`` (``SquareSettings``)."""
 
@@ -208,6 +210,7 @@ class AnnealConfig:
     random_sets: int = 8
     blas_threads: Optional[int] = 1
     seed: int = 0
+    search_samples: Optional[int] = 64
     outputs: Optional[tuple[str, ...]] = None
     quantize: Optional[str] = None
     families: Optional[tuple[str, ...]] = None
@@ -224,6 +227,8 @@ class AnnealConfig:
                   (self.batch_size >= 1 and self.max_rows >= 1, "batch size and rows kept must be at least 1"),
                   ((self.ridge or 0) >= 0 and self.bootstrap >= 0, "ridge and bootstrap count must be >= 0"),
                   (self.random_sets >= 2, f"random input sets must be at least 2, got {self.random_sets}"),
+                  (self.search_samples is None or self.search_samples >= 1,
+                   f"--search-samples must be at least 1, got {self.search_samples}"),
                   (self.blas_threads is None or self.blas_threads >= 1, "BLAS threads must be at least 1")]
         for ok, message in checks:
             if not ok:

@@ -181,6 +181,33 @@ class SlicePlan(Plan):
         return rows * cols
 
 
+@dataclass(frozen=True)
+class HeadsPlan(SlicePlan):
+    """A ``SlicePlan`` that keeps whole attention heads: ``heads`` heads of ``n / heads`` features each, on the
+    rows of a query, key or value projection or the columns of the output projection (``remove_heads``)."""
+
+    heads: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        for kept, n in ((self.rows, self.n_out), (self.cols, self.n_in)):
+            if kept is None:
+                continue
+            width = n // self.heads if self.heads >= 2 and n % self.heads == 0 else 0
+            if not width or not np.array_equal(kept, whole_heads(kept // width, width)):
+                raise ValueError(f"a heads plan keeps whole heads: {n} features in {self.heads} heads")
+
+    def kept_heads(self) -> np.ndarray:
+        """The heads kept, by index."""
+        kept, n = (self.rows, self.n_out) if self.rows is not None else (self.cols, self.n_in)
+        return np.unique(kept // (n // self.heads)) if kept is not None else np.arange(self.heads)
+
+
+def whole_heads(heads: np.ndarray, width: int) -> np.ndarray:
+    """The features of ``heads`` (each ``width`` wide, in order)."""
+    return (np.unique(heads)[:, None] * width + np.arange(width)).reshape(-1)
+
+
 ROW_CHUNK = 1 << 22  # support entries scanned at a time while building the component graph
 
 

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from .features import FeatureSpace, feature_space
 from .fold_permutation import Folding
 from .infra import Pass, PassError, PassResult
-from .ops import find_weighted_ops
+from .ops import WeightedOp, find_weighted_ops
 from .plan import SlicePlan
 from .site import Site
 
@@ -39,6 +39,16 @@ def _forget_shapes(space: FeatureSpace) -> None:
         stack += [node.outputs[0] for node in tensor.outputs if id(node) not in consumers]
 
 
+def planned_ops(graph: gs.Graph, plans: Mapping[Site, object]) -> tuple[dict[int, WeightedOp], dict[Site, WeightedOp]]:
+    """The graph's weighted ops by node id and by site; a ``PassError`` where a plan names no weighted op."""
+    ops, _ = find_weighted_ops(graph)
+    by_node, by_site = {id(op.node): op for op in ops}, {op.site: op for op in ops}
+    missing = sorted(set(plans) - set(by_site))
+    if missing:
+        raise PassError(f"plans name nodes that are not weighted ops: {[s.node for s in missing]}")
+    return by_node, by_site
+
+
 class RemoveUnits(Pass):
     __doc__ = __doc__
 
@@ -46,11 +56,7 @@ class RemoveUnits(Pass):
         self.plans = dict(plans)
 
     def call(self, graph: gs.Graph) -> PassResult[Folding]:
-        ops, _ = find_weighted_ops(graph)
-        by_node, by_site = {id(op.node): op for op in ops}, {op.site: op for op in ops}
-        missing = sorted(set(self.plans) - set(by_site))
-        if missing:
-            raise PassError(f"plans name nodes that are not weighted ops: {[s.node for s in missing]}")
+        by_node, by_site = planned_ops(graph, self.plans)
         removal = Folding()
         for site, plan in self.plans.items():
             if plan.rows is None:

@@ -35,7 +35,8 @@ def test_annealing_cuts_the_localized_chain_along_the_planted_groups(tmp_path):
     path = tmp_path / "localized.onnx"
     export(model, (torch.from_numpy(x_calib[:2]),), path, init, input_names=["input"], output_names=["output"])
 
-    _, report = onnx_decomp.anneal(path, {"input": x_calib}, tolerance=0.3, gate="flops")
+    _, report = onnx_decomp.anneal(path, {"input": x_calib}, tolerance=0.3, gate="flops",
+                                   config=onnx_decomp.AnnealConfig(search_samples=None))
 
     chain = [s for s in report.accepted if "+" in s.candidate.unit]
     assert chain and chain[-1].candidate.structure == f"k={GROUPS}"

@@ -39,3 +39,16 @@ def test_calibration_splits_batches_and_drops_what_fills_no_fixed_batch(rng):
     given = calibration(ctx, AnnealConfig(), {"x": x}, inputs={"x": x[:8] + 1, "y": np.zeros(8, np.int64)})
     assert given.validation == "--inputs" and len(given.held_out) == 8 and len(given.tuning) == 20
     assert "y" in given.held_out.labels  # labels of the validation set ride in the --inputs file
+
+
+def test_the_search_runs_at_most_search_samples_per_fold_and_the_held_out_part_stays_whole(rng):
+    ctx = ModelContext.load(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
+                                       [value("x", ["N", 6])], [value("y", ["N", 3])],
+                                       [tensor("W", rng.standard_normal((3, 6)).astype(np.float32))]))
+    x = rng.standard_normal((100, 6))
+    capped = calibration(ctx, AnnealConfig(search_samples=10), {"x": x})
+    assert [len(fold) for fold in capped.folds] == [10, 10] and len(capped.tuning) == 20
+    assert len(capped.held_out) == 50 and any("tunes on 20 of the 50 tuning samples" in n for n in capped.notes)
+    whole = calibration(ctx, AnnealConfig(search_samples=None), {"x": x})
+    assert [len(fold) for fold in whole.folds] == [25, 25] and not any("--search-samples" in n for n in whole.notes)
+    assert set(map(tuple, capped.folds[0].inputs["x"].tolist())) <= set(map(tuple, whole.folds[0].inputs["x"].tolist()))

@@ -223,6 +223,9 @@ class AnnealOptions(Options):
                             help="measure fidelity on this output (repeatable; default: every float output)")
         parser.add_argument("--tolerance", type=float, default=defaults.tolerance, metavar="X",
                             help="the fidelity budget on --metric (default %(default)s)")
+        parser.add_argument("--search-samples", type=int, default=defaults.search_samples, metavar="N",
+                            help="the most tuning samples per fold the search runs a candidate on (default "
+                            "%(default)s; 0: all); the reported fidelity uses every held-out sample")
         parser.add_argument("--held-out", type=float, default=defaults.held_out, metavar="F",
                             help="fraction of the calibration samples held out for the reported fidelity "
                             "(default %(default)s)")
@@ -245,6 +248,7 @@ class AnnealOptions(Options):
 
     def parse(self, args: argparse.Namespace) -> AnnealConfig:
         return AnnealConfig(args.metric, args.tolerance, not args.no_refit, args.held_out, bootstrap=args.bootstrap,
+                            search_samples=args.search_samples or None,
                             seed=args.seed, outputs=args.outputs, quantize=args.quantize, families=args.families,
                             block=BlockSettings(args.blocks, not args.unbalanced),
                             square=SquareSettings(tuple(args.square)))

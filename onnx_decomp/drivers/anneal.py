@@ -7,8 +7,9 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: the final structure refitted on the whole tuning part, its held-out fidelity with and without
   refit, stability over bootstrap resamples, the masked, refitted dense model.
-- ``rewrite``: hidden units removed where a family removed them (``RemoveUnits``), then the exact path
-  (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
+- ``rewrite``: heads and hidden units removed where a family removed them (``RemoveHeads``, ``RemoveUnits``),
+  then the exact path (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each
+  node's form).
 - ``verify``: the rewritten model checked element by element against the masked, refitted dense model
   (``EXACT_RTOL``; a mismatch raises ``ValidationError`` carrying the report), quantized last if asked
   (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
@@ -57,7 +58,7 @@ from onnx_decomp.search.schedule import Annealer
 from onnx_decomp.search.stability import stability
 from onnx_decomp.stats.analyze import analyze_context
 from onnx_decomp.io.graph import export_graph, import_graph
-from onnx_decomp_passes import Plan, RemoveUnits, SlicePlan, Site
+from onnx_decomp_passes import HeadsPlan, Plan, RemoveHeads, RemoveUnits, SlicePlan, Site
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +108,16 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
     network = Network(ctx, session, config.max_rows, config.seed)
     fidelity = FidelityGate(network, data, config.metric, config.tolerance, config.outputs, original) \
         if network.layers else None
-    units = build_units(SearchSpace(network, network.shapes, analysis.evidence, config, analysis.nulls,
-                                    fidelity.dense_taps)) if network.layers else []
+    space = SearchSpace(network, network.shapes, analysis.evidence, config, analysis.nulls,
+                        fidelity.dense_taps if fidelity else {})
+    units = build_units(space) if network.layers else []
     report = AnnealReport(
         ctx.label, config.metric, config.tolerance, config.refit,
         {"source": data.source, "tuning": len(data.tuning), "validation": len(data.held_out),
          "validation_set": data.validation},
         [UnitInfo(u.name, u.family, [layer.weight for layer in u.layers], [u.label(r) for r in range(len(u.rungs))])
          for u in units], [], network.dense_macs, left_out=network.left_out, warnings=list(data.warnings),
-        notes=[*ctx.notes, *data.notes, *(fidelity.notes if fidelity else [])])
+        notes=[*ctx.notes, *data.notes, *(fidelity.notes if fidelity else []), *space.notes])
     run = Annealing(ctx, data, config, network, report, fidelity)
     if fidelity is not None and config.quantize is not None:
         alone = fidelity.compare(fidelity.outputs_of(_quantized(network.proto, run), session, "tuning"))
@@ -145,14 +147,16 @@ def finalize(run: Annealing) -> None:
     report.masked = run.network.model_with(run.weights)
 
 
-def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan]) -> onnx.ModelProto:
-    """The masked model with the units its slice plans remove gone (``RemoveUnits``; exact: their consumers'
-    columns are zero in it)."""
+def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan], shapes: dict[str, list]) -> onnx.ModelProto:
+    """The masked model with the heads and units its slice plans remove gone (``RemoveHeads``, ``RemoveUnits``;
+    exact: their consumers' columns are zero in it)."""
     slices = {site: plan for site, plan in plans.items() if isinstance(plan, SlicePlan)}
     if not slices:
         return masked
+    heads = {site: plan for site, plan in slices.items() if isinstance(plan, HeadsPlan)}
     graph = import_graph(masked)
-    RemoveUnits(slices)(graph)
+    RemoveHeads(heads, shapes)(graph)
+    RemoveUnits({site: plan for site, plan in slices.items() if site not in heads})(graph)
     return export_graph(graph, like=masked)
 
 
@@ -160,7 +164,7 @@ def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session
     """The rewrite stage (module rule): units removed, then the exact path for the other plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
     run.model, run.report.decomposition = decompose(
-        removed_units(run.report.masked, run.report.plans), input_shapes=input_shapes, gate=gate,
+        removed_units(run.report.masked, run.report.plans, run.network.shapes), input_shapes=input_shapes, gate=gate,
         support=AnnealedSupport(plans), session=session, validation=ValidationConfig(check=0))
     notes = run.report.decomposition.notes
     run.report.decomposition.notes = [n for n in notes if not n.startswith("validation skipped")]

@@ -14,7 +14,9 @@ Rules:
   measured on the held-out part. Validation arrays given separately (``--inputs``, with labels under output
   names in the same file) are the final validation set instead, and every calibration sample tunes.
 - The tuning part is cut into two seeded folds, kept in that order (fold 0, then fold 1): a refit fitted
-  on one fold is judged on the other (``search.schedule``).
+  on one fold is judged on the other (``search.schedule``). Each fold keeps at most ``search_samples`` of its
+  samples (a seeded choice, noted when it leaves some out): every candidate runs both folds, so this bounds
+  what one step of the search costs.
 - Batches: an input whose first dimension is fixed in the model is fed exactly that many samples at a time
   (a remainder that fills no batch is dropped, noted); otherwise up to ``batch_size`` samples at a time.
 - No calibration data: ``random_sets`` batches of random inputs at the run's input shapes
@@ -179,9 +181,14 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
     held_out = held_out.subset(unseen)
     step = fixed or 1
     order = np.random.default_rng(config.seed + 1).permutation(len(tuning))
-    folds = tuple(tuning.subset(np.sort(half)).whole(step) for half in np.array_split(order, 2))
+    cap = config.search_samples or len(tuning)
+    folds = tuple(tuning.subset(np.sort(half[:cap])).whole(step) for half in np.array_split(order, 2))
+    if sum(len(half) for half in np.array_split(order, 2)) > 2 * cap:
+        notes.append(f"the search tunes on {2 * cap} of the {len(tuning)} tuning samples ({cap} per fold, "
+                     "--search-samples)")
     whole = held_out.whole(step)
-    dropped = {"tuning": len(tuning) - sum(len(f) for f in folds), "validation": len(held_out) - len(whole)}
+    dropped = {"tuning": min(len(tuning), 2 * cap) - sum(len(f) for f in folds),
+               "validation": len(held_out) - len(whole)}
     notes += [f"{count} {name} sample(s) fill no batch of {fixed} and are dropped"
               for name, count in dropped.items() if count]
     if min(len(folds[0]), len(folds[1]), len(whole)) == 0:

@@ -38,6 +38,7 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
+from onnx_decomp.search.products import find_products
 from onnx_decomp_passes import OutputBias, Site, WeightedOp
 from onnx_decomp_passes.ops import stored_values
 
@@ -173,6 +174,7 @@ class Network:
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
         self.other_macs = sum(vectors_of(self.shapes, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
                               for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
+        self.products = find_products(ctx, self.layers, self.shapes)  # activation x activation MatMuls
         self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
 
     def _session_model(self) -> onnx.ModelProto:
@@ -246,9 +248,11 @@ class Network:
         return model
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
-        """MatMul/Gemm multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in force."""
+        """MatMul/Gemm multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in force,
+        activation products included (``search.products``)."""
         return self.other_macs + sum(layer.vectors * cuts[layer.site].macs(layer) if layer.site in cuts
-                                     else layer.dense_macs for layer in self.layers)
+                                     else layer.dense_macs for layer in self.layers) + \
+            sum(product.kept(cuts, self.by_site) for product in self.products)
 
     @property
     def dense_macs(self) -> int:

@@ -41,6 +41,10 @@ class Cut(abc.ABC):
     def macs(self, layer: Layer) -> int:
         """Multiply-accumulates per activation vector that the layer keeps."""
 
+    def outputs(self, layer: Layer) -> int:
+        """Output features the rewritten layer still computes (activation products reading them shrink too)."""
+        return layer.shape[0]
+
     @abc.abstractmethod
     def plain(self, layer: Layer, dense: np.ndarray) -> Stored:
         """The layer's weights cut without refitting (``dense``: the original model's activation rows)."""
@@ -109,7 +113,8 @@ class Unit(abc.ABC):
 @dataclass(frozen=True)
 class SearchSpace:
     """What families plan from: the network's layers, every tensor's shape, the statistical evidence and the
-    null model per weight name, the original model's tuning activations per layer, and the run's settings."""
+    null model per weight name, the original model's tuning activations per layer, and the run's settings;
+    ``notes``: what families skipped and why, for the report."""
 
     network: Network
     shapes: Mapping[str, list]
@@ -117,6 +122,7 @@ class SearchSpace:
     config: AnnealConfig
     nulls: Mapping[str, object] = field(default_factory=dict)
     taps: Mapping[Site, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def evidence_of(self, layers: list[Layer]) -> dict[Site, Optional[np.ndarray]]:
         return {layer.site: self.evidence.get(layer.weight) for layer in layers}

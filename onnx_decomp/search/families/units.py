@@ -48,6 +48,9 @@ class SliceCut(Cut):
     def macs(self, layer: Layer) -> int:
         return self.plan.macs
 
+    def outputs(self, layer: Layer) -> int:
+        return self.plan.kept[0]
+
     def plain(self, layer: Layer, dense: np.ndarray) -> Stored:
         stored = plain_cut(layer, self._blocks())
         if self.plan.cols is None or layer.bias is None:
