@@ -60,6 +60,7 @@ class StubGate:
         self.tolerance, self.measured = tolerance, 0
         self.fold_taps = [{layer.site: None for layer in network.layers}] * 2
         self.dense_taps = self.fold_taps[0]
+        self.start_taps = self.fold_taps
 
     def measure(self, weights, part="tuning") -> float:
         return sum(cut.loss for cut in weights.values())
