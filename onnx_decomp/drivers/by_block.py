@@ -174,15 +174,17 @@ def _peak() -> int:
 
 
 def anneal_by_block(model: ModelLike, output: Union[str, os.PathLike], calib: Optional[Arrays] = None, *,
-                    labels: Optional[Arrays] = None, inputs: Optional[Arrays] = None,
-                    config: Optional[AnnealConfig] = None, analysis: Optional[AnalysisConfig] = None,
+                    labels: Optional[Arrays] = None, inputs: Optional[Arrays] = None, metric: Optional[str] = None,
+                    tolerance: Optional[float] = None, config: Optional[AnnealConfig] = None, analysis: Optional[AnalysisConfig] = None,
                     input_shapes: InputShapes = None, gate: Gate = "time", session: Session = "auto",
                     stream_tolerance: Optional[float] = None, inline_functions: bool = False,
                     cluster: Union[None, ClusterConfig, Cluster] = None) -> ByBlockReport:
     """Anneal ``model`` block by block (module rules) and write the rewritten model to ``output`` (with its
-    weights in ``output.data``); returns the report. Arguments as for ``drivers.anneal.anneal``;
-    ``stream_tolerance``: the budget between blocks (module rule)."""
+    weights in ``output.data``); returns the report. Arguments as for ``drivers.anneal.anneal`` (``metric``,
+    ``tolerance`` override ``config``); ``stream_tolerance``: the budget between blocks (module rule)."""
     config = config or AnnealConfig()
+    overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance).items() if v is not None}
+    config = dataclasses.replace(config, **overrides) if overrides else config
     if config.quantize is not None:
         raise UnsupportedConstructError("--by-block does not quantize: quantize the written model afterwards")
     if isinstance(cluster, ClusterConfig) and cluster.address is not None:

@@ -14,8 +14,8 @@ finds them):
   inputs are the cut it starts from (none for the first block) and the graph inputs it reads; its outputs
   the cut it ends at, or the graph outputs for the last block. In a pre-norm transformer the cuts are the
   residual Adds: each layer's attention half and FFN half are blocks of their own (the first block also
-  holds the embeddings, the last the final norm and head); in a chain of linear layers each layer with
-  its activation is one.
+  holds the embeddings, the last the final norm and head); in a chain of linear layers each layer is one,
+  cut at its output (its activation goes with the layer after it).
 """
 
 from __future__ import annotations
