@@ -6,8 +6,10 @@ Rules:
   needs onnx-decomp installed, and the model and calibration files must be readable at the same paths where
   the workers run (models travel by path, never by value). Otherwise a local instance is started for the run
   with one CPU per worker, bound to the loopback address only (Ray's single-node switch
-  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set before Ray is imported), without a dashboard, and shut down
-  when the run ends. A Ray already initialised in the process is used as it is and left running.
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set before Ray is imported: a warning says when Ray was imported
+  first), without a dashboard, and shut down when the run ends. A Ray already initialised in the process is
+  used as it is and left running (each worker holds one of its CPUs: a warning says when fewer are free, for
+  the workers then wait for them).
 - Workers are actors that Ray restarts whenever their process dies (``max_restarts=-1``); a call that was
   running on a dead worker is retried on the restarted one (``max_task_retries=-1``). Every call carries
   what it depends on (``distributed.folds``), so a retried call returns what the first would have.
@@ -42,6 +44,10 @@ def import_ray(local: bool):
         import ray
     except ImportError:
         raise DecompError(f"--workers and --ray-address need Ray: {INSTALL}") from None
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if local and getattr(constants, "ENABLE_RAY_CLUSTER", False) and not ray.is_initialized():
+        logger.warning("Ray was imported before onnx-decomp set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the local "
+                       "instance may listen beyond the loopback address (set it before importing Ray)")
     return ray
 
 
@@ -56,10 +62,11 @@ def gather(futures):
 
 
 class Cluster:
-    """The Ray connection of one run (module rules) and the actors made on it."""
+    """The Ray connection of one run (module rules) and the actors made on it; ``worker``: the fold workers'
+    class (None: ``distributed.folds.FoldWorker``; the tests give a subclass that kills itself mid-call)."""
 
-    def __init__(self, config: ClusterConfig):
-        self.config = config
+    def __init__(self, config: ClusterConfig, worker: Optional[type] = None):
+        self.config, self.worker = config, worker
         self.ray = import_ray(config.address is None)
         self._started = False
         self._actors: list = []
@@ -94,7 +101,11 @@ class Cluster:
         """The run's ``ClusterConfig.size`` fold workers (``distributed.folds``), made on first use."""
         if self._fold_workers is None:
             from onnx_decomp.distributed.folds import FoldWorker
-            self._fold_workers = self.actors(FoldWorker, self.config.size, self.config.threads)
+            free = self.ray.available_resources().get("CPU", 0)
+            if free < self.config.size:
+                logger.warning("%d fold workers need a CPU each and Ray has %g free: they wait for them",
+                               self.config.size, free)
+            self._fold_workers = self.actors(self.worker or FoldWorker, self.config.size, self.config.threads)
             logger.info("%d fold workers on Ray (%s)", self.config.size, self.config.address or "local instance")
         return self._fold_workers
 
@@ -126,7 +137,7 @@ def cpu_seconds(pid: int) -> float:
 
 def kill_when_busy(pid: int, seconds: float, poll: float = 0.05) -> threading.Thread:
     """A thread that kills process ``pid`` (SIGKILL) once it has used ``seconds`` of CPU time: a worker killed
-    in the middle of its work, for the tests and ``tools/bench_ray.py``."""
+    in the middle of its work, for ``tools/bench_ray.py`` (the tests kill a worker from inside a call)."""
     def watch() -> None:
         while Path(f"/proc/{pid}").exists():
             if cpu_seconds(pid) >= seconds:
