@@ -18,7 +18,8 @@ Calibration: ``--samples`` random token sequences of ``--seq``, half tuning, hal
 
 A fresh process runs ``onnx_decomp.anneal_by_block`` (``--families single``: the block family, which is
 the structure planted; rel-l2 ``--tolerance`` end to end; flops gate) and prints the per-block table, the
-peak resident memory (``ru_maxrss``) against the largest block's weights and the activations held, and per
+peak resident memory (``ru_maxrss``; what the process gained after its imports is judged) against the
+largest block's weights and the activations held, and per
 weight the adjusted Rand index of the accepted partition against the planted one.
 """
 
@@ -170,11 +171,13 @@ def measure(folder: Path, args) -> None:
         inside += all(len(set(planted_rows[b.rows]) | set(planted_cols[b.cols])) == 1
                       for b in getattr(plan, "branches", ()))
     found = sum(score == 1.0 for score in scores.values())
-    print(f"\nannealed in {seconds:.0f} s; peak resident memory {peak / 2**20:.0f} MiB ({baseline / 2**20:.0f} MiB "
-          f"after imports); largest block's weights {block / 2**20:.0f} MiB, activations held {streams / 2**20:.0f} "
-          f"MiB (both streams) + {taps / 2**20:.0f} MiB (largest block's taps): bound 3 x {block / 2**20:.0f} + "
-          f"{(streams + taps) / 2**20:.0f} = {(3 * block + streams + taps) / 2**20:.0f} MiB: "
-          f"{'met' if peak <= 3 * block + streams + taps else 'missed'}")
+    bound = 3 * block + streams + taps
+    print(f"\nannealed in {seconds:.0f} s; peak resident memory {peak / 2**20:.0f} MiB, {(peak - baseline) / 2**20:.0f} "
+          f"MiB above the {baseline / 2**20:.0f} MiB after imports; largest block's weights {block / 2**20:.0f} MiB, "
+          f"activations held {streams / 2**20:.0f} MiB (both streams) + {taps / 2**20:.0f} MiB (largest block's "
+          f"taps): bound 3 x {block / 2**20:.0f} + {(streams + taps) / 2**20:.0f} = {bound / 2**20:.0f} MiB: "
+          f"{'met' if peak - baseline <= bound else 'missed'} above the imports ({peak / bound:.2f}x the bound "
+          f"counting them, {(peak - baseline) / bound:.2f}x not)")
     print(f"planted partition found exactly (ARI 1.0 on rows and columns) in {found} of {len(groups.files) // 2} "
           f"weights ({len(scores)} cut; {inside} with every block inside one planted block); lowest ARI "
           f"{min(scores.values(), default=float('nan')):.3f}")
