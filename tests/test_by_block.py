@@ -1,7 +1,7 @@
 """Block-by-block annealing (``drivers.by_block``, ``anneal --by-block``) on real ONNX Runtime: the blocks and
 their budget ramp, the end-to-end fidelity reported against the whole budget and measured again on the
 written model, the planted structure found, and peak memory that does not grow with the model's depth
-(measured in fresh processes with ``ru_maxrss``)."""
+(measured in fresh processes: ``VmHWM``, their own peak)."""
 
 from __future__ import annotations
 
@@ -82,20 +82,21 @@ def test_each_layer_is_a_block_annealed_within_its_share_and_the_whole_is_within
 
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 import numpy as np, onnxruntime, onnx_decomp
+from onnx_decomp.drivers.by_block import peak_rss
 from onnx_decomp_models.synthetic import block_chain
 folder, layers, by_block = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 path, weight_bytes = block_chain(folder, layers, 1024, 8)
 np.savez(folder / "calib.npz", x=np.random.default_rng(1).standard_normal((64, 1024)).astype(np.float32))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_rss()  # VmHWM: ru_maxrss would start at the (large) pytest parent's peak
 config = onnx_decomp.AnnealConfig(metric="rel-l2", tolerance=0.05, families=("single",), bootstrap=0)
 if by_block:
     onnx_decomp.anneal_by_block(path, folder / "out.onnx", folder / "calib.npz", config=config, gate="flops")
 else:
     onnx_decomp.anneal(path, folder / "calib.npz", config=config, gate="flops")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss()
 print(json.dumps({"weights": weight_bytes, "growth": peak - before}))
 """
 

@@ -18,7 +18,7 @@ Calibration: ``--samples`` random token sequences of ``--seq``, half tuning, hal
 
 A fresh process runs ``onnx_decomp.anneal_by_block`` (``--families single``: the block family, which is
 the structure planted; rel-l2 ``--tolerance`` end to end; flops gate) and prints the per-block table, the
-peak resident memory (``ru_maxrss``; what the process gained after its imports is judged) against the
+peak resident memory (``VmHWM``; what the process gained after its imports is judged) against the
 largest block's weights and the activations held, and per
 weight the adjusted Rand index of the accepted partition against the planted one.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -144,9 +143,10 @@ def llama(folder: Path, args, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def measure(folder: Path, args) -> None:
     """The measuring process: anneal block by block, then the table, memory and the planted check."""
     import onnx_decomp
+    from onnx_decomp.drivers.by_block import peak_rss
     from onnx_decomp.search.stability import adjusted_rand_index
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_rss()
     start = time.perf_counter()
     config = onnx_decomp.AnnealConfig(metric="rel-l2", tolerance=args.tolerance, families=("single",), bootstrap=0)
     report = onnx_decomp.anneal_by_block(folder / "model.onnx", folder / "annealed.onnx", folder / "calib.npz",
@@ -154,7 +154,7 @@ def measure(folder: Path, args) -> None:
                                          input_shapes={"tokens": [args.samples // 2, args.seq]})
     seconds = time.perf_counter() - start
     print(report.format())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     block = max(b.weight_bytes for b in report.blocks)
     rows = args.samples * args.seq
     streams = 2 * rows * args.d * 4  # the original and the compressed stream, every sample

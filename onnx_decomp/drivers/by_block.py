@@ -169,7 +169,16 @@ def _with_reference(analysis: AnalysisConfig, ctx: ModelContext) -> AnalysisConf
     return dataclasses.replace(analysis, init_reference=path)
 
 
-def _peak() -> int:
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: Linux's ``VmHWM`` (its own memory image's; ``ru_maxrss``
+    keeps the peak of the image it replaced at exec: a child of a large process starts at its parent's),
+    else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -217,7 +226,7 @@ def anneal_by_block(model: ModelLike, output: Union[str, os.PathLike], calib: Op
                 block.index, block.layers, block.inputs, block.outputs, size, block_config.metric, budget,
                 final.tuning, final.validation, final.dense_macs, final.macs,
                 [f"{s.candidate.unit} {s.candidate.structure}" for s in done.report.accepted],
-                time.perf_counter() - start, _peak()))
+                time.perf_counter() - start, peak_rss()))
             report.plans.update(done.report.plans)
             report.warnings += [f"block {block.index}: {w}" for w in done.report.warnings if w not in data.warnings]
             totals = [totals[0] + final.dense_macs, totals[1] + final.macs]
