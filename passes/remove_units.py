@@ -2,9 +2,11 @@
 
 Rule: for every producer whose ``SlicePlan`` keeps rows ``K``, its feature space (``fold_permutation``: the
 producer, the per-feature nodes after it, the weighted ops reading it) keeps the features ``K``: the producer's
-weight rows and bias, every per-feature constant and every consumer's weight columns are sliced to ``K``, and
-the shapes of the tensors in between forgotten (shape inference finds them again). Every consumer's plan must
-keep exactly the columns ``K`` (and may keep fewer rows, as a producer of its own space). Exact against the
+weight rows and bias, every per-feature constant (on channels: BatchNormalization's, a depthwise Conv's kernel,
+bias and group count) and every consumer's weight columns are sliced to ``K``, and the shapes of the tensors in
+between forgotten (shape inference finds them again). Every consumer's plan must keep exactly the columns that
+read ``K`` (``WeightedOp.input_columns``: a Conv's, each channel's window) and may keep fewer rows, as a
+producer of its own space. Producers and consumers are MatMul/Gemm and Convs of one group. Exact against the
 model the plans were made on when the removed units contribute nothing there: their consumer columns are
 zero (annealing refits the consumer on the kept units and moves the rest into its bias). Refused with a
 ``PassError`` where the space cannot be relabelled (a tensor in it is read by another node or is a graph
@@ -22,7 +24,7 @@ import onnx_graphsurgeon as gs
 from .features import FeatureSpace, feature_space
 from .fold_permutation import Folding
 from .infra import Pass, PassError, PassResult
-from .ops import find_weighted_ops
+from .ops import CONV, LINEAR, find_weighted_ops
 from .plan import SlicePlan
 from .site import Site
 
@@ -46,7 +48,7 @@ class RemoveUnits(Pass):
         self.plans = dict(plans)
 
     def call(self, graph: gs.Graph) -> PassResult[Folding]:
-        ops, _ = find_weighted_ops(graph)
+        ops = [op for op in find_weighted_ops(graph, LINEAR + CONV)[0] if op.groups == 1]
         by_node, by_site = {id(op.node): op for op in ops}, {op.site: op for op in ops}
         missing = sorted(set(self.plans) - set(by_site))
         if missing:
@@ -64,7 +66,7 @@ class RemoveUnits(Pass):
                 raise PassError(f"{site.node}: cannot remove units: the weight of {shared[0]} is shared or cast")
             for consumer in space.consumers:
                 cols = self.plans.get(consumer.site, SlicePlan(*consumer.shape)).cols
-                if cols is None or not np.array_equal(cols, plan.rows):
+                if cols is None or not np.array_equal(cols, consumer.input_columns(plan.rows)):
                     raise PassError(f"{site.node}: its consumer {consumer.node.name} does not drop the same units")
             removal.spaces.append((space, plan.rows))
             removal.rows[site] = plan.rows
