@@ -10,6 +10,7 @@ from onnx_decomp.search.families.base import (BlockCut, Cut, Family, Norms, Sear
                                               block_counts)
 from onnx_decomp.search.families.chain import Chain
 from onnx_decomp.search.families.channels import Channels
+from onnx_decomp.search.families.grouped import Grouped
 from onnx_decomp.search.families.lowrank import LowRank
 from onnx_decomp.search.families.single import Single
 from onnx_decomp.search.families.square import Square
@@ -17,7 +18,7 @@ from onnx_decomp.search.families.units import Units
 
 FAMILIES: dict[str, Family] = {family.name: family
                                for family in (Single(), Chain(), Attention(), Square(), Units(), LowRank(),
-                                              Channels())}
+                                              Channels(), Grouped())}
 
 
 def build_units(space: SearchSpace) -> list[Unit]:
