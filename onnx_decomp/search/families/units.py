@@ -91,7 +91,9 @@ def unit_scores(first: Layer, consumers: list[Layer], taps: Mapping[Site, np.nda
     hidden = first.shape[0]
     energy, shares = np.zeros(hidden), []
     for layer in consumers:
-        energy += (taps[layer.site].var(0) * np.linalg.norm(layer.matrix(), axis=0) ** 2).reshape(hidden, -1).sum(1)
+        rows = taps[layer.site]
+        spread = rows.var(0) * (np.ptp(rows, axis=0) > 0)  # a constant column: exactly 0, not rounding noise
+        energy += (spread * np.linalg.norm(layer.matrix(), axis=0) ** 2).reshape(hidden, -1).sum(1)
         if evidence.get(layer.site) is not None:
             shares.append(evidence[layer.site].astype(np.float32).mean(axis=0).reshape(hidden, -1).mean(1))
     if evidence.get(first.site) is not None:
