@@ -7,8 +7,8 @@ MobileNet-like chain, for the tests and ``tools/bench_cnn.py``.
 
 - ``blocks``: the 1 x 1 Conv is block-diagonal in ``blocks`` equal blocks under hidden permutations of its
   input and output channels (1: dense);
-- ``dead``: that many of the first Conv's output channels are dead (their bias -100 before a ReLU: zero on
-  any input), so they reach the 1 x 1 Conv as constants.
+- ``dead``: that many output channels of the first Conv and of the 1 x 1 Conv are dead (bias -100 before a
+  ReLU: zero on any input), so they reach the next Conv as constants.
 Entries are N(0, 1 / fan_in) (kernels scaled so activations stay of order one); seeded.
 """
 
@@ -33,11 +33,11 @@ def planted_cnn(blocks: int = 1, dead: int = 0, residual: bool = False, seed: in
     for b in range(blocks):
         mix[b * size:(b + 1) * size, b * size:(b + 1) * size] = normal(size, size, 1, 1)
     mix = mix[rng.permutation(H)][:, rng.permutation(H)]
-    b1 = (0.1 * rng.standard_normal(H)).astype(np.float32)
-    b1[rng.permutation(H)[:dead]] = -100.0
+    b1, b2 = (0.1 * rng.standard_normal((2, H))).astype(np.float32)
+    b1[rng.permutation(H)[:dead]] = b2[rng.permutation(H)[:dead]] = -100.0
     arrays = {"w1": normal(H, C, 3, 3), "b1": b1, "gamma": rng.uniform(0.5, 1.5, H), "beta": 0.1 * rng.standard_normal(H),
               "mean": 0.1 * rng.standard_normal(H), "var": rng.uniform(0.5, 1.5, H), "wd": normal(H, 1, 3, 3),
-              "bd": 0.1 * rng.standard_normal(H), "low": 0.0, "high": 6.0, "w2": mix, "b2": 0.1 * rng.standard_normal(H),
+              "bd": 0.1 * rng.standard_normal(H), "low": 0.0, "high": 6.0, "w2": mix, "b2": b2,
               "scale": rng.uniform(0.5, 1.5, (H, 1, 1)), "w3": normal(C, H, 3, 3), "b3": 0.1 * rng.standard_normal(C)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"], "bn1"),

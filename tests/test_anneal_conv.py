@@ -102,9 +102,11 @@ def test_dead_channels_are_removed_first_and_losslessly_across_batchnorm_and_the
     model = cnn.planted_cnn(dead=8)
     out, report = anneal(model, ("channels",), tolerance=1e-6)
     accepted = [s for s in report.steps if s.verdict is Verdict.ACCEPTED]
-    assert [s.candidate.structure for s in accepted] == ["keep 75.0% of channels"]
-    plan = plans_by_node(report)["conv1"]
-    assert isinstance(plan, SlicePlan) and len(plan.rows) == cnn.H - 8
+    assert [s.candidate.structure for s in accepted] == ["keep 75.0% of channels"] * 2
+    plans = plans_by_node(report)
+    assert isinstance(plans["conv1"], SlicePlan) and len(plans["conv1"].rows) == cnn.H - 8
+    # conv2 lost input channels to conv1's space and output channels to its own: both held
+    assert plans["conv2"].kept == (cnn.H - 8, cnn.H - 8)
     assert report.final.validation < 1e-6 and report.final.exact_ok
     shapes = {t.name: list(t.dims) for t in out.graph.initializer}
     assert [cnn.H - 8, 1, 3, 3] in shapes.values()  # the depthwise Conv lost the dead channels too

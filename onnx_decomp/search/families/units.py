@@ -15,7 +15,7 @@ units' mean contribution lands in the bias; plain cut: that mean moved into the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -38,6 +38,17 @@ class SliceCut(Cut):
     @property
     def keeps_what_is_read(self) -> bool:
         return self.plan.cols is None
+
+    @property
+    def sides(self) -> frozenset:
+        return frozenset(side for side in ("rows", "cols") if getattr(self.plan, side) is not None)
+
+    def join(self, held: Cut) -> Cut:
+        """Removed rows (columns) of a held slice stay when this one removes only columns (rows)."""
+        if not isinstance(held, SliceCut):
+            return self
+        plan = replace(self.plan, **{side: getattr(held.plan, side) for side in held.sides - self.sides})
+        return SliceCut(plan)
 
     def _blocks(self) -> BlockPlan:
         rows = np.arange(self.plan.n_out) if self.plan.rows is None else self.plan.rows
