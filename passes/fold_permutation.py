@@ -5,7 +5,8 @@ Relabelling the features of a feature space (``features``: a producer, the per-f
 consumers) by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) is exact when it is applied
 everywhere at once: the producer's weight rows and bias, the per-feature constants on their feature axis (and a
 depthwise Conv's group count), and every consumer's weight columns (a Conv's: each channel's window). A space the features module refuses is left as it is, and so is one where a weight to
-reorder is shared with another node (folding would copy it) or stored behind a Cast.
+reorder is shared with another node (folding would copy it) or stored behind a Cast. A space with several
+producers (``feature_space(coupled=True)``) relabels the rows and bias of each.
 """
 
 from __future__ import annotations
@@ -87,16 +88,16 @@ class Folding:
 
         ops = {}
         for space, order in self.spaces:
-            ops[space.producer.site] = space.producer
-            ops.update({c.site: c for c in space.consumers})
+            ops.update({op.site: op for op in (*space.producers, *space.consumers)})
             for node, i, axis in space.constants:
                 values = np.take(node.inputs[i].values, order, axis=axis)
                 node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values)
             for node in space.depthwise:
                 node.attrs["group"] = len(order)
-            bias = space.producer.bias
-            if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
-                space.producer.node.inputs[2] = builder(space.producer).constant("C_folded", bias.values[..., order])
+            for producer in space.producers:
+                bias = producer.bias
+                if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
+                    producer.node.inputs[2] = builder(producer).constant("C_folded", bias.values[..., order])
         for site, op in ops.items():
             matrix = op.matrix()
             if site in self.rows:

@@ -115,22 +115,37 @@ def test_dead_channels_are_removed_first_and_losslessly_across_batchnorm_and_the
 
 
 def coupled_model(rng):
-    """Two Convs whose outputs a residual Add joins, read by a third: their channels are coupled."""
-    def kernel(*shape):
-        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+    """Two Convs whose outputs a residual Add joins, read by a third: their channels are coupled; 4 of them are
+    dead in both (zero kernels, negative biases before the ReLU)."""
+    def kernel(*shape, dead=0):
+        values = (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+        values[:dead] = 0.0
+        return values
     nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], "conv_a", pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["x", "wb", "bb"], ["b"], "conv_b"),
              helper.make_node("Add", ["a", "b"], ["s"], "residual"), helper.make_node("Relu", ["s"], ["r"]),
              helper.make_node("Conv", ["r", "wc", "bc"], ["y"], "conv_c")]
-    inits = [tensor("wa", kernel(16, cnn.C, 3, 3)), tensor("ba", np.zeros(16, np.float32)),
-             tensor("wb", kernel(16, cnn.C, 1, 1)), tensor("bb", np.zeros(16, np.float32)),
+    bias = np.where(np.arange(16) < 4, -1.0, 0.0).astype(np.float32)
+    inits = [tensor("wa", kernel(16, cnn.C, 3, 3, dead=4)), tensor("ba", bias),
+             tensor("wb", kernel(16, cnn.C, 1, 1, dead=4)), tensor("bb", bias),
              tensor("wc", kernel(4, 16, 1, 1)), tensor("bc", np.zeros(4, np.float32))]
     return make_model(nodes, [value("x", ["N", cnn.C, cnn.S, cnn.S])], [value("y", ["N", 4, cnn.S, cnn.S])], inits)
 
 
-def test_channels_coupled_by_a_residual_add_are_never_split(rng):
-    _, report = anneal(coupled_model(rng), ("channels",), tolerance=10.0)
-    assert report.units == [] and report.plans == {}
+def test_channels_coupled_by_a_residual_add_are_removed_together_or_not_at_all(rng):
+    model = coupled_model(rng)
+    out, report = anneal(model, ("channels",), tolerance=1e-6)
+    assert [unit.weights for unit in report.units] == [["wa", "wb", "wc"]]  # one space, two producers
+    plans = plans_by_node(report)
+    assert list(plans["conv_a"].rows) == list(plans["conv_b"].rows) == list(range(4, 16))
+    assert report.final.exact_ok and report.final.validation < 1e-6
+    assert {tuple(t.dims) for t in out.graph.initializer if t.name.startswith(("conv_a", "conv_b"))} <= {
+        (len(plans["conv_a"].rows), cnn.C, 3, 3), (len(plans["conv_a"].rows), cnn.C, 1, 1), (len(plans["conv_a"].rows),)}
+
+
+def test_channels_added_to_a_graph_input_are_left_as_they_are(rng):
+    _, report = anneal(cnn.planted_cnn(residual=True), ("channels",), tolerance=1.0)
+    assert [unit.weights[0] for unit in report.units] == ["w1", "w2"]  # no unit of conv3's: x is no Conv's output
 
 
 def test_low_rank_runs_on_a_conv_kernel_and_its_rewrite_equals_the_masked_model():

@@ -75,9 +75,10 @@ class SliceCut(Cut):
 
 @dataclass
 class UnitsUnit(Unit):
-    """``layers``: the producer, then the consumers of its feature space."""
+    """``layers``: the space's producers (``producers`` of them; one for a chain), then its consumers."""
 
     scores: Optional[np.ndarray] = None  # per hidden unit, higher is kept longer
+    producers: int = 1
     family = "units"
     nested = True
     what = "units"
@@ -86,20 +87,21 @@ class UnitsUnit(Unit):
         return f"keep {self.rungs[rung]:.1%} of {self.what}"
 
     def structure(self, rung: int, norms: Norms) -> Structure:
-        first, *consumers = self.layers
-        hidden = first.shape[0]
+        hidden = self.layers[0].shape[0]
         kept = np.sort(np.argsort(-self.scores, kind="stable")[:max(1, round(self.rungs[rung] * hidden))])
-        cuts = {first.site: SliceCut(SlicePlan(*first.shape, rows=kept))}
-        cuts.update({layer.site: SliceCut(SlicePlan(*layer.shape, cols=layer.op.input_columns(kept)))
-                     for layer in consumers})
+        cuts = {layer.site: SliceCut(SlicePlan(*layer.shape, rows=kept)) for layer in self.layers[:self.producers]}
+        for layer in self.layers[self.producers:]:  # a producer may read its own space too: both sides cut
+            cut = SliceCut(SlicePlan(*layer.shape, cols=layer.op.input_columns(kept)))
+            cuts[layer.site] = cut.join(cuts[layer.site]) if layer.site in cuts else cut
         return Structure(self.label(rung), cuts, coupled=True)
 
 
-def unit_scores(first: Layer, consumers: list[Layer], taps: Mapping[Site, np.ndarray], evidence: dict) -> np.ndarray:
+def unit_scores(producers: list[Layer], consumers: list[Layer], taps: Mapping[Site, np.ndarray],
+                evidence: dict) -> np.ndarray:
     """``e_u * sqrt(sum of var(x_j) ||W_c[:, j]||^2)`` over the consumers ``c`` and the columns ``j`` that read
     unit ``u`` (a Conv's: the unit's window; one column of a MatMul: ``std(h_u) ||W2[:, u]||``), from each
-    consumer's input rows ``taps``; ``e_u`` the mean evidence of u's producer row and consumer columns."""
-    hidden = first.shape[0]
+    consumer's input rows ``taps``; ``e_u`` the mean evidence of u's producer rows and consumer columns."""
+    hidden = producers[0].shape[0]
     energy, shares = np.zeros(hidden), []
     for layer in consumers:
         rows = taps[layer.site]
@@ -107,8 +109,8 @@ def unit_scores(first: Layer, consumers: list[Layer], taps: Mapping[Site, np.nda
         energy += (spread * np.linalg.norm(layer.matrix(), axis=0) ** 2).reshape(hidden, -1).sum(1)
         if evidence.get(layer.site) is not None:
             shares.append(evidence[layer.site].astype(np.float32).mean(axis=0).reshape(hidden, -1).mean(1))
-    if evidence.get(first.site) is not None:
-        shares.append(evidence[first.site].astype(np.float32).mean(axis=1))
+    shares += [evidence[layer.site].astype(np.float32).mean(axis=1) for layer in producers
+               if evidence.get(layer.site) is not None]
     return np.sqrt(energy) * (np.mean(shares, axis=0) if shares else 1.0)
 
 
@@ -128,6 +130,6 @@ class Units(Family):
                     any(len(op.weight.outputs) > 1 or op.cast is not None for op in (producer, consumer)):
                 continue
             evidence = space.evidence_of([first, second])
-            scores = unit_scores(first, [second], space.taps, evidence)
+            scores = unit_scores([first], [second], space.taps, evidence)
             units.append(UnitsUnit([first, second], list(SHARES), evidence, scores))
         return units
