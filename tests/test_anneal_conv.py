@@ -163,3 +163,11 @@ def test_int8_static_composes_with_removed_channels():
     assert quantization["budget"] == pytest.approx(0.3 - quantization["alone"])  # what int8 alone costs is taken off
     assert len(plans_by_node(report)["conv1"].rows) <= cnn.H - 8
     assert report.final.validation <= 0.3
+
+
+def test_int8_static_composes_with_a_grouped_conv():
+    out, report = anneal(cnn.planted_cnn(blocks=4), ("grouped",), tolerance=0.3, quantize="int8-static")
+    groups = [helper.get_attribute_value(a) for n in out.graph.node if n.op_type == "Conv" for a in n.attribute
+              if a.name == "group"]
+    assert 4 in groups and "QuantizeLinear" in op_types(out) and "DequantizeLinear" in op_types(out)
+    assert report.final.validation <= 0.3
