@@ -6,12 +6,13 @@ imports ``onnx_decomp``.
 
 from .block_chains import KeepBlockLayout
 from .block_rewrite import MIN_OPSET, BlockRewrite, Emission
+from .conv_rewrite import ConvRewrite, conv_folding
 from .builder import BlockBoundary, Builder
 from .fold_permutation import FoldPermutation, Folding, plan_folding
 from .head_region import HeadRegion, head_region
-from .forms import FORMS, Batched, BlockEinsum, Branches, Conv1x1, Form, LowRank, Transposed
+from .forms import CONV_FORMS, FORMS, Batched, BlockEinsum, Branches, Conv1x1, Form, LowRank, Transposed
 from .infra import Pass, PassError, PassManager, PassResult
-from .normalize import FoldConstantNodes, UniqueNodeNames
+from .normalize import FoldBatchNorm, FoldConstantNodes, UniqueNodeNames, ZeroConvBias
 from .features import FeatureSpace, feature_space, find_chains
 from .ops import CONV, LINEAR, Layout, OutputBias, Skipped, WeightedOp, all_graphs, find_weighted_ops, one_node_graph
 from .plan import BlockPlan, Branch, HeadsPlan, LowRankPlan, Plan, SlicePlan, plan_from_support
@@ -27,6 +28,6 @@ __all__ = [
     "Builder", "BlockBoundary", "Form", "Branches", "Batched", "BlockEinsum", "Conv1x1", "LowRank", "Transposed",
     "FORMS",
     "BlockRewrite", "Emission", "MIN_OPSET", "FoldPermutation", "Folding", "plan_folding", "KeepBlockLayout",
-    "RemoveUnits", "RemoveHeads", "HeadRegion", "head_region",
-    "FoldConstantNodes", "UniqueNodeNames",
+    "RemoveUnits", "RemoveHeads", "HeadRegion", "head_region", "ConvRewrite", "conv_folding", "CONV_FORMS",
+    "FoldConstantNodes", "UniqueNodeNames", "FoldBatchNorm", "ZeroConvBias",
 ]

@@ -42,10 +42,10 @@ def _path(leaving: BlockBoundary, entering: Mapping[int, BlockBoundary], outputs
             return None
         positions = per_feature_constants(node, leaving.k * leaving.b)
         others = [t for t in node.inputs if not isinstance(t, gs.Constant) and t is not tensor]
-        if isinstance(positions, str) or others or any(len(node.inputs[i].outputs) > 1 for i in positions):
+        if isinstance(positions, str) or others or any(len(node.inputs[i].outputs) > 1 for i, _ in positions):
             return None  # not per-feature, or a constant someone else reads too
         chain.append(node)
-        constants += [node.inputs[i] for i in positions]
+        constants += [node.inputs[i] for i, _ in positions]
         tensor = node.outputs[0]
     entry = entering[id(tensor)]
     if _only_reader(tensor, outputs) is not entry.nodes[0] or (entry.k, entry.b, entry.constant_shape) != \

@@ -1,7 +1,7 @@
 """The rewrite pass: every planned weighted op is replaced by the form chosen for it, or the first form that
 can execute its plan (block plans and low-rank plans; sliced weights are ``remove_units``'s).
 
-Rule: for each ``Site -> BlockPlan``, the form named for the site in ``chosen`` emits the replacement (it must
+Rule: for each ``Site -> BlockPlan`` of a node of ``op_types`` (MatMul/Gemm by default), the form named for the site in ``chosen`` emits the replacement (it must
 apply); other sites ask ``forms`` in order (the branch form, which applies to every plan, unless given) and
 the first whose ``check`` returns no reason emits it. The replacement writes the node's original output
 tensor; the node is removed, and so is a Cast that fed it its weight once nothing else reads the Cast.
@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from .builder import BlockBoundary, Builder, NameTable
 from .forms import FORMS, Form
 from .infra import Pass, PassError, PassResult
-from .ops import WeightedOp, all_graphs, find_weighted_ops
+from .ops import LINEAR, WeightedOp, all_graphs, find_weighted_ops
 from .plan import Plan
 from .site import Site
 
@@ -45,25 +45,27 @@ class BlockRewrite(Pass):
     __doc__ = __doc__
 
     def __init__(self, plans: Mapping[Site, Plan], forms: Sequence[Form] = (FORMS["branches"], FORMS["lowrank"]),
-                 chosen: Optional[Mapping[Site, Form]] = None):
+                 chosen: Optional[Mapping[Site, Form]] = None, op_types: Sequence[str] = LINEAR):
         self.plans, self.forms, self.chosen = dict(plans), tuple(forms), dict(chosen or {})
+        self.op_types = tuple(op_types)
 
     def requires(self, graph: gs.Graph) -> None:
         if self.plans and (graph.opset or 0) < MIN_OPSET:
             raise PassError(f"block rewrite needs opset >= {MIN_OPSET}, graph has {graph.opset}")
 
     def ensures(self, graph: gs.Graph) -> None:
-        left = {op.site for op in find_weighted_ops(graph)[0]} & set(self.plans)
+        left = {op.site for op in find_weighted_ops(graph, self.op_types)[0]} & set(self.plans)
         if left:
             raise PassError(f"planned nodes still present after the rewrite: {sorted(s.node for s in left)}")
 
     def call(self, graph: gs.Graph) -> PassResult[dict[Site, Emission]]:
         shared: dict = {}
         names = NameTable(graph)
-        ops = {op.site: op for op in find_weighted_ops(graph)[0]}
+        ops = {op.site: op for op in find_weighted_ops(graph, self.op_types)[0]}
         missing = sorted(set(self.plans) - set(ops))
         if missing:
-            raise PassError(f"plans name nodes that are not rewritable MatMul/Gemm: {[s.node for s in missing]}")
+            raise PassError(f"plans name nodes that are not rewritable {'/'.join(self.op_types)}: "
+                            f"{[s.node for s in missing]}")
         touched, emitted = set(), {}
         for site, plan in self.plans.items():
             op = ops[site]

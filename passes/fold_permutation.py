@@ -3,9 +3,10 @@ decomposed layers read and write contiguous blocks and no permutation runs at in
 
 Relabelling the features of a feature space (``features``: a producer, the per-feature nodes after it, its
 consumers) by a permutation ``p`` (new feature ``i`` is old feature ``p[i]``) is exact when it is applied
-everywhere at once: the producer's weight rows and bias, the per-feature constants, and every consumer's
-weight columns. A space the features module refuses is left as it is, and so is one where a weight to
-reorder is shared with another node (folding would copy it) or stored behind a Cast.
+everywhere at once: the producer's weight rows and bias, the per-feature constants on their feature axis (and a
+depthwise Conv's group count), and every consumer's weight columns (a Conv's: each channel's window). A space the features module refuses is left as it is, and so is one where a weight to
+reorder is shared with another node (folding would copy it) or stored behind a Cast. A space with several
+producers (``feature_space(coupled=True)``) relabels the rows and bias of each.
 """
 
 from __future__ import annotations
@@ -87,21 +88,23 @@ class Folding:
 
         ops = {}
         for space, order in self.spaces:
-            ops[space.producer.site] = space.producer
-            ops.update({c.site: c for c in space.consumers})
-            for node, i in space.constants:
-                values = node.inputs[i].values
-                node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values[..., order])
-            bias = space.producer.bias
-            if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
-                space.producer.node.inputs[2] = builder(space.producer).constant("C_folded", bias.values[..., order])
+            ops.update({op.site: op for op in (*space.producers, *space.consumers)})
+            for node, i, axis in space.constants:
+                values = np.take(node.inputs[i].values, order, axis=axis)
+                node.inputs[i] = builder(space.producer).constant(f"{node.name}_folded{i}", values)
+            for node in space.depthwise:
+                node.attrs["group"] = len(order)
+            for producer in space.producers:
+                bias = producer.bias
+                if bias is not None and bias.values.ndim and bias.values.shape[-1] == space.n:
+                    producer.node.inputs[2] = builder(producer).constant("C_folded", bias.values[..., order])
         for site, op in ops.items():
             matrix = op.matrix()
             if site in self.rows:
                 matrix = matrix[self.rows[site]]
             if site in self.cols:
-                matrix = matrix[:, self.cols[site]]
-            op.node.inputs[1] = builder(op).constant("W_folded", op.layout.from_matrix(matrix))
+                matrix = matrix[:, op.input_columns(self.cols[site])]
+            op.node.inputs[1] = builder(op).constant("W_folded", op.tensor_from(matrix))
 
 
 def plan_folding(graph: gs.Graph, plans: Mapping[Site, BlockPlan]) -> Folding:

@@ -130,6 +130,19 @@ class WeightedOp:
             return view
         return self.alpha * view.astype(dtype)
 
+    def input_columns(self, features: np.ndarray) -> np.ndarray:
+        """The columns of ``W`` that read input ``features`` (a Conv's channel reads ``window`` columns, in
+        order; one group)."""
+        features = np.asarray(features, dtype=np.int64)
+        return (features[:, None] * self.window + np.arange(self.window)).ravel()
+
+    def tensor_from(self, matrix: np.ndarray) -> np.ndarray:
+        """The tensor to store for a matrix ``[rows, cols]`` of this op's layout, of any row and column count
+        (a Conv kernel keeps its window)."""
+        if self.layout is Layout.KERNEL:
+            return matrix.reshape(matrix.shape[0], -1, *self.weight.shape[2:])
+        return self.layout.from_matrix(matrix)
+
     def stored_from(self, matrix: np.ndarray) -> np.ndarray:
         """What the model stores for the effective weight ``matrix [n_out, n_in]``: divided by alpha, in the
         stored layout, shape and element type."""

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 def _space(op, consumer, rows: np.ndarray) -> tuple[FeatureSpace, np.ndarray]:
     """A projection's rows as a feature space of its own read by o: its bias Add's constant follows the rows."""
     bias = op.output_bias()
-    constants = [] if bias is None or bias.node is op.node else [(bias.node, bias.node.inputs.index(bias.tensor))]
+    constants = [] if bias is None or bias.node is op.node else [(bias.node, bias.node.inputs.index(bias.tensor), -1)]
     return FeatureSpace(op, [consumer], constants, op.shape[0]), rows
 
 

@@ -38,7 +38,7 @@ def test_gelu_as_exporters_write_it_is_a_chain_and_units_are_removed_across_it_e
     ops, _ = find_weighted_ops(graph)
     assert [(a.node.name, b.node.name) for a, b in find_chains(ops)] == [("up", "down")]
     space = feature_space(ops[0], {id(op.node): op for op in ops})
-    assert [node.op for node, _ in space.constants] == ["Add"]  # b1 follows the units; the scalars stay
+    assert [node.op for node, _, _ in space.constants] == ["Add"]  # b1 follows the units; the scalars stay
     kept = np.setdiff1d(np.arange(H), np.arange(0, H, 3))
     sites = node_sites(graph)
     RemoveUnits({sites["up"]: SlicePlan(H, D, rows=kept), sites["down"]: SlicePlan(OUT, H, cols=kept)})(graph)

@@ -12,7 +12,8 @@ Stages, each reading what the earlier ones wrote under ``--work``; every model i
   masked, refitted weights), fine-tuned, exported; the quantized run's structure quantized after.
 - ``control``: the dense model + ``--steps``.
 - ``peers``: at each float anneal's weight MACs (``comparison.budget_after``): whitened low rank, plain SVD
-  and structured pruning, each post-training and + ``--steps``, each also + int8.
+  and structured pruning, each post-training and + ``--steps`` (``--post-training``: not fine-tuned, the
+  stage's long part), each also + int8.
 - ``bench``: every model written so far timed side by side (``comparison.bench``), alone re-runnable.
 - ``report``: the table (``table.md``), the trade-off figure, the targets and where ours loses.
 """
@@ -238,13 +239,17 @@ class Stages:
             budget, tag = self.budget(tolerance), _tag(tolerance)
             for method in PEERS:
                 name = f"{method} {tag}"
-                if all(self._done(name + s) for s in ("", " +int8", f" +{steps} steps", f" +{steps} steps +int8")):
+                wanted = ("", " +int8") if self.args.post_training else \
+                    ("", " +int8", f" +{steps} steps", f" +{steps} steps +int8")
+                if all(self._done(name + s) for s in wanted):
                     continue
                 model = self.bench.flow.model()
                 kept = self.bench.peer(method, model, budget)
                 print(f"{name}: budget {budget:,} weight MACs per token, kept {comparison.weight_macs(model):,} "
                       f"({kept})", flush=True)
                 self._record_both(name, method, tag, self._exported(model))
+                if self.args.post_training:
+                    continue
                 losses = self.bench.flow.finetune(model, steps)
                 print(f"{name} +{steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
                 self._record_both(f"{name} +{steps} steps", method, tag, self._exported(model), steps)
@@ -306,6 +311,7 @@ def main(bench: Benchmark, doc: str, extra: Mapping[str, Callable[[argparse.Name
     parser.add_argument("--tolerances", type=lambda s: [float(v) for v in s.split(",")],
                         default=list(bench.tolerances))
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning budget, every method")
+    parser.add_argument("--post-training", action="store_true", help="peers: post-training only, not fine-tuned")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing per batch size")
     parser.add_argument("--figure", type=Path, help="where the PNG goes (default: WORK/tradeoff.png)")
     args = parser.parse_args()

@@ -7,9 +7,10 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: the final structure refitted on the whole tuning part, its held-out fidelity with and without
   refit, stability over bootstrap resamples, the masked, refitted dense model.
-- ``rewrite``: heads and hidden units removed where a family removed them (``RemoveHeads``, ``RemoveUnits``),
-  then the exact path (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each
-  node's form).
+- ``rewrite``: heads, hidden units and channels removed where a family removed them (``RemoveHeads``,
+  ``RemoveUnits``), planned Convs rewritten in the form ONNX Runtime measures fastest or kept
+  (``planning.conv``), then the exact path
+  (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
 - ``verify``: the rewritten model checked element by element against the masked, refitted dense model
   (``EXACT_RTOL``; a mismatch raises ``ValidationError`` carrying the report), quantized last if asked
   (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
@@ -46,6 +47,7 @@ from onnx_decomp.drivers.decompose import Gate, Session, decompose
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.model_io import ModelLike
 from onnx_decomp.io.shapes import InputShapes
+from onnx_decomp.planning.conv import rewrite_convs
 from onnx_decomp.planning.support import AnnealedSupport
 from onnx_decomp.report.anneal import AnnealReport, FinalFidelity, UnitInfo, anneal_schema
 from onnx_decomp.runtime.quantize import SCHEMES, quantize
@@ -161,10 +163,14 @@ def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan], shapes: dict
 
 
 def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session: SessionConfig) -> None:
-    """The rewrite stage (module rule): units removed, then the exact path for the other plans."""
+    """The rewrite stage (module rule): heads and units removed, planned Convs rewritten, then the exact path for the other
+    plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
+    model, convs = rewrite_convs(removed_units(run.report.masked, run.report.plans, run.network.shapes), plans, input_shapes, gate,
+                                 session)
+    run.report.notes += [decision.line() for decision in convs]
     run.model, run.report.decomposition = decompose(
-        removed_units(run.report.masked, run.report.plans, run.network.shapes), input_shapes=input_shapes, gate=gate,
+        model, input_shapes=input_shapes, gate=gate,
         support=AnnealedSupport(plans), session=session, validation=ValidationConfig(check=0))
     notes = run.report.decomposition.notes
     run.report.decomposition.notes = [n for n in notes if not n.startswith("validation skipped")]

@@ -2,21 +2,26 @@
 weights as inputs.
 
 Rules:
-- The model is normalised once (``io.graph``: Constant weights folded into initializers, node names unique).
-- A layer is a MatMul/Gemm with a constant float weight (``onnx_decomp_passes.WeightedOp``) in the main graph
-  whose weight no other node reads; its per-output bias is the op's output bias (``WeightedOp.output_bias``:
-  Gemm's ``beta * C``, or the constant of the one Add that alone reads a MatMul's output). Other MatMul/Gemm
-  nodes are left out with the reason: activations inside a subgraph cannot be observed; one refit cannot
-  serve a weight read by two nodes.
+- The model is normalised once (``io.graph``: Constant weights folded into initializers, node names unique;
+  ``FoldBatchNorm``: BatchNormalization after a Conv folded into it; ``ZeroConvBias``: a Conv without a bias
+  gets a zero one, so refits can move means into it; both exact).
+- A layer is a MatMul/Gemm or a Conv of one group with a constant float weight (``onnx_decomp_passes.WeightedOp``)
+  in the main graph whose weight no other node reads; its per-output bias is the op's output bias
+  (``WeightedOp.output_bias``: Gemm's ``beta * C``, a Conv's ``B``, or the constant of the one Add that alone
+  reads a MatMul's output). Other MatMul/Gemm/Conv nodes are left out with the reason: activations inside a
+  subgraph cannot be observed; one refit cannot serve a weight read by two nodes; a Conv of several groups
+  (depthwise) is cut with the channels around it or left as it is; a Conv's input shape must be known.
+- A layer's rows are its activation vectors: a MatMul/Gemm's input with every leading index flattened, a
+  Conv's patches (``patches.Geometry``: the unrolled window at each output position; a 1 x 1 Conv's pixels);
+  its multiply-accumulates count one product per row (``vectors``: a Conv's output positions).
 - Refits work on effective weights (``alpha * W``, ``W [n_out, n_in]`` whatever the stored layout, and
   ``scale * bias``) and store back through the op's view (``WeightedOp.stored_from``).
 - One session for the whole run (``tools/bench_gate.py`` measured this fastest: a session built per step
   spends most of its time loading the model): the layers' weights and biases become graph inputs, fed the
   arrays of the state under test at every run, and the layers' activation inputs become extra outputs
   ("taps"). Its idle threads do not spin: numpy works between its runs.
-- Taps keep at most ``max_rows`` rows per layer (a row: one activation vector, every leading index
-  flattened), the same seeded subset of each batch's rows in every run, so that dense and cut activations
-  stay paired row by row.
+- Taps keep at most ``max_rows`` rows per layer, the same seeded subset of each batch's rows in every run,
+  so that dense and cut activations stay paired row by row.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -38,8 +43,9 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
+from onnx_decomp.search.patches import Geometry
 from onnx_decomp.search.products import find_products
-from onnx_decomp_passes import OutputBias, Site, WeightedOp
+from onnx_decomp_passes import CONV, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias, find_weighted_ops
 from onnx_decomp_passes.ops import stored_values
 
 if TYPE_CHECKING:  # cuts are asked for their MACs only
@@ -62,6 +68,11 @@ class Layer:
     vectors: int  # activation vectors per inference at the run's input shapes
     stored_weight: np.ndarray
     stored_bias: Optional[np.ndarray]
+    geometry: Optional[Geometry] = None  # a Conv's
+
+    @property
+    def conv(self) -> bool:
+        return self.op.layout is Layout.KERNEL
 
     @property
     def node(self) -> str:
@@ -91,6 +102,14 @@ class Layer:
     @property
     def dense_macs(self) -> int:
         return self.vectors * self.shape[0] * self.shape[1]
+
+    def rows(self, activation: np.ndarray, pick: Callable[[int], Optional[np.ndarray]]) -> np.ndarray:
+        """The rows (module rules) of an input ``activation`` that ``pick(count)`` chooses (None: all)."""
+        if self.geometry is None:
+            rows = activation.reshape(-1, self.shape[1])
+            chosen = pick(len(rows))
+            return rows if chosen is None else rows[chosen]
+        return self.geometry.rows(activation, pick(self.geometry.positions(activation.shape)))
 
     def matrix(self, stored: Optional[Stored] = None, dtype=np.float64) -> np.ndarray:
         """Effective ``W [n_out, n_in]`` of ``stored`` arrays, or of the original ones, as ``dtype`` (a
@@ -128,23 +147,44 @@ def vectors_of(shapes: Mapping[str, list], tensor: str, n_in: int) -> int:
     return max(1, int(np.prod(shape)) // max(n_in, 1))
 
 
+def op_vectors(shapes: Mapping[str, list], op: WeightedOp) -> int:
+    """Rows per inference of any weighted op: a Conv's output positions (module rules)."""
+    if op.layout is Layout.KERNEL:
+        return vectors_of(shapes, op.node.outputs[0].name, op.shape[0])
+    return vectors_of(shapes, op.node.inputs[0].name, op.shape[1])
+
+
+def _left_out(op: WeightedOp, graph, shapes: Mapping[str, list]) -> Optional[str]:
+    """Why ``op`` is no layer (module rules), or None."""
+    if op.graph is not graph:
+        return "inside a subgraph: its activations cannot be observed"
+    if len(op.weight.outputs) != 1 or op.weight in graph.outputs:
+        return f"weight {op.weight.name!r} is read by several nodes: one refit cannot serve them"
+    if op.groups != 1:
+        return f"Conv of {op.groups} groups: cut with the channels around it, or left as it is"
+    x = shapes.get(op.node.inputs[0].name)
+    if op.layout is Layout.KERNEL and (not x or None in x):
+        return "Conv input shape unknown (use --input-shape)"
+    return None
+
+
 def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Layer], list[tuple[str, str]]]:
     """The annealable layers of the normalised graph in topological order, and the (node, reason) of every
-    MatMul/Gemm left out (module rules)."""
+    MatMul/Gemm/Conv left out (module rules)."""
     graph = ctx.graph
     position = {id(node): i for i, node in enumerate(graph.nodes)}
-    layers, left_out = [], [(s.node_name, s.reason) for s in ctx.skipped]
-    for op in ctx.ops:
-        if op.graph is not graph:
-            left_out.append((op.node.name, "inside a subgraph: its activations cannot be observed"))
-            continue
-        if len(op.weight.outputs) != 1 or op.weight in graph.outputs:
-            left_out.append((op.node.name, f"weight {op.weight.name!r} is read by several nodes: one refit cannot "
-                             "serve them"))
+    convs, skipped = find_weighted_ops(graph, CONV)
+    layers, left_out = [], [(s.node_name, s.reason) for s in [*ctx.skipped, *skipped]]
+    for op in [*ctx.ops, *convs]:
+        reason = _left_out(op, graph, shapes)
+        if reason is not None:
+            left_out.append((op.node.name, reason))
             continue
         bias = op.output_bias()
-        layers.append(Layer(0, op, bias, vectors_of(shapes, op.node.inputs[0].name, op.shape[1]),
-                            stored_values(op.weight), None if bias is None else stored_values(bias.tensor)))
+        geometry = Geometry.of(op.node.attrs, op.weight.shape[2:], shapes[op.node.inputs[0].name][2:]) \
+            if op.layout is Layout.KERNEL else None
+        layers.append(Layer(0, op, bias, op_vectors(shapes, op), stored_values(op.weight),
+                            None if bias is None else stored_values(bias.tensor), geometry))
     layers.sort(key=lambda layer: position[id(layer.op.node)])
     for index, layer in enumerate(layers):
         layer.index = index
@@ -162,18 +202,22 @@ class Network:
 
     def __init__(self, ctx: ModelContext, session: SessionConfig = SessionConfig(), max_rows: int = 4096,
                  seed: int = 0):
+        FoldBatchNorm()(ctx.graph)
+        ZeroConvBias()(ctx.graph)
         self.proto = export_graph(ctx.graph, like=ctx.proto)
         load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
         self.shapes = counted_shapes(self.proto, ctx.specs, every_tensor=True)  # every tensor, by ORT if need be
         self.layers, self.left_out = find_layers(ctx, self.shapes)
+        self.linear = [layer for layer in self.layers if not layer.conv]  # what the block families plan
         self.by_site = {layer.site: layer for layer in self.layers}
         self.outputs = [o.name for o in self.proto.graph.output]
         self.max_rows, self.seed = max_rows, seed
         inputs = {value.name for value in self.proto.graph.input}
         self._tapped = [layer for layer in self.layers if layer.input not in inputs]
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
-        self.other_macs = sum(vectors_of(self.shapes, op.node.inputs[0].name, op.shape[1]) * op.shape[0] * op.shape[1]
-                              for op in ctx.ops if op.node.name not in {layer.node for layer in self.layers})
+        nodes = {layer.node for layer in self.layers}
+        self.other_macs = sum(op_vectors(self.shapes, op) * op.shape[0] * op.shape[1]
+                              for op in [*ctx.ops, *find_weighted_ops(ctx.graph, CONV)[0]] if op.node.name not in nodes)
         self.products = find_products(ctx, self.layers, self.shapes)  # activation x activation MatMuls
         self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
 
@@ -226,10 +270,8 @@ class Network:
             for collected, name in zip(outputs, self.outputs):
                 collected.append(values[name])
             for layer in self.layers if taps else ():
-                rows = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
-                rows = rows.reshape(-1, layer.shape[1])
-                chosen = self._rows(number, len(rows), budget)
-                kept[layer.site].append(rows if chosen is None else rows[chosen])
+                activation = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
+                kept[layer.site].append(layer.rows(activation, lambda count: self._rows(number, count, budget)))
         return RunResult([np.concatenate(c) for c in outputs], {i: np.concatenate(rows) for i, rows in kept.items()})
 
     def model_with(self, weights: Weights) -> onnx.ModelProto:
@@ -248,8 +290,8 @@ class Network:
         return model
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
-        """MatMul/Gemm multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in force,
-        activation products included (``search.products``)."""
+        """MatMul/Gemm/Conv multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in
+        force, activation products included (``search.products``)."""
         return self.other_macs + sum(layer.vectors * cuts[layer.site].macs(layer) if layer.site in cuts
                                      else layer.dense_macs for layer in self.layers) + \
             sum(product.kept(cuts, self.by_site) for product in self.products)

@@ -2,12 +2,13 @@
 
 Rules:
 - The state is a cut per layer (``families.Cut``) and two sets of weights, one fitted on each tuning fold;
-  it starts dense. A candidate is a unit's next rung applied to the state: its layers take the rung's cuts,
-  refitted on each fold one after another in topological order (each on that fold's activations with the
+  it starts dense. A candidate is a unit's next rung applied to the state: its layers take the rung's cuts
+  (joined to the cuts in force, ``Cut.join``: a layer may lose output channels to one structure and input
+  channels to another), refitted on each fold one after another in topological order (each on that fold's activations with the
   earlier ones in force; ``refit=False``: plain cut), and the model's fidelity is measured on the tuning
   samples, each fold under the weights fitted on the other (``FidelityGate.measure_crossed``). A rung that
-  saves no MACs over the state is passed over, and so is one that would replace some but not all cuts of a
-  coupled structure in force (units removed across layers hold together).
+  saves no MACs over the state is passed over, and so is one that would decide a side of some but not all
+  layers of a coupled structure in force (units removed across layers hold together).
 - Priority: MACs saved / fidelity lost (lost = candidate fidelity - state fidelity, counted as at least
   ``EPS * tolerance``; ties: more MACs saved first). Lazy greedy (Minoux): every unit's first rung is
   measured; then the best measured candidate is taken. Measured on an older state, it is measured again
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -146,9 +147,10 @@ class Annealer:
     def _measure(self, unit: Unit, rung: int, misses: int = 0) -> Optional[Measured]:
         """The first rung from ``rung`` on that saves MACs, measured on the state (None: ladder done)."""
         while rung < len(unit.rungs):
-            structure = self._structure(unit, rung)
+            planned = self._structure(unit, rung)
+            structure = self._joined(planned)
             macs = self.network.macs({**self.state.cuts, **structure.cuts})
-            if macs < self.state.macs and not self._splits(structure):
+            if macs < self.state.macs and not self._splits(planned):
                 fits, fidelity = self._evaluate(structure)
                 candidate = StructureCandidate(unit.name, structure.label, structure.plans, macs, fidelity)
                 self._sequence += 1
@@ -159,14 +161,21 @@ class Annealer:
         unit.release()
         return None
 
+    def _joined(self, structure: Structure) -> Structure:
+        """``structure`` with each cut joined to the cut in force on its layer (``Cut.join``)."""
+        held = self.state.cuts
+        return replace(structure, cuts={site: cut.join(held[site]) if site in held else cut
+                                        for site, cut in structure.cuts.items()})
+
     def _splits(self, structure: Structure) -> bool:
-        """Whether ``structure`` would replace some, not all, cuts of a coupled structure in force."""
-        for site in structure.cuts:
-            origin = self.state.origin.get(site)
-            if origin is not None:
-                held = self._structure(*origin)
-                if held.coupled and not set(held.cuts) <= set(structure.cuts):
-                    return True
+        """Whether ``structure`` would replace some, not all, cuts of a coupled structure in force: decide a side
+        of one of its layers that it decides (``Cut.sides``) without taking over all its layers."""
+        held_structures = {(id(unit), rung): (unit, rung) for unit, rung in self.state.origin.values()}
+        for unit, rung in held_structures.values():
+            held = self._structure(unit, rung)
+            if held.coupled and not set(held.cuts) <= set(structure.cuts) and any(
+                    cut.sides & held.cuts[site].sides for site, cut in structure.cuts.items() if site in held.cuts):
+                return True
         return False
 
     def _priority(self, measured: Measured) -> tuple[float, int]:

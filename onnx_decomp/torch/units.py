@@ -89,7 +89,7 @@ def plan_unit_removal(slices: Mapping[Site, tuple[str, SlicePlan]], ops: Mapping
             if kept is None or kept[1].cols is None or not np.array_equal(kept[1].cols, plan.rows):
                 raise ValueError(f"{site}: its consumer {consumer.site} does not drop the same units")
             consumed.add(consumer.site)
-        for node, i in space.constants:
+        for node, i, _ in space.constants:
             name = node.inputs[i].name
             vector = _vector(path, name, bindings.get(name, ()))
             if vector is not None:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder, index
-from ..ops import WeightedOp
+from ..ops import Layout, WeightedOp
 from ..plan import BlockPlan
 from .base import Form
 
@@ -33,13 +33,13 @@ class Branches(Form):
     When branches read disjoint inputs, the input is permuted once and each branch Slices its range. The
     final permute is omitted when the concatenation is already in output order, the Concat when there is
     one piece, the selection when a branch reads every input. Weight entries outside the plan are dropped:
-    the plan is the mask. Applies to every plan.
+    the plan is the mask. Applies to every plan of a MatMul/Gemm.
     """
 
     name = "branches"
 
     def check(self, op: WeightedOp, plan: BlockPlan) -> Optional[str]:
-        return None
+        return "a Conv (conv forms)" if op.layout is Layout.KERNEL else None
 
     def emit(self, b: Builder, plan: BlockPlan) -> None:
         op, (x, y) = b.op, (b.op.node.inputs[0], b.op.node.outputs[0])

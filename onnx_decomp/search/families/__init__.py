@@ -9,6 +9,8 @@ from onnx_decomp.search.families.attention import Attention
 from onnx_decomp.search.families.base import (BlockCut, Cut, Family, Norms, SearchSpace, Structure, Unit,
                                               block_counts)
 from onnx_decomp.search.families.chain import Chain
+from onnx_decomp.search.families.channels import Channels
+from onnx_decomp.search.families.grouped import Grouped
 from onnx_decomp.search.families.heads import Heads
 from onnx_decomp.search.families.lowrank import LowRank
 from onnx_decomp.search.families.single import Single
@@ -16,7 +18,8 @@ from onnx_decomp.search.families.square import Square
 from onnx_decomp.search.families.units import Units
 
 FAMILIES: dict[str, Family] = {family.name: family
-                               for family in (Single(), Chain(), Attention(), Square(), Units(), LowRank(), Heads())}
+                               for family in (Single(), Chain(), Attention(), Square(), Units(), LowRank(), Heads(),
+                                              Channels(), Grouped())}
 
 
 def build_units(space: SearchSpace) -> list[Unit]:

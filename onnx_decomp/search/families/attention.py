@@ -155,7 +155,7 @@ class Attention(Family):
     def units(self, space: SearchSpace) -> list[Unit]:
         network, config = space.network, space.config
         units = []
-        for block in find_attention(network.layers, space.shapes):
+        for block in find_attention(network.linear, space.shapes):
             layers = [network.layers[i] for i in block.layers]
             rungs = [k for k in block_counts(min(min(layer.shape) for layer in layers), config) if k <= block.heads]
             if rungs:

@@ -32,10 +32,17 @@ Norms = Mapping[Site, np.ndarray]  # layer site -> input norms
 
 class Cut(abc.ABC):
     """What a structure does to one layer (module rule). ``keeps_what_is_read``: the outputs the layers after
-    it still read are unchanged (a producer whose removed units nothing reads any more)."""
+    it still read are unchanged (a producer whose removed units nothing reads any more). ``sides``: what of the
+    layer the cut decides (``"rows"``, ``"cols"``); ``join``: the cut taking over from ``held``, the cut in
+    force, keeping what ``held`` decides on the sides this one leaves alone (a layer whose output channels one
+    structure removes and whose input channels another does); by default it replaces ``held`` whole."""
 
     plan: Plan
     keeps_what_is_read = False
+    sides = frozenset({"rows", "cols"})
+
+    def join(self, held: "Cut") -> "Cut":
+        return self
 
     @abc.abstractmethod
     def macs(self, layer: Layer) -> int:

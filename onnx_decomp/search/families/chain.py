@@ -64,9 +64,9 @@ class Chain(Family):
 
     def units(self, space: SearchSpace) -> list[Unit]:
         network, config = space.network, space.config
-        by_node = {layer.op.node.name: layer for layer in network.layers}
+        by_node = {layer.op.node.name: layer for layer in network.linear}
         pairs = [(by_node[a.node.name].index, by_node[b.node.name].index)
-                 for a, b in find_chains([layer.op for layer in network.layers])]
+                 for a, b in find_chains([layer.op for layer in network.linear])]
         units = []
         for chain in [list(pair) for pair in pairs] + stacks(pairs):
             layers = [network.layers[i] for i in chain]

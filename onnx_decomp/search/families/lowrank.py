@@ -1,4 +1,5 @@
-"""The low-rank family: one MatMul/Gemm as the product of two thinner ones, activation-aware.
+"""The low-rank family: one MatMul/Gemm or Conv (one group) as the product of two thinner ones, activation-aware
+(a Conv's matrix view ``[C_out, C_in * window]`` on its patches: its kernel to ``r`` channels, then a 1 x 1 Conv).
 
 Rungs are ranks, high to low: the directions training confirmed by the criterion's spectral form
 (``stats.criterion.spectral_rank``: singular values above the Marchenko-Pastur edge of the weight's null),

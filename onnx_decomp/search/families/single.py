@@ -58,7 +58,7 @@ class Single(Family):
         config = space.config
         trim = [] if config.block.blocks is not None else [1]
         units = []
-        for layer in space.network.layers:
+        for layer in space.network.linear:
             rungs = trim + block_counts(min(layer.shape), config)
             if rungs:
                 units.append(SingleUnit([layer], rungs, space.evidence_of([layer]), config.seed,

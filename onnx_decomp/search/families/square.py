@@ -66,12 +66,12 @@ class Square(Family):
 
     def units(self, space: SearchSpace) -> list[Unit]:
         network, config = space.network, space.config
-        by_node = {layer.node: layer for layer in network.layers}
+        by_node = {layer.node: layer for layer in network.linear}
         unknown = sorted(set(config.square.nodes) - set(by_node))
         if unknown:
             raise UnsupportedConstructError(f"square: {unknown} name no annealable MatMul/Gemm node")
         units = []
-        for index in sorted(residual_layers(network.layers) | {by_node[name].index for name in config.square.nodes}):
+        for index in sorted(residual_layers(network.linear) | {by_node[name].index for name in config.square.nodes}):
             layer = network.layers[index]
             if layer.shape[0] != layer.shape[1]:
                 raise UnsupportedConstructError(f"square: node {layer.node!r} is not square")
