@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
+import onnx_decomp
 from conftest import make_model, op_types, run, tensor, value
 from onnx_decomp_models import cnn
 from onnx_decomp_passes import (CONV, BlockPlan, Branch, ConvRewrite, FoldBatchNorm, LowRankPlan, PassError,
@@ -171,3 +172,18 @@ def test_a_form_that_cannot_run_its_plan_is_refused():
         ConvRewrite({site: uneven}, {site: "conv_grouped"})(graph)
     with pytest.raises(PassError, match="needs one of the forms"):
         ConvRewrite({site: uneven}, {site: "branches"})(graph)
+
+
+def test_decompose_rewrites_a_conv_its_zeros_split_into_channel_blocks_and_leaves_a_dense_one(x):
+    shapes = {"x": list(x.shape)}
+    blocked = cnn.planted_cnn(blocks=4)
+    out, report = onnx_decomp.decompose(blocked, input_shapes=shapes, gate="flops")
+    assert "Conv conv2: rewritten as conv_grouped" in report.notes
+    groups = [next((a.i for a in node.attribute if a.name == "group"), 1) for node in out.graph.node
+              if node.op_type == "Conv"]
+    assert sorted(groups) == [1, 1, 4, cnn.H]  # conv1, conv3, conv2 as 4 groups, the depthwise
+    np.testing.assert_allclose(outputs(out, x), outputs(blocked, x), rtol=RTOL, atol=ATOL)
+    dense = cnn.planted_cnn(blocks=1)
+    out, report = onnx_decomp.decompose(dense, input_shapes=shapes, gate="flops")
+    assert not [note for note in report.notes if note.startswith("Conv ")]
+    assert op_types(out) == op_types(dense)

@@ -21,8 +21,9 @@ from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
 from onnx_decomp.io.model_io import ModelLike, check_model, load_references
 from onnx_decomp.io.shapes import InputShapes
+from onnx_decomp.planning.conv import exact_conv_plans, rewrite_convs
 from onnx_decomp.planning.gate import plan_nodes
-from onnx_decomp.planning.support import Support, support_of
+from onnx_decomp.planning.support import ExactSupport, Support, support_of
 from onnx_decomp.report.decomposition import Report
 from onnx_decomp.runtime.validation import validate
 from onnx_decomp_passes import FORMS, BlockRewrite, FoldPermutation, KeepBlockLayout, PassError, PassManager
@@ -73,7 +74,8 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
               support: Union[str, Support] = "exact", session: Session = "auto",
               validation: Optional[ValidationConfig] = None, inline_functions: bool = False,
               references: bool = False) -> tuple[onnx.ModelProto, Report]:
-    """Rewrite every MatMul/Gemm whose support splits into blocks that pass the gate; prove it in ONNX Runtime.
+    """Rewrite every MatMul/Gemm whose support splits into blocks that pass the gate, and with the exact support
+    every Conv its zeros split into channel blocks (``planning.conv``); prove it in ONNX Runtime.
 
     ``support``: ``"exact"`` (the nonzero pattern, lossless) or ``"confirmed"`` (what the statistical
     analysis confirms, lossy), or a ``planning.support.Support``. ``validation`` (default: 3 random input
@@ -89,8 +91,12 @@ def decompose(model: ModelLike, *, input_shapes: InputShapes = None, gate: Gate 
     planning = plan_nodes(ctx, gate, session, support.masks(ctx))
     report = _report(ctx, planning)
     rewritten = _rewrite(ctx, planning)
+    convs = []
+    if isinstance(support, ExactSupport):  # Convs split by their zeros into channel blocks (planning.conv)
+        rewritten, convs = rewrite_convs(rewritten, exact_conv_plans(rewritten), input_shapes, gate, session)
+        report.notes += [decision.line() for decision in convs]
     report.after = _stats(ctx, rewritten)
-    if not report.planned:
+    if not report.planned and not any(decision.form for decision in convs):
         report.notes.append("no MatMul/Gemm weight passed the gate; the written model is equivalent")
     if support.note:
         report.notes.append(support.note)

@@ -10,6 +10,10 @@ taken if it is at least ``min_speedup`` (grouped Convs run far below their FLOP 
 9192: measured, not assumed); otherwise the Conv stays dense, with its masked weights, which the plan
 describes exactly. With ``--gate flops`` or ``cost`` (no cost model for Conv), the first form that applies is
 taken. The folding is decided again over the Convs rewritten.
+
+``decompose``'s exact plans (``exact_conv_plans``): a channel pair is live when its kernel window holds a
+nonzero; a Conv of one group whose live pairs fall into two or more components covering every channel is
+planned as those blocks (lossless), then timed as above.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from onnx_decomp.cost.timing import median_speedup
 from onnx_decomp.io.graph import export_graph, import_graph
 from onnx_decomp.io.shapes import InputShapes, InputSpec, input_specs
 from onnx_decomp.runtime.sessions import make_session, random_inputs, run_session
-from onnx_decomp_passes import (CONV, CONV_FORMS, BlockPlan, ConvRewrite, LowRankPlan, Plan, Site, WeightedOp,
-                                conv_folding, find_weighted_ops, one_node_graph)
+from onnx_decomp_passes import (CONV, CONV_FORMS, BlockPlan, Branch, ConvRewrite, LowRankPlan, Plan, Site,
+                                WeightedOp, conv_folding, find_weighted_ops, one_node_graph, plan_from_support)
 
 
 @dataclass
@@ -92,3 +96,19 @@ def rewrite_convs(model: onnx.ModelProto, plans: Mapping[Site, Plan], input_shap
         ConvRewrite({site: planned[site] for site in chosen}, chosen)(graph)
         model = export_graph(graph, like=model)
     return model, decisions
+
+
+def exact_conv_plans(model: onnx.ModelProto) -> dict[Site, BlockPlan]:
+    """The block plan of each Conv whose zeros split it into channel blocks (module rule), on its unrolled
+    kernel."""
+    if not any(node.op_type == "Conv" for node in model.graph.node):
+        return {}
+    plans = {}
+    for op in find_weighted_ops(import_graph(model), CONV)[0]:
+        if op.groups != 1:
+            continue
+        pairs = plan_from_support((op.matrix().reshape(op.shape[0], -1, op.window) != 0).any(-1))
+        if len(pairs.branches) > 1 and not len(pairs.constant_rows) and not len(pairs.unused_cols):
+            plans[op.site] = BlockPlan(*op.shape, tuple(Branch(branch.rows, op.input_columns(branch.cols))
+                                                        for branch in pairs.branches))
+    return plans
