@@ -5,10 +5,14 @@
     onnx_decomp.save_model(model, "out.onnx")
     model, report = onnx_decomp.anneal("model.onnx", "calib.npz", metric="top1", tolerance=0.01)
     report = onnx_decomp.anneal_by_block("model.onnx", "out.onnx", "calib.npz", tolerance=0.05)   # bounded memory
+    manifest = onnx_decomp.write_shards("model.onnx", plans, "shards/")   # BlockPlan per Site: one model per
+    outputs = onnx_decomp.run_shards(manifest, {"x": x}, backend="ray")  # independent sub-network, merged
 """
 
 from onnx_decomp.config import (AnalysisConfig, AnnealConfig, ClusterConfig, GateConfig, SessionConfig, Tolerance,
                                 ValidationConfig)
+from onnx_decomp.distributed.inference import ShardRunner, run_shards
+from onnx_decomp.distributed.shards import Manifest, write_shards
 from onnx_decomp.drivers.anneal import anneal
 from onnx_decomp.drivers.by_block import anneal_by_block
 from onnx_decomp.drivers.decompose import decompose, inspect
@@ -22,6 +26,7 @@ from onnx_decomp.stats.analyze import analyze
 
 __all__ = [
     "analyze", "anneal", "anneal_by_block", "decompose", "inspect", "load_model", "save_model",
+    "write_shards", "run_shards", "ShardRunner", "Manifest",
     "GateConfig", "SessionConfig", "ValidationConfig", "Tolerance", "AnalysisConfig", "AnnealConfig", "ClusterConfig",
     "ExactSupport", "ConfirmedSupport", "AnnealedSupport",
     "AnalysisReport", "AnnealReport", "Report", "NodeReport",
