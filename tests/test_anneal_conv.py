@@ -42,13 +42,14 @@ def test_a_convs_rows_are_its_patches_and_its_macs_count_output_positions(rng):
     x = rng.standard_normal((2, cnn.C, cnn.S, cnn.S)).astype(np.float32)
     taps = network.run([{"x": x}], taps=True).taps
     rows = taps[layers["conv3"].site]
+    original = network.model_with({})
     assert rows.shape == (50, cnn.H * 9)
     # the same seeded positions, read off conv3's output: rows @ W.T + b is the Conv at those positions
     conv3 = make_model([helper.make_node("Conv", ["r", "w3", "b3"], ["y"], "conv3", pads=[1, 1, 1, 1])],
                        [value("r", [2, cnn.H, cnn.S, cnn.S])], [value("y", [2, cnn.C, cnn.S, cnn.S])],
-                       [tensor(n, onnx.numpy_helper.to_array(t)) for t in network.proto.graph.initializer
+                       [tensor(n, onnx.numpy_helper.to_array(t)) for t in original.graph.initializer
                         for n in ("w3", "b3") if t.name == n])
-    r2 = run(_with_output(network.proto, "r2"), {"x": x})[1]
+    r2 = run(_with_output(original, "r2"), {"x": x})[1]
     dense = np.moveaxis(run(conv3, {"r": r2})[0], 1, -1).reshape(-1, cnn.C)
     chosen = network._rows(0, len(dense), 50)
     layer = layers["conv3"]

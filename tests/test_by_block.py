@@ -111,12 +111,13 @@ def _growth(folder: Path, layers: int, by_block: bool) -> dict:
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_blocks(tmp_path):
-    """Measured: 2 and 12 layers (8 and 48 MiB of weights) both peak 95-110 MiB above the imports block by
-    block (ONNX Runtime's sessions and the search's arrays for one 4 MiB block: a fixed cost at this size),
-    while annealing the model whole takes 138 MiB at 2 layers, 215 MiB at 4, 450 MiB at 8."""
-    shallow, deep = _growth(tmp_path / "shallow", 2, True), _growth(tmp_path / "deep", 12, True)
+    """Measured: 4 and 12 layers (16 and 48 MiB of weights) both peak 75-110 MiB above the imports block by
+    block (ONNX Runtime's sessions and the search's arrays for one 4 MiB block: a fixed cost at this size;
+    a block's peak settles after the first few blocks), while annealing the model whole takes 138 MiB at
+    2 layers, 215 MiB at 4, 450 MiB at 8."""
+    shallow, deep = _growth(tmp_path / "shallow", 4, True), _growth(tmp_path / "deep", 12, True)
     whole = _growth(tmp_path / "whole", 4, False)
-    added = deep["weights"] - shallow["weights"]  # 40 MiB more weights
+    added = deep["weights"] - shallow["weights"]  # 32 MiB more weights
     assert deep["growth"] - shallow["growth"] < 0.25 * added, (shallow, deep)
     assert deep["growth"] < whole["growth"], (deep, whole)  # deeper by block, yet below a shallower whole run
 

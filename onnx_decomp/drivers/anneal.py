@@ -5,8 +5,9 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``stats.analyze``) -> the network, whose weights one ONNX Runtime session takes as inputs, and the
   fidelity gate (the original's outputs and activations) -> every family's units and ladders
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
-- ``finalize``: the final structure refitted on the whole tuning part, its held-out fidelity with and without
-  refit, stability over bootstrap resamples, the masked, refitted dense model.
+- ``finalize``: stability over bootstrap resamples, the final structure refitted on the whole tuning part,
+  its held-out fidelity with and without refit, the masked, refitted dense model; then the search's state
+  (the annealer: its fits per fold, activations, caches and units) is let go before the model is rewritten.
 - ``rewrite``: heads, hidden units and channels removed where a family removed them (``RemoveHeads``,
   ``RemoveUnits``), planned Convs rewritten in the form ONNX Runtime measures fastest or kept
   (``planning.conv``), then the exact path
@@ -79,7 +80,8 @@ class Annealing:
     network: Network
     report: AnnealReport
     fidelity: Optional[FidelityGate] = None  # None: no annealable layer
-    annealer: Optional[Annealer] = None
+    annealer: Optional[Annealer] = None  # the search's state, until finalize lets it go
+    tuning: float = float("nan")  # the final state's tuning fidelity (the schedule's)
     cuts: dict[Site, Cut] = field(default_factory=dict)
     weights: Weights = field(default_factory=dict)  # the final weights of the cut layers
     held_out: tuple[float, float] = (float("nan"), float("nan"))  # validation fidelity refitted, plainly cut
@@ -123,7 +125,7 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
         notes=[*ctx.notes, *data.notes, *(fidelity.notes if fidelity else []), *space.notes])
     run = Annealing(ctx, data, config, network, report, fidelity)
     if fidelity is not None and config.quantize is not None:
-        alone = fidelity.compare(fidelity.outputs_of(_quantized(network.proto, run), session, "tuning"))
+        alone = fidelity.compare(fidelity.outputs_of(_quantized(network.model_with({}), run), session, "tuning"))
         fidelity.tolerance = max(config.tolerance - alone, 0.0)
         report.quantization = {"scheme": config.quantize, "alone": alone, "budget": fidelity.tolerance,
                                "unquantized": float("nan")}
@@ -135,15 +137,24 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
     return run
 
 
+def _conclude_search(run: Annealing) -> None:
+    """The search's last uses (stability, the final fits and their held-out fidelity), then let it go."""
+    annealer, config = run.annealer, run.config
+    run.report.stability = stability(annealer.in_force(), run.fidelity.dense_taps, config.bootstrap, config.seed)
+    for unit in annealer.units:
+        unit.release()
+    refitted, plain = annealer.final_refit(run.cuts), annealer.plain(run.cuts)
+    run.weights = refitted if config.refit else plain
+    run.held_out = tuple(run.fidelity.measure(w, "held-out") for w in (refitted, plain))
+    run.tuning, run.annealer = annealer.state.fidelity, None
+    run.fidelity.release_taps()
+
+
 def finalize(run: Annealing) -> None:
     """The finalize stage (module rule)."""
     report, config = run.report, run.config
     if run.annealer is not None:
-        refitted = run.annealer.final_refit(run.cuts)
-        plain = run.annealer.plain(run.cuts)
-        run.weights = refitted if config.refit else plain
-        run.held_out = tuple(run.fidelity.measure(w, "held-out") for w in (refitted, plain))
-        report.stability = stability(run.annealer.in_force(), run.fidelity.dense_taps, config.bootstrap, config.seed)
+        _conclude_search(run)
     if not report.accepted:
         report.notes.append(_why_nothing(report))
     report.plans = {site: cut.plan for site, cut in run.cuts.items()}
@@ -193,7 +204,7 @@ def verify(run: Annealing, session: SessionConfig) -> None:
             run.model = _quantized(run.model, run)
             report.quantization["unquantized"] = validation
             validation = fidelity.compare(fidelity.outputs_of(run.model, session), "held-out")
-        report.final = FinalFidelity(run.network.dense_macs, run.network.macs(run.cuts), run.annealer.state.fidelity,
+        report.final = FinalFidelity(run.network.dense_macs, run.network.macs(run.cuts), run.tuning,
                                      validation, *run.held_out, gap, ok,
                                      f"rtol {EXACT_RTOL:g}, atol {atol:.3g}; the masked model's own gap with ONNX "
                                      f"Runtime's graph optimizations off: {noise:.3g}")

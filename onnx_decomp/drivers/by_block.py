@@ -21,6 +21,10 @@ Rules:
   figure reported against the whole budget. Between blocks the metric is the run's where it reads any tensor
   (rel-l2, cosine; the stream budget is then ``tolerance``), else rel-l2 with its own budget
   ``stream_tolerance``, required then.
+- Memory: once a block is done, its objects are collected and the C library's freed memory handed back to
+  the system (glibc's ``malloc_trim``, where there is one), so that one block's peak does not stack on the
+  last one's leftovers; within a block, annealing lets its search state go before it rewrites
+  (``drivers.anneal``).
 - Output: each rewritten block goes to the temporary folder when it is done; the model is stitched from them
   (nodes in block order, side nodes once, the input's interface) and written with its weights copied tensor
   by tensor: the compressed model is never in memory whole. Quantization is refused here.
@@ -28,6 +32,8 @@ Rules:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import gc
 import logging
@@ -169,6 +175,15 @@ def _with_reference(analysis: AnalysisConfig, ctx: ModelContext) -> AnalysisConf
     return dataclasses.replace(analysis, init_reference=path)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand the C library's free memory back to the system (module rule)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
+
+
 def peak_rss() -> int:
     """This process's peak resident memory in bytes: Linux's ``VmHWM`` (its own memory image's; ``ru_maxrss``
     keeps the peak of the image it replaced at exec: a child of a large process starts at its parent's),
@@ -239,7 +254,7 @@ def anneal_by_block(model: ModelLike, output: Union[str, os.PathLike], calib: Op
                                 "mac_reduction": totals[0] / max(totals[1], 1),
                                 "within_budget": bool(final.validation <= config.tolerance)}
             del done
-            gc.collect()
+            release_memory()
         stitched = run.stitched()
         check_model(stitched)
         save_model(stitched, output, external_data=True, base_dir=Path(work))

@@ -17,8 +17,11 @@ dense at a batch size the user named."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from typing import Optional
+
+import numpy as np
 
 from onnx_decomp.config import GateConfig, SessionConfig
 from onnx_decomp.context import ModelContext
@@ -29,6 +32,8 @@ from onnx_decomp.cost.model_stats import counted_shapes
 from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp_passes import FORMS, BlockPlan, Site, plan_folding
 from onnx_decomp_passes.forms.blocks import block_layout
+
+COLLECT_ELEMENTS = 2 ** 20  # a weight this large has its one-node graphs collected at once (their copies)
 
 
 def batch_specs(ctx: ModelContext, batch: int) -> list[InputSpec]:
@@ -96,5 +101,7 @@ class FormChooser:
             costs = [replace(c, measured=measure_speedup(candidate, chosen, x_shapes[c.batch], root, self.session))
                      if c.form == chosen.name else c for c in costs]
         measured = [c.measured for c in costs if c.form == chosen.name and c.measured is not None]
+        if np.prod(op.shape) >= COLLECT_ELEMENTS:
+            gc.collect()  # the one-node graphs are reference cycles that hold copies of the weight
         return replace(candidate, form=chosen.name, costs=tuple(costs),
                        speedup=min(measured) if measured else None)

@@ -111,8 +111,8 @@ class FidelityGate:
                        "held-out": self._labels(data.held_out, "validation")}
         source = original or data
         dense = [network.run(source.batches(fold), taps=True) for fold in source.folds]
-        self.fold_taps = [run.taps for run in dense]  # the original's activations, per fold
-        self.dense_taps = self.joined(self.fold_taps)  # ... and over the whole tuning part
+        self.dense_taps = self.joined([run.taps for run in dense])  # the original's activations, tuning part
+        self.fold_taps = self.split(self.dense_taps, dense[0].taps)  # ... per fold (views)
         self.start_taps = self.fold_taps if original is None else \
             [network.run(batches, taps=True).taps for batches in self.folds]  # module rule
         self.reference = {"tuning": [np.concatenate(o) for o in zip(dense[0].outputs, dense[1].outputs)],
@@ -149,8 +149,24 @@ class FidelityGate:
 
     @staticmethod
     def joined(per_fold: Sequence[dict[Site, np.ndarray]]) -> dict[Site, np.ndarray]:
-        """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``)."""
-        return {site: np.concatenate([taps[site] for taps in per_fold]) for site in per_fold[0]}
+        """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``); layers that
+        shared one array per fold share the joined one."""
+        joined: dict[tuple, np.ndarray] = {}
+        for site in per_fold[0]:
+            key = tuple(id(taps[site]) for taps in per_fold)
+            if key not in joined:
+                joined[key] = np.concatenate([taps[site] for taps in per_fold])
+        return {site: joined[tuple(id(taps[site]) for taps in per_fold)] for site in per_fold[0]}
+
+    @staticmethod
+    def split(joined: dict[Site, np.ndarray], first: dict[Site, np.ndarray]) -> list[dict[Site, np.ndarray]]:
+        """``joined`` rows cut back into the two folds (views), fold 0 as long as in ``first``."""
+        return [{site: rows[:len(first[site])] for site, rows in joined.items()},
+                {site: rows[len(first[site]):] for site, rows in joined.items()}]
+
+    def release_taps(self) -> None:
+        """Let go of the activations kept for the search (after it; outputs and references stay)."""
+        self.fold_taps = self.dense_taps = self.start_taps = {}
 
     def passes(self, value: float) -> bool:
         return value <= self.tolerance

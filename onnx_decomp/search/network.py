@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -53,8 +53,43 @@ if TYPE_CHECKING:  # cuts are asked for their MACs only
 
 logger = logging.getLogger(__name__)
 
-Stored = tuple[np.ndarray, Optional[np.ndarray]]  # (weight, bias) as the model stores them
+PACKED_DENSITY = 0.25  # a fit with at most this share of nonzero weights is kept packed (``packed``)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A stored weight kept as its nonzero entries: flat positions and their values."""
+
+    shape: tuple[int, ...]
+    positions: np.ndarray
+    values: np.ndarray
+
+    def array(self) -> np.ndarray:
+        array = np.zeros(self.shape, self.values.dtype)
+        array.reshape(-1)[self.positions] = self.values
+        return array
+
+
+Stored = tuple[Union[np.ndarray, Packed], Optional[np.ndarray]]  # (weight, bias) as the model stores them
 Weights = Mapping[Site, Stored]  # layer site -> stored arrays of the state under test
+
+
+def packed(stored: Stored) -> Stored:
+    """``stored`` with its weight ``Packed`` where at most ``PACKED_DENSITY`` of it is nonzero: the search
+    keeps its fits so (a cut weight is mostly zeros) and unpacks one only to run or read it."""
+    weight, bias = stored
+    if isinstance(weight, Packed):
+        return stored
+    flat = weight.reshape(-1)
+    positions = np.flatnonzero(flat)
+    if len(positions) > PACKED_DENSITY * flat.size:
+        return stored
+    index = np.int32 if flat.size < 2 ** 31 else np.int64
+    return Packed(weight.shape, positions.astype(index), flat[positions]), bias
+
+
+def unpacked(weight: Union[np.ndarray, Packed]) -> np.ndarray:
+    return weight.array() if isinstance(weight, Packed) else weight
 
 
 @dataclass
@@ -114,7 +149,7 @@ class Layer:
     def matrix(self, stored: Optional[Stored] = None, dtype=np.float64) -> np.ndarray:
         """Effective ``W [n_out, n_in]`` of ``stored`` arrays, or of the original ones, as ``dtype`` (a
         read-only view of the stored array where no conversion is needed)."""
-        view = self.op.layout.to_matrix(self.stored_weight if stored is None else stored[0])
+        view = self.op.layout.to_matrix(self.stored_weight if stored is None else unpacked(stored[0]))
         if self.op.alpha == 1 and view.dtype == dtype:
             return view
         return self.op.alpha * view.astype(dtype)
@@ -198,7 +233,9 @@ class RunResult:
 
 
 class Network:
-    """The normalised model, its layers, and the one session that runs any state of their weights."""
+    """The normalised model, its layers, and the one session that runs any state of their weights. ``proto``
+    holds the layers' weights and biases as empty tensors once the session is made: their values are the
+    layers' arrays (``model_with`` puts them back)."""
 
     def __init__(self, ctx: ModelContext, session: SessionConfig = SessionConfig(), max_rows: int = 4096,
                  seed: int = 0):
@@ -220,6 +257,10 @@ class Network:
                               for op in [*ctx.ops, *find_weighted_ops(ctx.graph, CONV)[0]] if op.node.name not in nodes)
         self.products = find_products(ctx, self.layers, self.shapes)  # activation x activation MatMuls
         self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
+        held = self.feeds()  # once: in the layers' arrays (``model_with``)
+        for tensor in self.proto.graph.initializer:
+            if tensor.name in held:
+                tensor.CopyFrom(helper.make_tensor(tensor.name, tensor.data_type, [0], []))
 
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""
@@ -243,7 +284,7 @@ class Network:
         feeds = {}
         for layer in self.layers:
             weight, bias = (weights or {}).get(layer.site, (layer.stored_weight, layer.stored_bias))
-            feeds[layer.weight] = weight
+            feeds[layer.weight] = unpacked(weight)
             if layer.bias:
                 feeds[layer.bias] = bias
         return feeds
@@ -259,7 +300,7 @@ class Network:
         names = self.outputs + (self._tap_names if taps else [])
         fixed = self.feeds(weights)
         outputs: list[list] = [[] for _ in self.outputs]
-        kept: dict[Site, list] = {layer.site: [] for layer in self.layers} if taps else {}
+        kept: dict = {self._tap_key(layer): [] for layer in self.layers} if taps else {}
         budget = math.ceil(self.max_rows / max(len(batches), 1))
         for number, batch in enumerate(batches):
             try:
@@ -269,24 +310,27 @@ class Network:
                     f"ONNX Runtime failed on the calibration data: {ort_message(error)}") from None
             for collected, name in zip(outputs, self.outputs):
                 collected.append(values[name])
-            for layer in self.layers if taps else ():
+            for key, layer in {self._tap_key(layer): layer for layer in self.layers}.items() if taps else ():
                 activation = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
-                kept[layer.site].append(layer.rows(activation, lambda count: self._rows(number, count, budget)))
-        return RunResult([np.concatenate(c) for c in outputs], {i: np.concatenate(rows) for i, rows in kept.items()})
+                kept[key].append(layer.rows(activation, lambda count: self._rows(number, count, budget)))
+        joined = {key: np.concatenate(rows) for key, rows in kept.items()}
+        return RunResult([np.concatenate(c) for c in outputs],
+                         {layer.site: joined[self._tap_key(layer)] for layer in self.layers} if taps else {})
+
+    @staticmethod
+    def _tap_key(layer: Layer):
+        """MatMul/Gemm layers reading one tensor share its rows (one array); each Conv keeps its own."""
+        return layer.input if layer.geometry is None else layer.site
 
     def model_with(self, weights: Weights) -> onnx.ModelProto:
-        """The normalised model with ``weights`` stored in place of the layers' originals."""
+        """The normalised model with ``weights`` stored in place of the layers' originals (``{}``: the
+        original model)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.proto)
-        replace = {}
-        for site, (weight, bias) in weights.items():
-            layer = self.by_site[site]
-            replace[layer.weight] = weight
-            if layer.bias:
-                replace[layer.bias] = bias
+        arrays = self.feeds(weights)
         for tensor in model.graph.initializer:
-            if tensor.name in replace:
-                tensor.CopyFrom(numpy_helper.from_array(replace[tensor.name], tensor.name))
+            if tensor.name in arrays:
+                tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name], tensor.name))
         return model
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:

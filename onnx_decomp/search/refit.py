@@ -100,11 +100,14 @@ class Refitter:
         self._bases: dict[tuple[int, int, int], tuple] = {}  # (layer, id(dense), id(rows)) -> low-rank basis
 
     def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
-        """``X_dense W0^T + b0`` (float64), computed once per layer and set of dense activation rows."""
+        """``X_dense W0^T + b0`` (float32, as ONNX Runtime computes it), computed once per layer and set of
+        dense activation rows."""
         key = (layer.index, id(dense))
         known = self._targets.get(key)
         if known is None or known[0] is not dense:
-            known = (dense, (dense.astype(np.float32) @ w0.T).astype(np.float64) + layer.bias_vector())
+            target = dense.astype(np.float32, copy=False) @ w0.T
+            target += layer.bias_vector().astype(np.float32)
+            known = (dense, target)
             self._targets[key] = known
         return known[1]
 
@@ -114,8 +117,10 @@ class Refitter:
         z = cut.astype(np.float64)
         target = self._target(layer, dense, w0)
         with_bias = layer.bias is not None
-        z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(b0)))
-        z, target = z - z_mean, target - t_mean
+        z_mean, t_mean = (z.mean(0), target.mean(0, dtype=np.float64)) if with_bias else \
+            (np.zeros(z.shape[1]), np.zeros(len(b0)))
+        z -= z_mean
+        target = target - t_mean
         rng = np.random.default_rng(self.seed)
         half = np.zeros(len(z), bool)
         half[rng.permutation(len(z))[:len(z) // 2]] = True
@@ -144,8 +149,10 @@ class Refitter:
         w0 = layer.matrix(dtype=np.float32)
         z, target = rows.astype(np.float64), self._target(layer, dense, w0)
         with_bias = layer.bias is not None
-        z_mean, t_mean = (z.mean(0), target.mean(0)) if with_bias else (np.zeros(z.shape[1]), np.zeros(len(w0)))
-        z, target = z - z_mean, target - t_mean
+        z_mean, t_mean = (z.mean(0), target.mean(0, dtype=np.float64)) if with_bias else \
+            (np.zeros(z.shape[1]), np.zeros(len(w0)))
+        z -= z_mean
+        target = target - t_mean
         prior = w0.T.astype(np.float64)
         gram = z.T @ z
         lam = _lam(self.ridge if self.ridge is not None else LOW_RANK_RIDGE, float(np.trace(gram)) / len(gram))

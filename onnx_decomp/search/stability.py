@@ -69,9 +69,12 @@ def index_spaces(plans: list[BlockPlan]) -> dict[str, np.ndarray]:
 
 def stability(in_force: list[tuple[Unit, int]], taps: Mapping[Site, np.ndarray], resamples: int,
               seed: int = 0) -> list[Stability]:
-    """The module rule for every (unit, rung) in force, from the original model's tuning activations."""
+    """The module rule for every (unit, rung) in force, from the original model's tuning activations
+    (nothing without resamples)."""
     rng = np.random.default_rng(seed)
     results = []
+    if resamples == 0:
+        return results
     for unit, rung in in_force:
         norms = {layer.site: column_norms(taps[layer.site]) for layer in unit.layers}
         in_order = [layer.site for layer in sorted(unit.layers, key=lambda layer: layer.index)]
@@ -87,11 +90,9 @@ def stability(in_force: list[tuple[Unit, int]], taps: Mapping[Site, np.ndarray],
             again = index_spaces([plans[site] for site in in_order])
             for name, labels in spaces.items():
                 scores[name].append(adjusted_rand_index(labels, again[name]) if name in again else 0.0)
-        interface = np.min([scores[name] for name in ("inputs", "outputs") if name in scores], axis=0) \
-            if resamples else np.zeros(0)
-        mean = float(interface.mean()) if resamples else float("nan")
-        results.append(Stability(unit.name, accepted.label, resamples, round(mean, 4),
-                                 round(float(interface.min(initial=np.inf)), 4) if resamples else float("nan"),
+        interface = np.min([scores[name] for name in ("inputs", "outputs") if name in scores], axis=0)
+        mean = float(interface.mean())
+        results.append(Stability(unit.name, accepted.label, resamples, round(mean, 4), round(float(interface.min()), 4),
                                  bool(mean >= STABLE_ARI),
                                  {name: round(float(np.mean(v)), 4) for name, v in scores.items() if v}))
     return results
