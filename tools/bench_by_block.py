@@ -172,17 +172,21 @@ def measure(folder: Path, args) -> None:
                       for b in getattr(plan, "branches", ()))
     found = sum(score == 1.0 for score in scores.values())
     bound = 3 * block + streams + taps
+    layer = 4 * (4 * args.d ** 2 + 3 * args.d * args.ffn)  # one transformer layer: attention + FFN, float32
+    layer_bound = 3 * layer + streams + taps
     print(f"\nannealed in {seconds:.0f} s; peak resident memory {peak / 2**20:.0f} MiB, {(peak - baseline) / 2**20:.0f} "
           f"MiB above the {baseline / 2**20:.0f} MiB after imports; largest block's weights {block / 2**20:.0f} MiB, "
           f"activations held {streams / 2**20:.0f} MiB (both streams) + {taps / 2**20:.0f} MiB (largest block's "
           f"taps): bound 3 x {block / 2**20:.0f} + {(streams + taps) / 2**20:.0f} = {bound / 2**20:.0f} MiB: "
           f"{'met' if peak - baseline <= bound else 'missed'} above the imports ({peak / bound:.2f}x the bound "
           f"counting them, {(peak - baseline) / bound:.2f}x not)")
+    print(f"against one transformer layer (attention + FFN, {layer / 2**20:.0f} MiB of weights): bound "
+          f"{layer_bound / 2**20:.0f} MiB, {(peak - baseline) / layer_bound:.2f}x it above the imports")
     print(f"planted partition found exactly (ARI 1.0 on rows and columns) in {found} of {len(groups.files) // 2} "
           f"weights ({len(scores)} cut; {inside} with every block inside one planted block); lowest ARI "
           f"{min(scores.values(), default=float('nan')):.3f}")
     (folder / "result.json").write_text(json.dumps({"seconds": seconds, "peak": peak, "baseline": baseline,
-                                                    "block": block, "streams": streams, "taps": taps,
+                                                    "block": block, "layer": layer, "streams": streams, "taps": taps,
                                                     "ari": scores, "inside": inside, "report": report.to_dict()}))
 
 

@@ -21,7 +21,10 @@ Rules:
   arrays of the state under test at every run, and the layers' activation inputs become extra outputs
   ("taps"). Its idle threads do not spin: numpy works between its runs.
 - Taps keep at most ``max_rows`` rows per layer, the same seeded subset of each batch's rows in every run,
-  so that dense and cut activations stay paired row by row.
+  so that dense and cut activations stay paired row by row; MatMul/Gemm layers reading one tensor share one
+  array of its rows.
+- Memory: each layer's weights are held once, in its arrays (the proto keeps empty tensors in their place);
+  the search keeps its fits ``packed`` (a cut weight is mostly zeros) and unpacks them only to run them.
 """
 
 from __future__ import annotations
