@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -175,13 +176,18 @@ def _with_reference(analysis: AnalysisConfig, ctx: ModelContext) -> AnalysisConf
     return dataclasses.replace(analysis, init_reference=path)
 
 
+@functools.cache
+def _malloc_trim():
+    """The C library's ``malloc_trim`` (glibc), or None; looked up once (``find_library`` runs ldconfig)."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 def release_memory() -> None:
     """Collect garbage and hand the C library's free memory back to the system (module rule)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is not None:
-        trim(0)
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)
 
 
 def peak_rss() -> int:

@@ -151,12 +151,13 @@ class FidelityGate:
     def joined(per_fold: Sequence[dict[Site, np.ndarray]]) -> dict[Site, np.ndarray]:
         """Per-layer activation rows of both folds, fold 0 first (paired with ``dense_taps``); layers that
         shared one array per fold share the joined one."""
-        joined: dict[tuple, np.ndarray] = {}
+        joined, by_arrays = {}, {}
         for site in per_fold[0]:
             key = tuple(id(taps[site]) for taps in per_fold)
-            if key not in joined:
-                joined[key] = np.concatenate([taps[site] for taps in per_fold])
-        return {site: joined[tuple(id(taps[site]) for taps in per_fold)] for site in per_fold[0]}
+            if key not in by_arrays:
+                by_arrays[key] = np.concatenate([taps[site] for taps in per_fold])
+            joined[site] = by_arrays[key]
+        return joined
 
     @staticmethod
     def split(joined: dict[Site, np.ndarray], first: dict[Site, np.ndarray]) -> list[dict[Site, np.ndarray]]:

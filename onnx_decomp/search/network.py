@@ -255,6 +255,9 @@ class Network:
         inputs = {value.name for value in self.proto.graph.input}
         self._tapped = [layer for layer in self.layers if layer.input not in inputs]
         self._tap_names = list(dict.fromkeys(layer.input for layer in self._tapped if layer.input not in self.outputs))
+        # layer site -> its array of rows: MatMul/Gemm layers reading one tensor share one, each Conv has its own
+        self._tap_keys = {layer.site: layer.input if layer.geometry is None else layer.site for layer in self.layers}
+        self._tap_readers = {self._tap_keys[layer.site]: layer for layer in self.layers}  # a layer per array
         nodes = {layer.node for layer in self.layers}
         self.other_macs = sum(op_vectors(self.shapes, op) * op.shape[0] * op.shape[1]
                               for op in [*ctx.ops, *find_weighted_ops(ctx.graph, CONV)[0]] if op.node.name not in nodes)
@@ -303,7 +306,7 @@ class Network:
         names = self.outputs + (self._tap_names if taps else [])
         fixed = self.feeds(weights)
         outputs: list[list] = [[] for _ in self.outputs]
-        kept: dict = {self._tap_key(layer): [] for layer in self.layers} if taps else {}
+        kept: dict = {key: [] for key in self._tap_readers} if taps else {}
         budget = math.ceil(self.max_rows / max(len(batches), 1))
         for number, batch in enumerate(batches):
             try:
@@ -313,17 +316,12 @@ class Network:
                     f"ONNX Runtime failed on the calibration data: {ort_message(error)}") from None
             for collected, name in zip(outputs, self.outputs):
                 collected.append(values[name])
-            for key, layer in {self._tap_key(layer): layer for layer in self.layers}.items() if taps else ():
+            for key, layer in self._tap_readers.items() if taps else ():
                 activation = np.asarray(batch[layer.input] if layer.input in batch else values[layer.input])
                 kept[key].append(layer.rows(activation, lambda count: self._rows(number, count, budget)))
         joined = {key: np.concatenate(rows) for key, rows in kept.items()}
         return RunResult([np.concatenate(c) for c in outputs],
-                         {layer.site: joined[self._tap_key(layer)] for layer in self.layers} if taps else {})
-
-    @staticmethod
-    def _tap_key(layer: Layer):
-        """MatMul/Gemm layers reading one tensor share its rows (one array); each Conv keeps its own."""
-        return layer.input if layer.geometry is None else layer.site
+                         {site: joined[key] for site, key in self._tap_keys.items()} if taps else {})
 
     def model_with(self, weights: Weights) -> onnx.ModelProto:
         """The normalised model with ``weights`` stored in place of the layers' originals (``{}``: the
