@@ -116,6 +116,7 @@ def test_refit_beats_the_plain_cut_on_held_out_data_of_a_trained_model():
     assert report.accepted and "2.weight" in by_weight(report.plans)
     assert final.validation_refit < 0.5 * final.validation_plain  # held-out relative L2 error of the logits
     assert final.validation == pytest.approx(final.validation_refit, abs=1e-4)
+    assert report.stability == []  # no resamples: no stability rows, and no partition recomputed for them
 
 
 def test_accuracy_metric_reads_labels_and_no_refit_keeps_the_plain_cut():
