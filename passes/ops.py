@@ -146,7 +146,7 @@ class WeightedOp:
     def stored_from(self, matrix: np.ndarray) -> np.ndarray:
         """What the model stores for the effective weight ``matrix [n_out, n_in]``: divided by alpha, in the
         stored layout, shape and element type."""
-        stored = self.layout.from_matrix(matrix / self.alpha).reshape(self.weight.shape)
+        stored = self.layout.from_matrix(matrix if self.alpha == 1 else matrix / self.alpha).reshape(self.weight.shape)
         return np.ascontiguousarray(stored, dtype=self.weight.dtype)
 
     def output_bias(self) -> Optional[OutputBias]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -47,3 +49,24 @@ def test_single_file_by_default_and_api_model_untouched(tmp_path, external_model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "one.onnx"]
     onnx_decomp.save_model(model, tmp_path / "two.onnx", external_data=True)
     assert model.ByteSize() == size  # saving as external data did not strip the caller's model
+
+
+def test_a_large_model_reaches_onnx_runtime_as_a_file_with_external_data(monkeypatch, rng):
+    from onnx_decomp.io import model_io
+    from onnx_decomp.runtime.sessions import make_session
+
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"])], [value("x", ["N", 64])],
+                       [value("y", ["N", 48])], [tensor("B", w)])
+    serialized = model.SerializeToString()
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    with model_io.model_source(model) as source:
+        assert isinstance(source, bytes)  # small: its bytes
+    monkeypatch.setattr(model_io, "MAPPED_BYTES", w.nbytes // 2)
+    with model_io.model_source(model) as source:
+        assert isinstance(source, str)
+        data = onnx.load(source, load_external_data=False).graph.initializer[0]
+        assert data.data_location == onnx.TensorProto.EXTERNAL
+        assert (Path(source).parent / "model.onnx.data").stat().st_size == w.nbytes
+    assert model.SerializeToString() == serialized  # the caller's model as it was
+    np.testing.assert_allclose(make_session(model).run(None, {"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)

@@ -112,12 +112,15 @@ def cocluster_closeness(matrix: np.ndarray, k: int, seed: int = 0,
     """Closeness ``[rows, k]`` and ``[cols, k]`` of every row and column of ``|matrix|`` to the k centers
     (minus squared distance in the spectral embedding; rule 2); ``n_init`` None: 10 k-means runs up to
     ``KMEANS_POINTS`` embedded points, fewer above (at least 2)."""
-    a = np.abs(np.asarray(matrix, dtype=np.float64))
+    a = np.array(matrix, dtype=np.float64)  # a copy, scaled in place: one matrix-sized array at a time
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
+    np.abs(a, out=a)
     row_scale = 1.0 / np.sqrt(np.maximum(a.sum(1), TINY))
     col_scale = 1.0 / np.sqrt(np.maximum(a.sum(0), TINY))
-    u, vt = top_singular_vectors(row_scale[:, None] * a * col_scale[None, :], k, seed)
+    a *= row_scale[:, None]
+    a *= col_scale[None, :]
+    u, vt = top_singular_vectors(a, k, seed)
     embedding = np.vstack([row_scale[:, None] * u, col_scale[:, None] * vt.T])
     runs = n_init or max(2, min(10, KMEANS_POINTS // len(embedding)))
     closeness = -_squared_distances(embedding, kmeans(embedding, k, seed=seed, n_init=runs))

@@ -237,17 +237,22 @@ class RunResult:
 
 class Network:
     """The normalised model, its layers, and the one session that runs any state of their weights. ``proto``
-    holds the layers' weights and biases as empty tensors once the session is made: their values are the
-    layers' arrays (``model_with`` puts them back)."""
+    holds the layers' weights and biases as empty tensors, never read into it: their values are the layers'
+    arrays (``model_with`` puts them back)."""
 
     def __init__(self, ctx: ModelContext, session: SessionConfig = SessionConfig(), max_rows: int = 4096,
                  seed: int = 0):
         FoldBatchNorm()(ctx.graph)
         ZeroConvBias()(ctx.graph)
         self.proto = export_graph(ctx.graph, like=ctx.proto)
-        load_references(self.proto, ctx.base_dir)  # self-contained: its weights are read and fed as arrays
-        self.shapes = counted_shapes(self.proto, ctx.specs, every_tensor=True)  # every tensor, by ORT if need be
+        self.shapes = counted_shapes(self.proto, ctx.specs, base_dir=ctx.base_dir,
+                                     every_tensor=True)  # every tensor, by ORT if need be
         self.layers, self.left_out = find_layers(ctx, self.shapes)
+        held = {name for layer in self.layers for name in (layer.weight, layer.bias) if name}
+        for tensor in self.proto.graph.initializer:
+            if tensor.name in held:  # their values are the layers' arrays (``model_with``)
+                tensor.CopyFrom(helper.make_tensor(tensor.name, tensor.data_type, [0], []))
+        load_references(self.proto, ctx.base_dir)  # self-contained: the other tensors read in
         self.linear = [layer for layer in self.layers if not layer.conv]  # what the block families plan
         self.by_site = {layer.site: layer for layer in self.layers}
         self.outputs = [o.name for o in self.proto.graph.output]
@@ -263,10 +268,6 @@ class Network:
                               for op in [*ctx.ops, *find_weighted_ops(ctx.graph, CONV)[0]] if op.node.name not in nodes)
         self.products = find_products(ctx, self.layers, self.shapes)  # activation x activation MatMuls
         self.session = make_session(self._session_model(), replace(session, spin=False)) if self.layers else None
-        held = self.feeds()  # once: in the layers' arrays (``model_with``)
-        for tensor in self.proto.graph.initializer:
-            if tensor.name in held:
-                tensor.CopyFrom(helper.make_tensor(tensor.name, tensor.data_type, [0], []))
 
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""

@@ -8,7 +8,7 @@ trim). Every structure drops what carries nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,21 +23,10 @@ from onnx_decomp.search.importance import importance, live_columns
 class SingleUnit(Unit):
     seed: int = 0
     balanced: bool = True
-    _score: tuple = field(default=(None, None), repr=False)  # (norms it was computed from, importance)
     family = "single"
 
     def label(self, rung: int) -> str:
         return block_label(self.rungs[rung], self.balanced)
-
-    def importance(self, norms: np.ndarray) -> np.ndarray:
-        """The layer's importance under ``norms``, kept for the next rung with the same norms."""
-        if self._score[0] is not norms:
-            layer = self.layers[0]
-            self._score = (norms, importance(layer, self.evidence[layer.site], norms))
-        return self._score[1]
-
-    def release(self) -> None:
-        self._score = (None, None)
 
     def structure(self, rung: int, norms: Norms) -> Structure:
         value, layer = self.rungs[rung], self.layers[0]
@@ -45,7 +34,8 @@ class SingleUnit(Unit):
         if value == 1:
             rows, cols = np.zeros(layer.shape[0], np.int64), np.zeros(layer.shape[1], np.int64)
         else:
-            rows, cols = spectral_cocluster(self.importance(norm), value, seed=self.seed, balanced=self.balanced)
+            rows, cols = spectral_cocluster(importance(layer, self.evidence[layer.site], norm), value, seed=self.seed,
+                                            balanced=self.balanced)
         partition = Partition({"inputs": cols, "outputs": rows})
         plan = partition.plan("inputs", "outputs", layer.live_rows, live_columns(norm))
         return Structure(self.label(rung), {layer.site: BlockCut(plan)}, partition)

@@ -19,7 +19,7 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.planning.directed import directed_structure
 from onnx_decomp.search.families.base import BlockCut, Family, Norms, SearchSpace, Structure, Unit
 from onnx_decomp.search.families.single import SingleUnit
-from onnx_decomp.search.importance import live_columns
+from onnx_decomp.search.importance import importance, live_columns
 from onnx_decomp.search.network import Layer
 
 SHARES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -38,7 +38,7 @@ class SquareUnit(SingleUnit):
 
     def structure(self, rung: int, norms: Norms) -> Structure:
         layer = self.layers[0]
-        score = self.importance(norms[layer.site])
+        score = importance(layer, self.evidence[layer.site], norms[layer.site])
         ordered = np.sort(score, axis=None)
         dropped = int(np.searchsorted(np.cumsum(ordered, dtype=np.float64),
                                       self.rungs[rung] * ordered.sum(dtype=np.float64), side="right"))
