@@ -123,10 +123,11 @@ def _full_check(model: onnx.ModelProto) -> None:
                              full_check=True)
 
 
-def is_large(model: onnx.ModelProto) -> bool:
-    """True when the model cannot be serialized as one protobuf (over 2 GiB)."""
+def is_large(model: onnx.ModelProto, limit: int = PROTOBUF_LIMIT) -> bool:
+    """True when the model's serialized size is over ``limit`` bytes (by default: it cannot be serialized as
+    one protobuf, over 2 GiB)."""
     try:
-        return model.ByteSize() > PROTOBUF_LIMIT
+        return model.ByteSize() > limit
     except EncodeError:  # the protobuf runtime refuses even to size a message past its limit
         return True
 
@@ -221,7 +222,7 @@ def model_source(model: ModelLike, base_dir: Optional[Path] = None) -> Iterator[
     if not isinstance(model, onnx.ModelProto):
         yield str(model)
         return
-    if not is_large(model) and not has_external_data(model) and model.ByteSize() <= MAPPED_BYTES:
+    if not is_large(model, MAPPED_BYTES) and not has_external_data(model):
         yield model.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnx-decomp-") as folder:
