@@ -1,18 +1,21 @@
 """The annealing network's memory rules on a real ONNX Runtime session: each layer's weights held once (the
 layers' arrays, not the model proto), one array of activation rows for layers that read one tensor, the
-folds as views of the tuning rows, and a cut layer's fits packed to their nonzero entries, all without
-changing a number."""
+folds as views of the tuning rows, and a block cut's fits kept as their blocks, all without changing a
+number."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper, numpy_helper
 
 from conftest import make_model, run, tensor, value
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.search.fidelity import FidelityGate
-from onnx_decomp.search.network import PACKED_DENSITY, Network, Packed, packed, unpacked
+from onnx_decomp.search.network import Blocks, Network, unpacked
+from onnx_decomp.search.refit import Refitter, plain_cut
+from onnx_decomp_passes import plan_from_support
 
 N = 16
 
@@ -56,14 +59,36 @@ def test_layers_reading_one_tensor_share_its_rows_and_the_folds_are_views(rng):
         assert np.shares_memory(fold[o], joined[o])
 
 
-def test_a_mostly_zero_fit_is_packed_to_its_nonzero_entries_and_unpacks_to_the_same_array(rng):
-    weight = rng.standard_normal((64, 32)).astype(np.float32)
-    cut = weight * (rng.random(weight.shape) < PACKED_DENSITY / 2)
-    bias = rng.standard_normal(32).astype(np.float32)
-    packed_cut, kept_bias = packed((cut, bias))
-    assert isinstance(packed_cut, Packed) and kept_bias is bias
-    assert packed_cut.positions.nbytes + packed_cut.values.nbytes < cut.nbytes / 2
-    np.testing.assert_array_equal(unpacked(packed_cut), cut)
-    assert unpacked(packed_cut).dtype == np.float32 and unpacked(packed_cut).shape == cut.shape
-    assert packed((weight, bias))[0] is weight  # dense: kept as it is
-    assert packed((packed_cut, bias))[0] is packed_cut
+def _one_layer(op: str, rng):
+    """One weighted op in each stored layout: MatMul ``B [in, out]``, Gemm ``transB=1`` with ``alpha`` 0.5 and
+    a bias, a 3 x 3 Conv kernel."""
+    if op == "Conv":
+        node = helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")
+        shapes, weight = ([1, 4, 5, 5], [1, 6, 5, 5]), rng.standard_normal((6, 4, 3, 3))
+    elif op == "Gemm":
+        node = helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1, alpha=0.5, name="fc")
+        shapes, weight = ([8, N], [8, 12]), rng.standard_normal((12, N))
+    else:
+        node = helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")
+        shapes, weight = ([8, N], [8, 12]), rng.standard_normal((N, 12))
+    bias = [tensor("b", rng.standard_normal(6 if op == "Conv" else 12).astype(np.float32))] if op != "MatMul" else []
+    return make_model([node], [value("x", shapes[0])], [value("y", shapes[1])],
+                      [tensor("W", weight.astype(np.float32)), *bias])
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Conv"])
+def test_a_block_cut_is_kept_as_its_blocks_and_makes_the_weight_the_dense_cut_stored(op, rng):
+    (layer,) = Network(ModelContext.load(_one_layer(op, rng)), SessionConfig("cpu")).layers
+    n_out, n_in = layer.shape
+    keep = np.zeros(layer.shape, bool)
+    keep[:n_out // 2, :n_in // 3] = keep[n_out // 2:, n_in // 3: 2 * n_in // 3] = True
+    plan = plan_from_support(keep)
+    dense_cut = layer.op.stored_from(layer.matrix() * plan.mask())  # the cut as a dense array would store it
+
+    for weight, _ in (plain_cut(layer, plan), Refitter()(layer, plan, *[rng.standard_normal((40, n_in))] * 2)):
+        assert isinstance(weight, Blocks)
+        assert sum(values.nbytes for *_, values in weight.blocks) == keep.sum() * layer.stored_weight.itemsize
+        array = unpacked(weight)
+        assert array.shape == layer.stored_weight.shape and array.dtype == layer.stored_weight.dtype
+        assert np.all(array[dense_cut == 0] == 0)
+    np.testing.assert_array_equal(unpacked(plain_cut(layer, plan)[0]), dense_cut)

@@ -85,6 +85,7 @@ class Annealing:
     cuts: dict[Site, Cut] = field(default_factory=dict)
     weights: Weights = field(default_factory=dict)  # the final weights of the cut layers
     held_out: tuple[float, float] = (float("nan"), float("nan"))  # validation fidelity refitted, plainly cut
+    masked_outputs: list[np.ndarray] = field(default_factory=list)  # the final weights' held-out outputs
     model: Optional[onnx.ModelProto] = None  # the rewritten model
 
 
@@ -145,7 +146,9 @@ def _conclude_search(run: Annealing) -> None:
         unit.release()
     refitted, plain = annealer.final_refit(run.cuts), annealer.plain(run.cuts)
     run.weights = refitted if config.refit else plain
-    run.held_out = tuple(run.fidelity.measure(w, "held-out") for w in (refitted, plain))
+    outputs = [run.network.run(run.fidelity.batches["held-out"], w).outputs for w in (refitted, plain)]
+    run.held_out = tuple(run.fidelity.compare(o, "held-out") for o in outputs)
+    run.masked_outputs = outputs[0 if config.refit else 1]
     run.tuning, run.annealer = annealer.state.fidelity, None
     run.fidelity.release_taps()
 
@@ -159,6 +162,7 @@ def finalize(run: Annealing) -> None:
         report.notes.append(_why_nothing(report))
     report.plans = {site: cut.plan for site, cut in run.cuts.items()}
     report.masked = run.network.model_with(run.weights)
+    run.network.release()
 
 
 def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan], shapes: dict[str, list]) -> onnx.ModelProto:
@@ -192,7 +196,7 @@ def verify(run: Annealing, session: SessionConfig) -> None:
     """The verify stage (module rule)."""
     report, fidelity = run.report, run.fidelity
     if fidelity is not None:
-        masked_outputs = run.network.run(fidelity.batches["held-out"], run.weights).outputs
+        masked_outputs = run.masked_outputs
         rewritten_outputs = fidelity.outputs_of(run.model, session)
         scale = max((float(np.abs(o).max(initial=0.0)) for o in masked_outputs), default=0.0)
         noise, _ = exact_difference(masked_outputs, fidelity.outputs_of(

@@ -24,7 +24,8 @@ Rules:
   so that dense and cut activations stay paired row by row; MatMul/Gemm layers reading one tensor share one
   array of its rows.
 - Memory: each layer's weights are held once, in its arrays (the proto keeps empty tensors in their place);
-  the search keeps its fits ``packed`` (a cut weight is mostly zeros) and unpacks them only to run them.
+  the search keeps a block cut's fits as their ``Blocks`` (a cut weight is mostly zeros) and makes the array
+  only to run or read one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -48,7 +49,7 @@ from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
 from onnx_decomp.search.patches import Geometry
 from onnx_decomp.search.products import find_products
-from onnx_decomp_passes import CONV, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias, find_weighted_ops
+from onnx_decomp_passes import CONV, BlockPlan, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias, find_weighted_ops
 from onnx_decomp_passes.ops import stored_values
 
 if TYPE_CHECKING:  # cuts are asked for their MACs only
@@ -56,43 +57,31 @@ if TYPE_CHECKING:  # cuts are asked for their MACs only
 
 logger = logging.getLogger(__name__)
 
-PACKED_DENSITY = 0.25  # a fit with at most this share of nonzero weights is kept packed (``packed``)
-
 
 @dataclass(frozen=True)
-class Packed:
-    """A stored weight kept as its nonzero entries: flat positions and their values."""
+class Blocks:
+    """A stored weight that is zero outside some blocks of its matrix view ``W [n_out, n_in]`` (``Layout``):
+    per block its rows, its columns and the values stored there, ``values[i, j]`` at ``W[rows[i], cols[j]]``."""
 
     shape: tuple[int, ...]
-    positions: np.ndarray
-    values: np.ndarray
+    dtype: np.dtype
+    layout: Layout
+    blocks: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
 
     def array(self) -> np.ndarray:
-        array = np.zeros(self.shape, self.values.dtype)
-        array.reshape(-1)[self.positions] = self.values
+        array = np.zeros(self.shape, self.dtype)
+        view = self.layout.to_matrix(array)  # a view: writing it writes ``array``
+        for rows, cols, values in self.blocks:
+            view[np.ix_(rows, cols)] = values
         return array
 
 
-Stored = tuple[Union[np.ndarray, Packed], Optional[np.ndarray]]  # (weight, bias) as the model stores them
+Stored = tuple[Union[np.ndarray, Blocks], Optional[np.ndarray]]  # (weight, bias) as the model stores them
 Weights = Mapping[Site, Stored]  # layer site -> stored arrays of the state under test
 
 
-def packed(stored: Stored) -> Stored:
-    """``stored`` with its weight ``Packed`` where at most ``PACKED_DENSITY`` of it is nonzero: the search
-    keeps its fits so (a cut weight is mostly zeros) and unpacks one only to run or read it."""
-    weight, bias = stored
-    if isinstance(weight, Packed):
-        return stored
-    flat = weight.reshape(-1)
-    positions = np.flatnonzero(flat)
-    if len(positions) > PACKED_DENSITY * flat.size:
-        return stored
-    index = np.int32 if flat.size < 2 ** 31 else np.int64
-    return Packed(weight.shape, positions.astype(index), flat[positions]), bias
-
-
-def unpacked(weight: Union[np.ndarray, Packed]) -> np.ndarray:
-    return weight.array() if isinstance(weight, Packed) else weight
+def unpacked(weight: Union[np.ndarray, Blocks]) -> np.ndarray:
+    return weight.array() if isinstance(weight, Blocks) else weight
 
 
 @dataclass
@@ -170,11 +159,27 @@ class Layer:
 
     def store(self, matrix: np.ndarray, bias: Optional[np.ndarray]) -> Stored:
         """Effective weight and bias back to the stored layout, shape and element type."""
-        weight = self.op.stored_from(matrix)
+        return self.op.stored_from(matrix), self._stored_bias(bias)
+
+    def store_blocks(self, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     bias: Optional[np.ndarray]) -> Stored:
+        """An effective weight given by its blocks ``(rows, cols, W[rows][:, cols])``, zero elsewhere, and
+        bias back to the stored scale and element type; the weight kept as its ``Blocks``."""
+        alpha, dtype = self.op.alpha, self.stored_weight.dtype
+        stored = tuple((rows, cols, np.asarray(values if alpha == 1 else values / alpha, dtype))
+                       for rows, cols, values in blocks)
+        return Blocks(self.stored_weight.shape, dtype, self.op.layout, stored), self._stored_bias(bias)
+
+    def kept(self, plan: BlockPlan) -> Blocks:
+        """The original weights inside ``plan``'s blocks, zero elsewhere."""
+        view = self.op.layout.to_matrix(self.stored_weight)
+        return Blocks(self.stored_weight.shape, self.stored_weight.dtype, self.op.layout,
+                      tuple((b.rows, b.cols, view[np.ix_(b.rows, b.cols)]) for b in plan.branches))
+
+    def _stored_bias(self, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
         if self.stored_bias is None or bias is None:
-            return weight, self.stored_bias
-        stored = (bias / self.output_bias.scale).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)
-        return weight, stored
+            return self.stored_bias
+        return (bias / self.output_bias.scale).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)
 
 
 def vectors_of(shapes: Mapping[str, list], tensor: str, n_in: int) -> int:
@@ -286,15 +291,14 @@ class Network:
         model.functions.extend(self.proto.functions)
         return model
 
-    def feeds(self, weights: Optional[Weights] = None) -> dict[str, np.ndarray]:
-        """Every layer's weight and bias: from ``weights`` where given, else the original arrays."""
-        feeds = {}
+    def feeds(self, weights: Optional[Weights] = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Every layer's weight and bias, one at a time: from ``weights`` where given, else the original
+        arrays."""
         for layer in self.layers:
             weight, bias = (weights or {}).get(layer.site, (layer.stored_weight, layer.stored_bias))
-            feeds[layer.weight] = unpacked(weight)
+            yield layer.weight, unpacked(weight)
             if layer.bias:
-                feeds[layer.bias] = bias
-        return feeds
+                yield layer.bias, bias
 
     def _rows(self, batch: int, count: int, budget: int) -> Optional[np.ndarray]:
         """The seeded subset of a batch's activation rows kept by the taps (None: all of them)."""
@@ -305,7 +309,7 @@ class Network:
     def run(self, batches: Sequence[dict], weights: Optional[Weights] = None, taps: bool = False) -> RunResult:
         """The model's outputs (and the layers' activations) on ``batches`` with ``weights`` in force."""
         names = self.outputs + (self._tap_names if taps else [])
-        fixed = self.feeds(weights)
+        fixed = dict(self.feeds(weights))
         outputs: list[list] = [[] for _ in self.outputs]
         kept: dict = {key: [] for key in self._tap_readers} if taps else {}
         budget = math.ceil(self.max_rows / max(len(batches), 1))
@@ -329,11 +333,14 @@ class Network:
         original model)."""
         model = onnx.ModelProto()
         model.CopyFrom(self.proto)
-        arrays = self.feeds(weights)
-        for tensor in model.graph.initializer:
-            if tensor.name in arrays:
-                tensor.CopyFrom(numpy_helper.from_array(arrays[tensor.name], tensor.name))
+        tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+        for name, array in self.feeds(weights):
+            tensors[name].CopyFrom(numpy_helper.from_array(array, name))
         return model
+
+    def release(self) -> None:
+        """Let go of the session: nothing runs the layers after the search (their shapes still count MACs)."""
+        self.session = None
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
         """MatMul/Gemm/Conv multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in

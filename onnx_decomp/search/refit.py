@@ -49,7 +49,7 @@ KEPT_BASES = 16  # low-rank bases remembered (the newest), each for one layer an
 
 def plain_cut(layer: Layer, plan: BlockPlan) -> Stored:
     """The original weights inside the plan, zeros outside; the bias unchanged."""
-    return layer.store(layer.matrix() * plan.mask(), layer.bias_vector())
+    return layer.kept(plan), layer.stored_bias
 
 
 class Ridge:
@@ -124,7 +124,7 @@ class Refitter:
         rng = np.random.default_rng(self.seed)
         half = np.zeros(len(z), bool)
         half[rng.permutation(len(z))[:len(z) // 2]] = True
-        weight, bias = np.zeros(w0.shape, np.float32), t_mean.copy()
+        blocks, bias = [], t_mean.copy()
         for branch in plan.branches:
             rows, cols = branch.rows, branch.cols
             inputs, prior = z[:, cols], w0[np.ix_(rows, cols)].T.astype(np.float64)
@@ -136,9 +136,9 @@ class Refitter:
                 ridge = cross_validated_ridge(inputs, residual[:, some], half) if len(z) >= 4 else RIDGE_GRID[1]
             ridge_of = Ridge(inputs)
             solution = prior + ridge_of.step(residual, _lam(ridge, ridge_of.energy / len(cols)))
-            weight[np.ix_(rows, cols)] = solution.T
+            blocks.append((rows, cols, solution.T.astype(np.float32)))
             bias[rows] = t_mean[rows] - solution.T @ z_mean[cols]
-        return layer.store(weight, bias if with_bias else None)
+        return layer.store_blocks(blocks, bias if with_bias else None)
 
     def _basis(self, layer: Layer, dense: np.ndarray, rows: np.ndarray) -> tuple:
         """(dense, rows, B, z_mean, t_mean, eigenvectors ascending) of the low-rank rule, cached."""

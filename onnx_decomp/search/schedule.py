@@ -41,7 +41,7 @@ from onnx_decomp.config import AnnealConfig
 from onnx_decomp.decisions import Step, StructureCandidate, Verdict
 from onnx_decomp.search.families import Cut, Norms, Structure, Unit
 from onnx_decomp.search.fidelity import FidelityGate
-from onnx_decomp.search.network import Network, Stored, Weights, packed
+from onnx_decomp.search.network import Network, Stored, Weights
 from onnx_decomp.search.refit import Refitter
 from onnx_decomp_passes import Site
 
@@ -84,13 +84,12 @@ def refit_in_order(network: Network, refitter: Refitter, cuts: dict[Site, Cut], 
                    taps: Taps, activations) -> dict[Site, Stored]:
     """``cuts`` refitted in topological order over ``weights``: the first on ``taps``, each later one on
     ``activations(weights so far)``, all against the original's ``dense`` rows (a cut that
-    ``keeps_what_is_read`` changes nothing the later cuts read: no new activations after it); fits kept
-    ``packed``."""
+    ``keeps_what_is_read`` changes nothing the later cuts read: no new activations after it)."""
     weights, changed = dict(weights), False
     for site in sorted(cuts, key=lambda s: network.by_site[s].index):
         if changed:
             taps = activations(weights)
-        weights[site] = packed(cuts[site].refit(network.by_site[site], dense[site], taps[site], refitter))
+        weights[site] = cuts[site].refit(network.by_site[site], dense[site], taps[site], refitter)
         changed = changed or not cuts[site].keeps_what_is_read
     return weights
 
@@ -110,14 +109,14 @@ class Annealer:
         self.refit = Refitter(config.ridge, config.seed)
 
     def final_refit(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
-        """``cuts`` fitted on the whole tuning part (module rule), kept ``packed``."""
+        """``cuts`` fitted on the whole tuning part (module rule)."""
         taps = self.gate.joined(self.taps)
-        return {site: packed(cut.refit(self.network.by_site[site], self.gate.dense_taps[site], taps[site], self.refit))
+        return {site: cut.refit(self.network.by_site[site], self.gate.dense_taps[site], taps[site], self.refit)
                 for site, cut in cuts.items()}
 
     def plain(self, cuts: dict[Site, Cut]) -> dict[Site, Stored]:
-        """``cuts`` applied without refitting, kept ``packed``."""
-        return {site: packed(cut.plain(self.network.by_site[site], self.gate.dense_taps[site]))
+        """``cuts`` applied without refitting."""
+        return {site: cut.plain(self.network.by_site[site], self.gate.dense_taps[site])
                 for site, cut in cuts.items()}
 
     def _apply(self, structure: Structure) -> Fits:
