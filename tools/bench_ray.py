@@ -8,14 +8,18 @@ Each run is a fresh process: ``onnx_decomp.anneal`` on ``models/char_lm/model.on
 families that pay on a dense-trained transformer, design.md section 7c); ``--workers 2`` starts a local
 Ray instance (its start-up counted in the time); the kill run starts the same cluster first and kills one
 fold worker (SIGKILL) once it has used ``--kill-after`` seconds of CPU. Printed: wall-clock seconds of each
-run (``--rounds`` interleaved rounds, medians), the speedup over one process, and whether the written model
-and every step's measured fidelity equal the one-process run's.
+run (``--rounds`` interleaved rounds, medians), the speedup over one process, whether the written model
+and every step's measured fidelity equal the one-process run's, and the cores the one-process run kept busy
+on average (its CPU seconds over its wall-clock seconds, process start included): the machine's cores over
+that figure bound what any parallel run on this machine can gain.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,6 +59,12 @@ def run(mode: str, out: Path, families: tuple, tolerance: float, kill_after: flo
         "mac_reduction": report.final.mac_reduction, "validation": report.final.validation}))
 
 
+def _cpu_seconds() -> float:
+    """User and system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="units,lowrank")
@@ -69,13 +79,17 @@ def main() -> None:
         return run(MODES[int(args.run[0])], Path(args.run[1]), families, args.tolerance, args.kill_after)
     chosen = [int(i) for i in args.modes.split(",")]
     results: dict[int, list] = {i: [] for i in chosen}
+    busy = []  # cores the one-process runs kept busy
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as folder:
         for round_ in range(args.rounds):
             for i in chosen:
                 out = Path(folder) / f"{i}-{round_}.onnx"
+                cpu, start = _cpu_seconds(), time.perf_counter()
                 subprocess.run([sys.executable, __file__, "--run", str(i), str(out), "--families", args.families,
                                 "--tolerance", str(args.tolerance), "--kill-after", str(args.kill_after)],
                                check=True)
+                if i == 0:
+                    busy.append((_cpu_seconds() - cpu) / (time.perf_counter() - start))
                 results[i].append((json.loads(out.with_suffix(".json").read_text()), out.read_bytes()))
                 print(f"round {round_}: {MODES[i]}: {results[i][-1][0]['seconds']:.1f} s", flush=True)
         base = statistics.median(r["seconds"] for r, _ in results[chosen[0]])
@@ -89,6 +103,10 @@ def main() -> None:
             killed = [r["pids"] for r, _ in results[i] if r["pids"][0]]
             note = "; worker pids before/after: " + ", ".join(f"{b}->{a}" for b, a in killed) if killed else ""
             print(f"| {MODES[i]} | {seconds:.1f} | {base / seconds:.2f}x | {same}{note} |")
+        if busy:
+            cores, machine = statistics.median(busy), os.cpu_count()
+            print(f"\none process kept {cores:.2f} of the {machine} cores busy on average (median): no parallel run "
+                  f"on this machine can be more than {machine / cores:.2f}x faster than it")
 
 
 if __name__ == "__main__":

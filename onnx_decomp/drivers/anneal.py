@@ -6,14 +6,15 @@ Stages, each a function of the one ``Annealing`` it fills in:
   fidelity gate (the original's outputs and activations) -> every family's units and ladders
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: stability over bootstrap resamples, the final structure refitted on the whole tuning part,
-  its held-out fidelity with and without refit, the masked, refitted dense model; then the search's state
-  (the annealer: its fits per fold, activations, caches and units) is let go before the model is rewritten.
+  its held-out fidelity with and without refit (the held-out outputs of the weights in force kept for
+  ``verify``), the masked, refitted dense model; then the search's state (the annealer: its fits per fold,
+  activations, caches and units) and the network's session are let go before the model is rewritten.
 - ``rewrite``: heads, hidden units and channels removed where a family removed them (``RemoveHeads``,
   ``RemoveUnits``), planned Convs rewritten in the form ONNX Runtime measures fastest or kept
   (``planning.conv``), then the exact path
   (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
-- ``verify``: the rewritten model checked element by element against the masked, refitted dense model
-  (``EXACT_RTOL``, ``NOISE_FACTOR``; a mismatch raises ``ValidationError`` carrying the report), quantized last if asked
+- ``verify``: the rewritten model checked element by element against the masked, refitted dense model's
+  outputs (``EXACT_RTOL``, ``NOISE_FACTOR``; a mismatch raises ``ValidationError`` carrying the report), quantized last if asked
   (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
   report gives. A validation fidelity above the tolerance (the schedule decided on the tuning part) is a
   loud warning, not a failure.

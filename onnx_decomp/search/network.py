@@ -49,7 +49,8 @@ from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
 from onnx_decomp.search.patches import Geometry
 from onnx_decomp.search.products import find_products
-from onnx_decomp_passes import CONV, BlockPlan, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias, find_weighted_ops
+from onnx_decomp_passes import (CONV, BlockPlan, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias,
+                                 find_weighted_ops)
 from onnx_decomp_passes.ops import stored_values
 
 if TYPE_CHECKING:  # cuts are asked for their MACs only
@@ -159,7 +160,7 @@ class Layer:
 
     def store(self, matrix: np.ndarray, bias: Optional[np.ndarray]) -> Stored:
         """Effective weight and bias back to the stored layout, shape and element type."""
-        return self.op.stored_from(matrix), self._stored_bias(bias)
+        return self.op.stored_from(matrix), self.store_bias(bias)
 
     def store_blocks(self, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                      bias: Optional[np.ndarray]) -> Stored:
@@ -168,7 +169,7 @@ class Layer:
         alpha, dtype = self.op.alpha, self.stored_weight.dtype
         stored = tuple((rows, cols, np.asarray(values if alpha == 1 else values / alpha, dtype))
                        for rows, cols, values in blocks)
-        return Blocks(self.stored_weight.shape, dtype, self.op.layout, stored), self._stored_bias(bias)
+        return Blocks(self.stored_weight.shape, dtype, self.op.layout, stored), self.store_bias(bias)
 
     def kept(self, plan: BlockPlan) -> Blocks:
         """The original weights inside ``plan``'s blocks, zero elsewhere."""
@@ -176,7 +177,8 @@ class Layer:
         return Blocks(self.stored_weight.shape, self.stored_weight.dtype, self.op.layout,
                       tuple((b.rows, b.cols, view[np.ix_(b.rows, b.cols)]) for b in plan.branches))
 
-    def _stored_bias(self, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    def store_bias(self, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """Effective bias back to the stored scale, shape and element type (the stored one where either is None)."""
         if self.stored_bias is None or bias is None:
             return self.stored_bias
         return (bias / self.output_bias.scale).reshape(self.stored_bias.shape).astype(self.stored_bias.dtype)

@@ -68,7 +68,7 @@ class SliceCut(Cut):
             return stored
         gone = np.setdiff1d(np.arange(self.plan.n_in), self.plan.cols)
         moved = layer.matrix()[:, gone] @ dense[:, gone].mean(0)  # FLAP: the removed units' mean, as bias
-        return stored[0], layer.store(layer.matrix(stored), layer.bias_vector(stored) + moved)[1]
+        return stored[0], layer.store_bias(layer.bias_vector(stored) + moved)
 
     def refit(self, layer: Layer, dense: np.ndarray, cut: np.ndarray, refitter: Refitter) -> Stored:
         if self.keeps_what_is_read:
