@@ -4,8 +4,10 @@ Rules:
 - Ray is optional (extra ``ray``): asking for it without it installed is one line naming the extra.
 - With ``ClusterConfig.address`` the run joins the cluster there (``ray.init(address=...)``): every node
   needs onnx-decomp installed, and the model and calibration files must be readable at the same paths where
-  the workers run (models travel by path, never by value). Otherwise a local instance is started for the run
-  with one CPU per worker, bound to the loopback address only (Ray's single-node switch
+  the workers run (models travel by path, never by value); joining a cluster with token authentication (what
+  ``ray start`` sets up by default in Ray 2.60) takes ``RAY_AUTH_MODE=token`` and the cluster's token in the
+  environment (Ray's rule); an address where no cluster answers is one line. Otherwise a local instance is
+  started for the run with one CPU per worker, bound to the loopback address only (Ray's single-node switch
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set before Ray is imported: a warning says when Ray was imported
   first), without a dashboard, and shut down when the run ends. A Ray already initialised in the process is
   used as it is and left running (each worker holds one of its CPUs: a warning says when fewer are free, for
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL = "pip install 'onnx-decomp[ray]'"
 OBJECT_STORE = 2 * 2**30  # bytes of shared memory for a local instance's object store
+TOKEN_MODE = "RAY_AUTH_MODE=token"  # what a driver joining a cluster with token authentication sets
 
 
 def import_ray(local: bool):
@@ -75,7 +78,11 @@ class Cluster:
     def __enter__(self) -> "Cluster":
         if not self.ray.is_initialized():
             if self.config.address is not None:
-                self.ray.init(address=self.config.address, log_to_driver=False)
+                try:
+                    self.ray.init(address=self.config.address, log_to_driver=False)
+                except ConnectionError as error:
+                    raise DecompError(f"{error}: is a cluster up there? One with token authentication also "
+                                      f"needs {TOKEN_MODE} in the environment and its token") from None
             else:
                 self.ray.init(num_cpus=self.config.size, include_dashboard=False, log_to_driver=False,
                               object_store_memory=OBJECT_STORE)
