@@ -1,11 +1,12 @@
 """``--ray-address``: a run joins a Ray cluster that another process started (``ray start --head``, two CPUs,
-loopback only, token authentication as Ray sets it up) and writes the single-process model; a driver that
+loopback only, token authentication with a token of its own) and writes the single-process model; a driver that
 does not ask for the cluster's token authentication gets one line and exit 2, and nothing is written."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 DIGITS = Path(__file__).parents[1] / "models" / "digits_mlp"
 MODEL, CALIB, LABELS = (str(DIGITS / name) for name in ("model.onnx", "calib.npz", "labels.npz"))
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's single-node switch: 127.0.0.1 stays itself
-TOKEN = {"RAY_AUTH_MODE": "token"}
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this module's cluster's own
 
 
 @pytest.fixture(scope="module")
