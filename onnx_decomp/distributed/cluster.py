@@ -4,9 +4,9 @@ Rules:
 - Ray is optional (extra ``ray``): asking for it without it installed is one line naming the extra.
 - With ``ClusterConfig.address`` the run joins the cluster there (``ray.init(address=...)``): every node
   needs onnx-decomp installed, and the model and calibration files must be readable at the same paths where
-  the workers run (models travel by path, never by value); joining a cluster with token authentication (what
-  ``ray start`` sets up by default in Ray 2.60) takes ``RAY_AUTH_MODE=token`` and the cluster's token in the
-  environment (Ray's rule); an address where no cluster answers is one line. Otherwise a local instance is
+  the workers run (models travel by path, never by value); joining a cluster with token authentication (Ray
+  2.60's ``ray start`` turns it on where it finds a token) takes ``RAY_AUTH_MODE=token`` and the cluster's
+  token in the environment (Ray's rule); an address where no cluster answers is one line. Otherwise a local instance is
   started for the run with one CPU per worker, bound to the loopback address only (Ray's single-node switch
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set before Ray is imported: a warning says when Ray was imported
   first), without a dashboard, and shut down when the run ends. A Ray already initialised in the process is
