@@ -183,8 +183,9 @@ def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session
     """The rewrite stage (module rule): heads and units removed, planned Convs rewritten, then the exact path for the other
     plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
-    model, convs = rewrite_convs(removed_units(run.report.masked, run.report.plans, run.network.shapes), plans, input_shapes, gate,
-                                 session)
+    conv_plans = {site: plan for site, plan in plans.items() if run.network.by_site[site].conv}
+    model, convs = rewrite_convs(removed_units(run.report.masked, run.report.plans, run.network.shapes), conv_plans,
+                                 input_shapes, gate, session)
     run.report.notes += [decision.line() for decision in convs]
     run.model, run.report.decomposition = decompose(
         model, input_shapes=input_shapes, gate=gate,

@@ -64,6 +64,8 @@ def _speedup(op: WeightedOp, plan: Plan, form: str, x_shape: list, root, session
 def rewrite_convs(model: onnx.ModelProto, plans: Mapping[Site, Plan], input_shapes: InputShapes, gate: GateConfig,
                   session: SessionConfig) -> tuple[onnx.ModelProto, list[ConvDecision]]:
     """``model`` with its planned Convs rewritten by the module rule, and a decision per planned Conv."""
+    if not plans:  # nothing planned: the graph is not imported (that copies every weight)
+        return model, []
     graph = import_graph(model)
     convs = {op.site: op for op in find_weighted_ops(graph, CONV)[0]}
     planned = {site: plan for site, plan in plans.items()
