@@ -14,8 +14,8 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``planning.conv``), then the exact path
   (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
 - ``verify``: the rewritten model checked element by element against the masked, refitted dense model's
-  outputs (``EXACT_RTOL``, ``NOISE_FACTOR``; a mismatch raises ``ValidationError`` carrying the report), quantized last if asked
-  (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
+  outputs (``EXACT_RTOL``, ``NOISE_FACTOR``; a mismatch raises ``ValidationError`` carrying the report),
+  quantized last if asked (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
   report gives. A validation fidelity above the tolerance (the schedule decided on the tuning part) is a
   loud warning, not a failure.
 Quantization inside the budget (our rule): before the search, the original model is quantized and measured
@@ -180,8 +180,8 @@ def removed_units(masked: onnx.ModelProto, plans: dict[Site, Plan], shapes: dict
 
 
 def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session: SessionConfig) -> None:
-    """The rewrite stage (module rule): heads and units removed, planned Convs rewritten, then the exact path for the other
-    plans."""
+    """The rewrite stage (module rule): heads and units removed, planned Convs rewritten, then the exact path
+    for the other plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
     conv_plans = {site: plan for site, plan in plans.items() if run.network.by_site[site].conv}
     model, convs = rewrite_convs(removed_units(run.report.masked, run.report.plans, run.network.shapes), conv_plans,
