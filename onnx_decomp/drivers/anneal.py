@@ -15,9 +15,9 @@ Stages, each a function of the one ``Annealing`` it fills in:
   (``drivers.decompose`` with ``AnnealedSupport``: the cost gate still decides each node's form).
 - ``verify``: the rewritten model checked element by element against the masked, refitted dense model's
   outputs (``EXACT_RTOL``, ``NOISE_FACTOR``; a mismatch raises ``ValidationError`` carrying the report),
-  quantized last if asked (``AnnealConfig.quantize``), and measured against the original on the validation set: the fidelity the
-  report gives. A validation fidelity above the tolerance (the schedule decided on the tuning part) is a
-  loud warning, not a failure.
+  quantized last if asked (``AnnealConfig.quantize``), and measured against the original on the validation
+  set: the fidelity the report gives. A validation fidelity above the tolerance (the schedule decided on the
+  tuning part) is a loud warning, not a failure.
 Quantization inside the budget (our rule): before the search, the original model is quantized and measured
 on the tuning samples; what quantization alone costs there is taken off the tolerance, and the structure
 is searched within what is left (none left: nothing is cut). Quantization errors and structure errors add
