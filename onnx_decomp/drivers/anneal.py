@@ -147,7 +147,7 @@ def _conclude_search(run: Annealing) -> None:
         unit.release()
     refitted, plain = annealer.final_refit(run.cuts), annealer.plain(run.cuts)
     run.weights = refitted if config.refit else plain
-    outputs = [run.network.run(run.fidelity.batches["held-out"], w).outputs for w in (refitted, plain)]
+    outputs = [run.fidelity.outputs(w, "held-out") for w in (refitted, plain)]
     run.held_out = tuple(run.fidelity.compare(o, "held-out") for o in outputs)
     run.masked_outputs = outputs[0 if config.refit else 1]
     run.tuning, run.annealer = annealer.state.fidelity, None

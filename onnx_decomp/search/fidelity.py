@@ -134,9 +134,13 @@ class FidelityGate:
         chosen = [list(compress(values, self.measured)) for values in (self.reference[part], outputs, self.labels[part])]
         return fidelity(self.metric, *chosen)
 
+    def outputs(self, weights: Weights, part: str = "tuning") -> list[np.ndarray]:
+        """The network's outputs with ``weights`` in force, on ``part``."""
+        return self.network.run(self.batches[part], weights).outputs
+
     def measure(self, weights: Weights, part: str = "tuning") -> float:
         """The metric with ``weights`` in force, on ``part``."""
-        return self.compare(self.network.run(self.batches[part], weights).outputs, part)
+        return self.compare(self.outputs(weights, part), part)
 
     def measure_crossed(self, fits: tuple[Weights, Weights]) -> float:
         """The tuning metric with each fold run under the weights fitted on the other (module rule)."""
