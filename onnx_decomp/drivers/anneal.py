@@ -140,18 +140,18 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
 
 
 def _conclude_search(run: Annealing) -> None:
-    """The search's last uses (stability, the final fits and their held-out fidelity), then let it go."""
+    """The search's last uses (stability, the final fits), then let it go (its units with their evidence, its
+    fits and activations) before the final fits' held-out fidelity is measured."""
     annealer, config = run.annealer, run.config
     run.report.stability = stability(annealer.in_force(), run.fidelity.dense_taps, config.bootstrap, config.seed)
-    for unit in annealer.units:
-        unit.release()
     refitted, plain = annealer.final_refit(run.cuts), annealer.plain(run.cuts)
+    run.tuning = annealer.state.fidelity
+    run.annealer = annealer = None
+    run.fidelity.release_taps()
     run.weights = refitted if config.refit else plain
     outputs = [run.fidelity.outputs(w, "held-out") for w in (refitted, plain)]
     run.held_out = tuple(run.fidelity.compare(o, "held-out") for o in outputs)
     run.masked_outputs = outputs[0 if config.refit else 1]
-    run.tuning, run.annealer = annealer.state.fidelity, None
-    run.fidelity.release_taps()
 
 
 def finalize(run: Annealing) -> None:

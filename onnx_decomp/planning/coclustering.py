@@ -107,12 +107,13 @@ def top_singular_vectors(a: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarr
     return u[:, order], vt[order]
 
 
-def cocluster_closeness(matrix: np.ndarray, k: int, seed: int = 0,
-                        n_init: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def cocluster_closeness(matrix: np.ndarray, k: int, seed: int = 0, n_init: Optional[int] = None,
+                        overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Closeness ``[rows, k]`` and ``[cols, k]`` of every row and column of ``|matrix|`` to the k centers
     (minus squared distance in the spectral embedding; rule 2); ``n_init`` None: 10 k-means runs up to
-    ``KMEANS_POINTS`` embedded points, fewer above (at least 2)."""
-    a = np.array(matrix, dtype=np.float64)  # a copy, scaled in place: one matrix-sized array at a time
+    ``KMEANS_POINTS`` embedded points, fewer above (at least 2). ``overwrite``: a float64 ``matrix`` is
+    scaled in place instead of a copy (as scipy's ``overwrite_a``)."""
+    a = np.asarray(matrix, np.float64) if overwrite else np.array(matrix, dtype=np.float64)  # scaled in place
     if not 1 <= k <= min(a.shape):
         raise ValueError(f"k={k} must lie in [1, {min(a.shape)}] for a {a.shape} matrix")
     np.abs(a, out=a)
@@ -128,9 +129,10 @@ def cocluster_closeness(matrix: np.ndarray, k: int, seed: int = 0,
 
 
 def spectral_cocluster(matrix: np.ndarray, k: int, seed: int = 0, n_init: Optional[int] = None,
-                       balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4)."""
-    rows, cols = cocluster_closeness(matrix, k, seed, n_init)
+                       balanced: bool = True, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row labels and column labels (values in ``[0, k)``) of ``|matrix|`` (rules 2 and 4; ``overwrite`` as
+    ``cocluster_closeness``)."""
+    rows, cols = cocluster_closeness(matrix, k, seed, n_init, overwrite)
     return assignment(rows, balanced), assignment(cols, balanced)
 
 

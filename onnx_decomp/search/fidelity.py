@@ -88,9 +88,14 @@ def exact_difference(original: Sequence[np.ndarray], candidate: Sequence[np.ndar
     for e, a in zip(original, candidate):
         if e.shape != a.shape:
             return float("inf"), False
-        gap = np.abs(a.astype(np.float64) - e.astype(np.float64))
+        gap = a.astype(np.float64)  # in float64, in place: two output-sized arrays at a time
+        gap -= e
+        np.abs(gap, out=gap)
         worst = max(worst, float(gap.max(initial=0.0)))
-        ok = ok and bool(np.all(gap <= atol + rtol * np.abs(e.astype(np.float64))))
+        allowed = np.abs(e, dtype=np.float64)
+        allowed *= rtol
+        allowed += atol
+        ok = ok and bool(np.all(gap <= allowed))
     return worst, ok
 
 
@@ -168,6 +173,12 @@ class FidelityGate:
         """``joined`` rows cut back into the two folds (views), fold 0 as long as in ``first``."""
         return [{site: rows[:len(first[site])] for site, rows in joined.items()},
                 {site: rows[len(first[site]):] for site, rows in joined.items()}]
+
+    def take_start_taps(self) -> list[dict[Site, np.ndarray]]:
+        """The per-fold activations the schedule starts from, handed over: the gate keeps none of them (the
+        schedule replaces them at its first acceptance)."""
+        taps, self.start_taps = self.start_taps, []
+        return taps
 
     def release_taps(self) -> None:
         """Let go of the activations kept for the search (after it; outputs and references stay)."""

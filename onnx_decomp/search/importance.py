@@ -21,6 +21,8 @@ import numpy as np
 
 from onnx_decomp.search.network import Layer
 
+CHUNK_ROWS = 256  # rows of the importance computed at once
+
 
 def column_norms(activations: np.ndarray) -> np.ndarray:
     """``||x_j||`` of every input feature over the rows of ``activations [rows, n_in]``."""
@@ -33,9 +35,16 @@ def evidence_weighted(layer: Layer, evidence: Optional[np.ndarray]) -> np.ndarra
     return matrix if evidence is None else matrix * evidence.astype(np.float32)
 
 
-def importance(layer: Layer, evidence: Optional[np.ndarray], norms: np.ndarray) -> np.ndarray:
-    """``s [n_out, n_in]`` of the module rule (float32)."""
-    return np.abs(evidence_weighted(layer, evidence)) * norms.astype(np.float32)[None, :]
+def importance(layer: Layer, evidence: Optional[np.ndarray], norms: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``s [n_out, n_in]`` of the module rule, computed in float32 ``CHUNK_ROWS`` rows at a time and stored as
+    ``dtype``: no matrix-sized temporary."""
+    matrix, scale = layer.matrix(dtype=np.float32), norms.astype(np.float32)[None, :]
+    scores = np.empty(matrix.shape, dtype)
+    for start in range(0, len(matrix), CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        chunk = matrix[rows] if evidence is None else matrix[rows] * evidence[rows].astype(np.float32)
+        scores[rows] = np.abs(chunk) * scale
+    return scores
 
 
 def live_columns(norms: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class Annealer:
                  norms: Norms):
         self.network, self.gate, self.units, self.config, self.norms = network, gate, units, config, norms
         self.state = State(fidelity=gate.measure({}), macs=network.dense_macs)
-        self.taps = list(gate.start_taps)  # per fold, activations at every layer with the state's fit in force
+        self.taps = gate.take_start_taps()  # per fold, activations at every layer with the state's fit in force
         self.steps: list[tuple[int, Step]] = []
         self._sequence = 0
         self._structures: dict[tuple[int, int], Structure] = {}

@@ -34,8 +34,8 @@ class SingleUnit(Unit):
         if value == 1:
             rows, cols = np.zeros(layer.shape[0], np.int64), np.zeros(layer.shape[1], np.int64)
         else:
-            rows, cols = spectral_cocluster(importance(layer, self.evidence[layer.site], norm), value, seed=self.seed,
-                                            balanced=self.balanced)
+            scores = importance(layer, self.evidence[layer.site], norm, dtype=np.float64)
+            rows, cols = spectral_cocluster(scores, value, seed=self.seed, balanced=self.balanced, overwrite=True)
         partition = Partition({"inputs": cols, "outputs": rows})
         plan = partition.plan("inputs", "outputs", layer.live_rows, live_columns(norm))
         return Structure(self.label(rung), {layer.site: BlockCut(plan)}, partition)
