@@ -12,7 +12,9 @@ from onnx import helper, numpy_helper
 from conftest import make_model, run, tensor, value
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
+from onnx_decomp.planning.coclustering import spectral_cocluster
 from onnx_decomp.search.fidelity import FidelityGate
+from onnx_decomp.search.importance import CHUNK_ROWS, importance
 from onnx_decomp.search.network import Blocks, Network, unpacked
 from onnx_decomp.search.refit import Refitter, plain_cut
 from onnx_decomp_passes import plan_from_support
@@ -92,3 +94,27 @@ def test_a_block_cut_is_kept_as_its_blocks_and_makes_the_weight_the_dense_cut_st
         assert array.shape == layer.stored_weight.shape and array.dtype == layer.stored_weight.dtype
         assert np.all(array[dense_cut == 0] == 0)
     np.testing.assert_array_equal(unpacked(plain_cut(layer, plan)[0]), dense_cut)
+
+
+def test_importance_in_row_chunks_is_the_formula_and_the_co_clustering_may_scale_it_in_place(rng):
+    """``importance`` computes ``|e * W| * ||x||`` ``CHUNK_ROWS`` rows at a time, bit for bit the whole-matrix
+    formula, and stores it as float64 for the co-clustering, which with ``overwrite`` scales that array in
+    place (no second matrix-sized array) and labels rows and columns as it does a copy."""
+    w = (rng.standard_normal((64, 600)) / 8).astype(np.float32)  # MatMul B [in, out]: W [600, 64], 3 chunks
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [value("x", ["N", 64])],
+                       [value("y", ["N", 600])], [tensor("W", w)])
+    layer = Network(ModelContext.load(model), SessionConfig("cpu")).layers[0]
+    evidence, norms = rng.random((600, 64)).astype(np.float16), rng.random(64) * 3
+    assert len(layer.matrix()) > 2 * CHUNK_ROWS
+    formula = np.abs(w.T * evidence.astype(np.float32)) * norms.astype(np.float32)[None, :]
+    np.testing.assert_array_equal(importance(layer, evidence, norms), formula)
+    np.testing.assert_array_equal(importance(layer, None, norms), np.abs(w.T) * norms.astype(np.float32)[None, :])
+    scores = importance(layer, evidence, norms, dtype=np.float64)
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, formula.astype(np.float64))
+    copied = spectral_cocluster(scores, 4)
+    np.testing.assert_array_equal(scores, formula.astype(np.float64))  # a copy was scaled
+    in_place = spectral_cocluster(scores, 4, overwrite=True)
+    assert not np.array_equal(scores, formula.astype(np.float64))  # this array was
+    for labels, again in zip(copied, in_place):
+        np.testing.assert_array_equal(labels, again)
