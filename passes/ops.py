@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -292,12 +292,13 @@ def find_weighted_ops(graph: gs.Graph, op_types: Sequence[str] = LINEAR) -> tupl
     return found, skipped
 
 
-def one_node_graph(op: WeightedOp, x_shape: Sequence[int], dtype, root: gs.Graph) -> gs.Graph:
+def one_node_graph(op: WeightedOp, x_shape: Sequence[int], dtype, root: gs.Graph,
+                   values: Callable[[gs.Constant], object] = stored_values) -> gs.Graph:
     """``op``'s node alone, reading a graph input ``x`` of ``x_shape`` and writing ``y``, with copies of
-    its weight and bias, in a graph named like ``op``'s (so its site is the same); opset and IR version of
-    ``root``, the graph ``op`` belongs to at the top."""
+    its weight and bias (``values``: what a copy holds), in a graph named like ``op``'s (so its site is the
+    same); opset and IR version of ``root``, the graph ``op`` belongs to at the top."""
     x, y = gs.Variable("x", dtype, list(x_shape)), gs.Variable("y", dtype)
-    weights = [gs.Constant(t.name, stored_values(t)) for t in (op.weight, op.bias) if t is not None]
+    weights = [gs.Constant(t.name, values(t)) for t in (op.weight, op.bias) if t is not None]
     node = gs.Node(op.node.op, op.node.name, dict(op.node.attrs), [x, *weights], [y])
     return gs.Graph([node], [x], [y], name=op.graph.name, opset=root.opset, ir_version=root.ir_version,
                     import_domains=root.import_domains)

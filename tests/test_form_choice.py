@@ -13,8 +13,10 @@ from conftest import hidden_blocks, make_model, op_types, run, tensor, value
 from onnx_decomp import GateConfig
 from onnx_decomp.cli import main
 from onnx_decomp.config import FORMS as FORM_NAMES
+from onnx_decomp.cost.estimate import MEASURED
 from onnx_decomp.cost.isolate import one_node_models
 from onnx_decomp.errors import UnsupportedConstructError
+from onnx_decomp.io.shapes import InputSpec
 from onnx_decomp_passes import FORMS
 
 
@@ -117,3 +119,21 @@ def test_the_plan_emitted_is_the_plan_costed_and_every_emitted_node_names_its_si
     assert blocks == {str(branch.block) for branch in candidate.folded.branches} and len(blocks) == 8
     x = rng.standard_normal((5, 8)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", FORM_NAMES)
+def test_the_cost_model_estimates_from_shapes_alone_without_a_copy_of_the_weight(rng, form):
+    """The cost model's one-node models hold the tensors over SMALL_TENSOR elements as placeholders: the same
+    estimate as with the values, and no weight bytes (8 blocks of 64 x 64 here)."""
+    hidden = 512
+    groups = np.repeat(np.arange(8), hidden // 8)
+    w = ((groups[:, None] == rng.permutation(groups)[None, :]) * rng.standard_normal((hidden, hidden))).astype(np.float32)
+    candidate = onnx_decomp.inspect(matmul(w), gate=GateConfig("cost", batches=(64,))).decisions[0].candidate
+    spec = [InputSpec("x", np.dtype(np.float32), (64, hidden))]
+    valued = one_node_models(candidate, FORMS[form], (64, hidden), candidate.op.graph)
+    bare = one_node_models(candidate, FORMS[form], (64, hidden), candidate.op.graph, shapes_only=True)
+    assert len(candidate.plan.branches) == 8
+    for full, placeholders in zip(valued, bare):
+        assert MEASURED.graph_us(placeholders, spec) == MEASURED.graph_us(full, spec)
+        assert [n.op_type for n in placeholders.graph.node] == [n.op_type for n in full.graph.node]
+        assert placeholders.ByteSize() < 16 * 1024 < hidden * hidden * 4 // 8 < full.ByteSize()

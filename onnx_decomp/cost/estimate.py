@@ -111,7 +111,7 @@ def estimate_speedup(candidate: Candidate, form: Form, x_shape: Sequence[int], r
                      linked: tuple[bool, bool] = (False, False), model: CostModel = MEASURED) -> float:
     """Estimated dense/rewritten time ratio of the candidate's node alone in ``form`` at ``x_shape``; a
     ``linked`` side (input, output) of a chained form does without its layout change (``Form.chain_saves``)."""
-    dense, rewritten = one_node_models(candidate, form, x_shape, root)
+    dense, rewritten = one_node_models(candidate, form, x_shape, root, shapes_only=True)
     dtype = helper.tensor_dtype_to_np_dtype(dense.graph.input[0].type.tensor_type.elem_type)
     spec = [InputSpec("x", np.dtype(dtype), tuple(x_shape))]
     rewritten_us = model.graph_us(rewritten, spec)
