@@ -51,6 +51,28 @@ def test_single_file_by_default_and_api_model_untouched(tmp_path, external_model
     assert model.ByteSize() == size  # saving as external data did not strip the caller's model
 
 
+def test_a_large_model_is_checked_as_its_skeleton_and_its_large_tensors_one_by_one(monkeypatch, rng):
+    """Over MAPPED_BYTES, the checker sees the weight-free skeleton and each large tensor alone (it serializes
+    what it checks: the whole model would be held twice more), and a large tensor short of its bytes is
+    still refused in one line."""
+    from onnx_decomp.io import model_io
+
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "B"], ["y"])], [value("x", ["N", 64])],
+                       [value("y", ["N", 48])], [tensor("B", w)])
+    checked, real = [], onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda proto, **kw: checked.append(proto) or real(proto, **kw))
+    model_io.load_model(model)
+    assert [len(m.graph.initializer) for m in checked] == [1]  # small: the model itself
+    monkeypatch.setattr(model_io, "MAPPED_BYTES", w.nbytes // 2)
+    model_io.load_model(model)
+    assert len(checked[1].graph.initializer) == 0 and [i.name for i in checked[1].graph.input] == ["x", "B"]
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    with pytest.raises(onnx_decomp.InvalidModelError, match="raw_data size .* too small") as error:
+        model_io.load_model(model)
+    assert "\n" not in str(error.value)
+
+
 def test_a_large_model_reaches_onnx_runtime_as_a_file_with_external_data(monkeypatch, rng):
     from onnx_decomp.io import model_io
     from onnx_decomp.runtime.sessions import make_session

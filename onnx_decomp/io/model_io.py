@@ -3,9 +3,10 @@
 Loading rule: a model is accepted only when ``onnx.checker`` passes its full check, strict shape inference
 included (a weight whose shape disagrees with the node reading it is an invalid model, not a candidate),
 every external tensor's file lies inside the model's folder (``io.references``) and its bytes lie inside
-that file at a valid offset. A model holding references to external data, or over 2 GiB, is checked as its
-weight-free skeleton (``io.shapes.skeleton``: large weights as typed inputs, small tensors read in), which
-the checker can hold at any size.
+that file at a valid offset. A model holding references to external data, or over ``MAPPED_BYTES``, is
+checked as its weight-free skeleton (``io.shapes.skeleton``: large weights as typed inputs, small tensors
+read in), which the checker can hold at any size, and its large tensors held in the model one by one (the
+checker serializes what it checks: a whole model's check would hold its bytes twice more at once).
 
 Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
 and be read one at a time when needed; writing a model that holds such references copies their bytes into
@@ -118,9 +119,14 @@ def load_model(model: ModelLike, external_data: bool = True) -> onnx.ModelProto:
 
 
 def _full_check(model: onnx.ModelProto) -> None:
-    """onnx.checker's full check of the model, or of its skeleton (module rule)."""
-    onnx.checker.check_model(skeleton(model) if has_external_data(model) or is_large(model) else model,
-                             full_check=True)
+    """onnx.checker's full check of the model, or of its skeleton and large tensors (module rule)."""
+    if not has_external_data(model) and not is_large(model, MAPPED_BYTES):
+        onnx.checker.check_model(model, full_check=True)
+        return
+    onnx.checker.check_model(skeleton(model), full_check=True)
+    for tensor in model.graph.initializer:
+        if int(np.prod(tensor.dims)) > SMALL_TENSOR and not external_data_helper.uses_external_data(tensor):
+            onnx.checker.check_tensor(tensor)
 
 
 def is_large(model: onnx.ModelProto, limit: int = PROTOBUF_LIMIT) -> bool:

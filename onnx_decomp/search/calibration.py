@@ -18,7 +18,10 @@ Rules:
   samples (a seeded choice, noted when it leaves some out): every candidate runs both folds, so this bounds
   what one step of the search costs.
 - Batches: an input whose first dimension is fixed in the model is fed exactly that many samples at a time
-  (a remainder that fills no batch is dropped, noted); otherwise up to ``batch_size`` samples at a time.
+  (a remainder that fills no batch is dropped, noted); otherwise up to ``batch_size`` samples at a time, and
+  no more than the larger tuning fold holds: every search step runs each fold whole, so the held-out part
+  then runs in batches no larger than those, and ONNX Runtime's memory for one batch, which its sessions
+  keep, is no more than the search needs.
 - No calibration data: ``random_sets`` batches of random inputs at the run's input shapes
   (``runtime.sessions.random_inputs``; a first dimension the model leaves free holds ``RANDOM_BATCH``
   samples), split as above, with a loud warning: fidelity on random inputs says little about a model's
@@ -193,6 +196,7 @@ def calibration(ctx: ModelContext, config: AnnealConfig, calib: Optional[Arrays]
               for name, count in dropped.items() if count]
     if min(len(folds[0]), len(folds[1]), len(whole)) == 0:
         raise DecompError(f"too few samples: need two batches of {step} to tune on and one to validate on")
+    batch = fixed or min(batch, max(len(folds[0]), len(folds[1])))
     tuning = Samples({k: np.concatenate([f.inputs[k] for f in folds]) for k in folds[0].inputs},
                      {k: np.concatenate([f.labels[k] for f in folds]) for k in folds[0].labels})
     held_out = whole

@@ -94,7 +94,7 @@ class Layer:
     op: WeightedOp
     output_bias: Optional[OutputBias]
     vectors: int  # activation vectors per inference at the run's input shapes
-    stored_weight: np.ndarray
+    stored_weight: Optional[np.ndarray]  # None once the network is released
     stored_bias: Optional[np.ndarray]
     geometry: Optional[Geometry] = None  # a Conv's
 
@@ -341,8 +341,11 @@ class Network:
         return model
 
     def release(self) -> None:
-        """Let go of the session: nothing runs the layers after the search (their shapes still count MACs)."""
+        """Let go of the session and of the layers' weight arrays (the masked model holds its own copy): nothing
+        runs or refits the layers after the search (their shapes still count MACs)."""
         self.session = None
+        for layer in self.layers:
+            layer.stored_weight = None
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
         """MatMul/Gemm/Conv multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in

@@ -136,8 +136,10 @@ class Annealer:
         return fits, self.gate.measure_crossed(fits)
 
     def _retap(self) -> None:
-        """Every layer's activations per fold with the state's fits in force."""
-        self.taps = [self.gate.fold_activations(fold, self.state.fits[fold]) for fold in (0, 1)]
+        """Every layer's activations per fold with the state's fits in force (the old ones let go first)."""
+        self.taps = [{}, {}]
+        for fold in (0, 1):
+            self.taps[fold] = self.gate.fold_activations(fold, self.state.fits[fold])
 
     def _structure(self, unit: Unit, rung: int) -> Structure:
         key = (id(unit), rung)
@@ -210,16 +212,17 @@ class Annealer:
             self._queue(queue, self._measure(measured.unit, measured.rung + 1, measured.misses + 1))
 
     def _accept(self, measured: Measured, queue: list) -> None:
-        state = self.state
+        """``measured`` becomes the state; the old state's fits go before the new state's activations are
+        made."""
         for *_, waiting in queue:
-            if waiting.version == state.version:
+            if waiting.version == self.state.version:
                 self._log(waiting, Verdict.DEFERRED, f"within tolerance; {measured.unit.name} "
                           f"{measured.candidate.structure} saved more per fidelity lost")
             waiting.fits = ({}, {})  # stale from now on: measured again before it can be accepted
-        origin = {s: o for s, o in state.origin.items() if s not in measured.structure.cuts}
+        origin = {s: o for s, o in self.state.origin.items() if s not in measured.structure.cuts}
         origin.update({s: (measured.unit, measured.rung) for s in measured.structure.cuts})
-        self.state = State({**state.cuts, **measured.structure.cuts}, measured.fits, measured.candidate.fidelity,
-                           measured.candidate.macs, state.version + 1, origin)
+        self.state = State({**self.state.cuts, **measured.structure.cuts}, measured.fits,
+                           measured.candidate.fidelity, measured.candidate.macs, self.state.version + 1, origin)
         if self.config.refit:
             self._retap()
         self._log(measured, Verdict.ACCEPTED)
