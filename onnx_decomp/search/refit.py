@@ -96,20 +96,15 @@ class Refitter:
 
     def __init__(self, ridge: Optional[float] = None, seed: int = 0):
         self.ridge, self.seed = ridge, seed
-        self._targets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # -> (dense rows, target)
         self._bases: dict[tuple[int, int, int], tuple] = {}  # (layer, id(dense), id(rows)) -> low-rank basis
 
-    def _target(self, layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
-        """``X_dense W0^T + b0`` (float32, as ONNX Runtime computes it), computed once per layer and set of
-        dense activation rows."""
-        key = (layer.index, id(dense))
-        known = self._targets.get(key)
-        if known is None or known[0] is not dense:
-            target = dense.astype(np.float32, copy=False) @ w0.T
-            target += layer.bias_vector().astype(np.float32)
-            known = (dense, target)
-            self._targets[key] = known
-        return known[1]
+    @staticmethod
+    def _target(layer: Layer, dense: np.ndarray, w0: np.ndarray) -> np.ndarray:
+        """``X_dense W0^T + b0`` (float32, as ONNX Runtime computes it), computed at every refit: kept, the
+        targets of every layer and fold would be as large as the refit's activation rows."""
+        target = dense.astype(np.float32, copy=False) @ w0.T
+        target += layer.bias_vector().astype(np.float32)
+        return target
 
     def __call__(self, layer: Layer, plan: BlockPlan, dense: np.ndarray, cut: np.ndarray) -> Stored:
         """Refit ``layer`` under ``plan`` from paired activation rows ``dense`` and ``cut`` (``[rows, n_in]``)."""
