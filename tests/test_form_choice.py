@@ -127,7 +127,8 @@ def test_the_cost_model_estimates_from_shapes_alone_without_a_copy_of_the_weight
     estimate as with the values, and no weight bytes (8 blocks of 64 x 64 here)."""
     hidden = 512
     groups = np.repeat(np.arange(8), hidden // 8)
-    w = ((groups[:, None] == rng.permutation(groups)[None, :]) * rng.standard_normal((hidden, hidden))).astype(np.float32)
+    mask = groups[:, None] == rng.permutation(groups)[None, :]
+    w = (mask * rng.standard_normal((hidden, hidden))).astype(np.float32)
     candidate = onnx_decomp.inspect(matmul(w), gate=GateConfig("cost", batches=(64,))).decisions[0].candidate
     spec = [InputSpec("x", np.dtype(np.float32), (64, hidden))]
     valued = one_node_models(candidate, FORMS[form], (64, hidden), candidate.op.graph)
