@@ -7,13 +7,17 @@ are unchanged. Below IR version 4 every initializer is listed as an input, as th
 Runtime holds them constant: they are weights like any other, and the export lists every initializer of the
 main graph (new ones too) as an input again. Constant values are read when used, not kept (``TensorValues``),
 so a large model's weights are held once. onnx-graphsurgeon's own warnings are silenced while it works.
+Where only shapes matter (the cost model), a constant may be a ``ShapeOnly`` placeholder: zeros without
+memory where it is read, an initializer whose data is nowhere where it is exported.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -23,9 +27,10 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnx_decomp.io.scopes import unique_scoped_names
-from onnx_decomp.io.shapes import symbolic_types
+from onnx_decomp.io.shapes import SMALL_TENSOR, symbolic_types
 from onnx_decomp.io.walk import iter_graphs
 from onnx_decomp_passes import FoldConstantNodes, PassManager, UniqueNodeNames, all_graphs
+from onnx_decomp_passes.ops import stored_values
 
 MODEL_FIELDS = ("doc_string", "domain", "model_version", "producer_name", "producer_version")
 IR_INITIALIZERS_AS_INPUTS = 4  # below this IR version every initializer is listed as a graph input too
@@ -72,6 +77,35 @@ class TensorValues(LazyValues):
 
     def load(self):
         return to_array(self.tensor, self.base_dir)
+
+
+class ShapeOnly(LazyValues):
+    """A tensor's shape and type alone (module rule)."""
+
+    def __init__(self, name: str, shape: Sequence[int], dtype: np.dtype):
+        tensor = onnx.TensorProto(name=name, dims=list(shape), data_type=helper.np_dtype_to_tensor_dtype(dtype),
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        tensor.external_data.add(key="location", value="shape-only")
+        super().__init__(tensor)
+
+    def load(self) -> np.ndarray:
+        return np.broadcast_to(np.zeros((), helper.tensor_dtype_to_np_dtype(self.tensor.data_type)), self.shape)
+
+
+def shape_only(tensor: gs.Constant):
+    """A ``ShapeOnly`` placeholder for a constant over ``SMALL_TENSOR`` elements, else its values (shape
+    inference may read small ones: shapes computed in the graph)."""
+    if int(np.prod(tensor.shape)) <= SMALL_TENSOR:
+        return stored_values(tensor)
+    return ShapeOnly(tensor.name, tensor.shape, np.dtype(tensor.dtype))
+
+
+def to_shapes_only(graph: gs.Graph) -> None:
+    """Every constant of ``graph`` and its subgraphs held as values made ``shape_only``."""
+    for subgraph in all_graphs(graph):
+        for tensor in subgraph.tensors().values():
+            if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, LazyValues):
+                tensor._values = shape_only(tensor)
 
 
 def import_graph(model: onnx.ModelProto, base_dir: Optional[Path] = None) -> gs.Graph:
