@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
-
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper

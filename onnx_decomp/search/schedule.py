@@ -20,7 +20,8 @@ Rules:
   four natural blocks can split them where the k=4 cut fits), one stops a unit whose rungs are nested.
 - Memory: only the best queued candidate keeps its refitted weights; another one that reaches the top
   on the current state is refitted again (deterministically) before it is accepted. A unit whose ladder
-  is done drops its cached products.
+  is done drops its cached products. On an acceptance the old state's fits and activations go before the new
+  state's activations are made.
 - Stop when no candidate is left. ``final_refit`` then fits the final structure on the whole tuning part at
   once: every cut layer on the activations reaching it with the search's last fits in force (both folds, as
   made at the last acceptance: no further run), so each layer sees what every other cut left, not the model
