@@ -43,13 +43,16 @@ class SessionConfig:
     """Where ONNX Runtime runs, for the timing gate, validation and benchmarks alike: ``provider`` (``auto``
     takes CUDA only when a session really gets it, ``cuda`` fails without it, ``cpu``), intra-op ``threads``
     (None: ONNX Runtime's default, one per core) and whether idle intra-op threads ``spin`` (ONNX Runtime's
-    default; off, several sessions timed in turn in one process do not take each other's cores) and whether
-    its graph optimizations run (its default; off only to measure the float reordering they cause)."""
+    default; off, several sessions timed in turn in one process do not take each other's cores), whether
+    its graph optimizations run (its default; off only to measure the float reordering they cause) and
+    whether its CPU memory ``arena`` keeps what its runs allocate for the session's life (its default; off,
+    what a run frees goes back: ``--by-block``)."""
 
     provider: str = "auto"
     threads: Optional[int] = None
     spin: bool = True
     optimize: bool = True
+    arena: bool = True
 
     def __post_init__(self):
         _one_of("provider", self.provider, PROVIDERS)

@@ -17,6 +17,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnx_decomp
+from onnx_decomp.runtime.sessions import make_session
 from onnx_decomp.search.fidelity import output_fidelity
 from onnx_decomp_models.synthetic import block_chain
 from onnx_decomp_passes import BlockPlan
@@ -175,3 +176,22 @@ def test_by_block_hands_freed_arrays_back_to_the_system_at_once():
     result = subprocess.run([sys.executable, "-c", FREED, "1"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 8 << 20, result.stdout
+
+
+def test_by_block_sessions_run_without_onnx_runtimes_cpu_arena(tmp_path, monkeypatch):
+    """Every session a by-block run makes has ONNX Runtime's CPU arena off (it would keep the memory of the
+    session's largest run for the session's life); sessions elsewhere keep ONNX Runtime's default."""
+    made = []
+
+    class Recorded(ort.InferenceSession):  # ONNX Runtime's own sessions, each kept to be asked afterwards
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recorded)
+    path, _ = block_chain(tmp_path, 2, 64, 4)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32))
+    config = onnx_decomp.AnnealConfig(metric="rel-l2", tolerance=0.05, families=("single",), bootstrap=0)
+    onnx_decomp.anneal_by_block(path, tmp_path / "out.onnx", tmp_path / "calib.npz", config=config, gate="flops")
+    assert len(made) > 4 and all(not s.get_session_options().enable_cpu_mem_arena for s in made)
+    assert make_session(path).get_session_options().enable_cpu_mem_arena

@@ -60,6 +60,7 @@ def make_session(model: ModelLike, config: SessionConfig = SessionConfig(), base
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not config.optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = config.arena
     with model_source(model, base_dir) as source:
         try:
             session = ort.InferenceSession(source, options, providers=providers)
