@@ -45,7 +45,10 @@ def staging(folder) -> list:
 def test_a_stop_signal_exits_conventionally_and_leaves_nothing(tmp_path, model, number, code):
     before = snapshot(tmp_path)
     # 200 rounds of 300,000 rows take seconds, not the milliseconds of batch 1: the run is still timing
-    run = cli("bench", model, model, "--batch", "300000", "--budget", "60", "--json", tmp_path / "b.json")
+    # SIGINT's default disposition, as a shell starts a command in the foreground: a job a shell starts in the
+    # background inherits SIGINT ignored, and keeps ignoring it, as it should
+    run = cli("bench", model, model, "--batch", "300000", "--budget", "60", "--json", tmp_path / "b.json",
+              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not staging(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
