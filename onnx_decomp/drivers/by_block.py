@@ -195,8 +195,9 @@ def _libc_function(name: str):
 def release_memory() -> None:
     """Collect garbage and hand the C library's free memory back to the system (module rule)."""
     gc.collect()
-    if _libc_function("malloc_trim") is not None:
-        _libc_function("malloc_trim")(0)
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def map_large_allocations() -> None:

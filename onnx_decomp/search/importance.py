@@ -29,10 +29,13 @@ def column_norms(activations: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->j", activations, activations, dtype=np.float64))
 
 
+def _weighted(matrix: np.ndarray, evidence: Optional[np.ndarray]) -> np.ndarray:
+    return matrix if evidence is None else matrix * evidence.astype(np.float32)
+
+
 def evidence_weighted(layer: Layer, evidence: Optional[np.ndarray]) -> np.ndarray:
     """``e * W`` (signed, effective weight, float32; ``W`` itself without evidence)."""
-    matrix = layer.matrix(dtype=np.float32)
-    return matrix if evidence is None else matrix * evidence.astype(np.float32)
+    return _weighted(layer.matrix(dtype=np.float32), evidence)
 
 
 def importance(layer: Layer, evidence: Optional[np.ndarray], norms: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -42,8 +45,7 @@ def importance(layer: Layer, evidence: Optional[np.ndarray], norms: np.ndarray, 
     scores = np.empty(matrix.shape, dtype)
     for start in range(0, len(matrix), CHUNK_ROWS):
         rows = slice(start, start + CHUNK_ROWS)
-        chunk = matrix[rows] if evidence is None else matrix[rows] * evidence[rows].astype(np.float32)
-        scores[rows] = np.abs(chunk) * scale
+        scores[rows] = np.abs(_weighted(matrix[rows], None if evidence is None else evidence[rows])) * scale
     return scores
 
 
