@@ -52,3 +52,16 @@ def test_the_search_runs_at_most_search_samples_per_fold_and_the_held_out_part_s
     whole = calibration(ctx, AnnealConfig(search_samples=None), {"x": x})
     assert [len(fold) for fold in whole.folds] == [25, 25] and not any("--search-samples" in n for n in whole.notes)
     assert set(map(tuple, capped.folds[0].inputs["x"].tolist())) <= set(map(tuple, whole.folds[0].inputs["x"].tolist()))
+
+
+def test_a_batch_holds_no_more_than_a_tuning_fold(rng):
+    """A free first dimension: ``batch_size`` samples at a time, but no more than the larger fold holds, so the
+    held-out part runs in batches no larger than the search's (ONNX Runtime keeps a batch's memory)."""
+    ctx = ModelContext.load(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
+                                       [value("x", ["N", 6])], [value("y", ["N", 3])],
+                                       [tensor("W", rng.standard_normal((3, 6)).astype(np.float32))]))
+    x = rng.standard_normal((32, 6))
+    data = calibration(ctx, AnnealConfig(batch_size=256), {"x": x})
+    assert [len(fold) for fold in data.folds] == [8, 8] and len(data.held_out) == 16
+    assert data.batch == 8 and [len(b["x"]) for b in data.batches(data.held_out)] == [8, 8]
+    assert calibration(ctx, AnnealConfig(batch_size=4), {"x": x}).batch == 4

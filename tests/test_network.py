@@ -45,6 +45,14 @@ def test_the_network_holds_each_weight_once_and_gives_the_model_back(rng):
     np.testing.assert_array_equal(network.run([{"x0": x}]).outputs[0], run(model, {"x0": x})[0])
 
 
+def test_a_released_network_holds_neither_its_session_nor_its_layers_weights_and_still_counts_macs(rng):
+    network = Network(ModelContext.load(_two_readers(rng)), SessionConfig("cpu"))
+    masked, macs = network.model_with({}), network.dense_macs
+    network.release()
+    assert network.session is None and all(layer.stored_weight is None for layer in network.layers)
+    assert network.dense_macs == macs and len(masked.graph.initializer) == 3  # the masked model keeps its copy
+
+
 def test_layers_reading_one_tensor_share_its_rows_and_the_folds_are_views(rng):
     network = Network(ModelContext.load(_two_readers(rng)), SessionConfig("cpu"))
     batches = [{"x0": rng.standard_normal((4, N)).astype(np.float32)} for _ in range(2)]
