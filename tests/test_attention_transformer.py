@@ -12,6 +12,7 @@ import torch
 from onnx_decomp import decompose
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.context import ModelContext
+from onnx_decomp.search.evidence import StoredEvidence
 from onnx_decomp.search.families import SearchSpace, build_units
 from onnx_decomp.search.families.attention import find_attention
 from onnx_decomp.search.network import Network
@@ -39,7 +40,8 @@ def tiny(tmp_path_factory):
 def attention_unit(path):
     ctx = ModelContext.load(path, SHAPES)
     network = Network(ctx)
-    units = build_units(SearchSpace(network, ctx.shapes, {}, AnnealConfig(families=("attention",))))
+    space = SearchSpace(network, ctx.shapes, StoredEvidence.write({}), AnnealConfig(families=("attention",)))
+    units = build_units(space)
     return network, find_attention(network.layers, ctx.shapes), units
 
 

@@ -19,8 +19,9 @@ from onnx import numpy_helper
 import onnx_decomp
 from onnx_decomp.runtime.sessions import make_session
 from onnx_decomp.search.fidelity import output_fidelity
+from onnx_decomp_models import cnn
 from onnx_decomp_models.synthetic import block_chain
-from onnx_decomp_passes import BlockPlan
+from onnx_decomp_passes import BlockPlan, SlicePlan
 from test_cli import cli  # noqa: F401  (the fixture: the CLI in this process)
 
 TOLERANCE = 0.05
@@ -195,3 +196,21 @@ def test_by_block_sessions_run_without_onnx_runtimes_cpu_arena(tmp_path, monkeyp
     onnx_decomp.anneal_by_block(path, tmp_path / "out.onnx", tmp_path / "calib.npz", config=config, gate="flops")
     assert len(made) > 4 and all(not s.get_session_options().enable_cpu_mem_arena for s in made)
     assert make_session(path).get_session_options().enable_cpu_mem_arena
+
+
+def test_a_block_whose_channels_go_is_rewritten_from_its_masked_model_on_disk(tmp_path):
+    """By block, the masked model is a file in the work folder; removing channels reads it back in (dead
+    channels: an exact removal)."""
+    onnx.save(cnn.planted_cnn(dead=8), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "calib.npz", **cnn.calibration())
+    config = onnx_decomp.AnnealConfig(families=("channels",), bootstrap=0)
+    report = onnx_decomp.anneal_by_block(tmp_path / "cnn.onnx", tmp_path / "out.onnx", tmp_path / "calib.npz",
+                                         metric="rel-l2", tolerance=1e-6, config=config, gate="flops")
+
+    assert report.plans and all(isinstance(plan, SlicePlan) for plan in report.plans.values())
+    written = {t.name: t.dims for t in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert written["conv2/W_folded"][:2] == [cnn.H - 8, cnn.H - 8]  # 8 dead channels gone on both sides
+    x = cnn.calibration(8, seed=5)["x"]
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for p in (tmp_path / "cnn.onnx", tmp_path / "out.onnx")]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-4, atol=1e-5)

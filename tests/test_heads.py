@@ -18,6 +18,7 @@ from conftest import IR_VERSION, op_types, run, tensor, value
 from onnx_decomp import AnnealConfig, GateConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.io.shapes import concrete_shapes, input_specs
+from onnx_decomp.search.evidence import StoredEvidence
 from onnx_decomp.search.families import SearchSpace, build_units
 from onnx_decomp.search.network import Network
 from onnx_decomp.torch import export
@@ -58,7 +59,7 @@ def heads_space(path, rng) -> SearchSpace:
     ctx = ModelContext.load(path, {"tokens": [3, CONTEXT]})
     network = Network(ctx)
     taps = network.run([{"tokens": rng.integers(0, VOCAB, (3, CONTEXT))}], taps=True).taps
-    return SearchSpace(network, network.shapes, {}, AnnealConfig(families=("heads",)), taps=taps)
+    return SearchSpace(network, network.shapes, StoredEvidence.write({}), AnnealConfig(families=("heads",)), taps=taps)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -119,7 +120,7 @@ def test_a_fused_attention_op_is_listed_as_skipped(rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)], ir_version=IR_VERSION)
     network = Network(ModelContext.load(model, {"x": [2, 3, 8]}))
-    space = SearchSpace(network, network.shapes, {}, AnnealConfig(families=("heads",)))
+    space = SearchSpace(network, network.shapes, StoredEvidence.write({}), AnnealConfig(families=("heads",)))
     assert build_units(space) == []
     assert space.notes == ["heads: Attention node 'fused' skipped: a fused attention op keeps its heads inside one "
                            "kernel's packed weights"]

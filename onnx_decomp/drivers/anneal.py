@@ -2,7 +2,7 @@
 
 Stages, each a function of the one ``Annealing`` it fills in:
 - ``search``: load once -> calibration data (``search.calibration``) -> statistical evidence
-  (``stats.analyze``) -> the network, whose weights one ONNX Runtime session takes as inputs, and the
+  (``stats.analyze``; kept on disk, ``search.evidence``) -> the network, whose weights one ONNX Runtime session takes as inputs, and the
   fidelity gate (the original's outputs and activations) -> every family's units and ladders
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: stability over bootstrap resamples, the final structure refitted on the whole tuning part,
@@ -47,13 +47,14 @@ from onnx_decomp.distributed.cluster import Cluster, ray_cluster
 from onnx_decomp.distributed.folds import fold_annealer
 from onnx_decomp.drivers.decompose import Gate, Session, decompose
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
-from onnx_decomp.io.model_io import ModelLike
+from onnx_decomp.io.model_io import ModelLike, load_model
 from onnx_decomp.io.shapes import InputShapes
 from onnx_decomp.planning.conv import rewrite_convs
 from onnx_decomp.planning.support import AnnealedSupport
 from onnx_decomp.report.anneal import AnnealReport, FinalFidelity, UnitInfo, anneal_schema
 from onnx_decomp.runtime.quantize import SCHEMES, quantize
 from onnx_decomp.search.calibration import Arrays, Calibration, calibration
+from onnx_decomp.search.evidence import StoredEvidence
 from onnx_decomp.search.families import FAMILIES, Cut, SearchSpace, build_units
 from onnx_decomp.search.fidelity import FidelityGate, exact_difference
 from onnx_decomp.search.importance import column_norms
@@ -111,11 +112,13 @@ def search(ctx: ModelContext, data: Calibration, config: AnnealConfig, analysis:
            session: SessionConfig, original: Optional[Calibration] = None, make=Annealer) -> Annealing:
     """The search stage (module rule); ``original``: paired original data (``FidelityGate``), ``make``: the
     annealer's class (``distributed.folds.fold_annealer``: on Ray workers)."""
-    analysis = analyze_context(ctx, analysis, figures=False, keep_evidence=True)
+    found = analyze_context(ctx, analysis, figures=False, keep_evidence=True)
+    evidence, nulls = StoredEvidence.write(found.evidence), found.nulls  # the evidence on disk (module rule)
+    del found
     network = Network(ctx, session, config.max_rows, config.seed)
     fidelity = FidelityGate(network, data, config.metric, config.tolerance, config.outputs, original) \
         if network.layers else None
-    space = SearchSpace(network, network.shapes, analysis.evidence, config, analysis.nulls,
+    space = SearchSpace(network, network.shapes, evidence, config, nulls,
                         fidelity.dense_taps if fidelity else {})
     units = build_units(space) if network.layers else []
     report = AnnealReport(
@@ -184,7 +187,10 @@ def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session
     for the other plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
     conv_plans = {site: plan for site, plan in plans.items() if run.network.by_site[site].conv}
-    model, convs = rewrite_convs(removed_units(run.report.masked, run.report.plans, run.network.shapes), conv_plans,
+    masked = run.report.masked  # by block a file (``drivers.by_block``), read in only if its graph is edited here
+    if not isinstance(masked, onnx.ModelProto) and (conv_plans or len(plans) < len(run.report.plans)):
+        masked = load_model(masked)
+    model, convs = rewrite_convs(removed_units(masked, run.report.plans, run.network.shapes), conv_plans,
                                  input_shapes, gate, session)
     run.report.notes += [decision.line() for decision in convs]
     run.model, run.report.decomposition = decompose(

@@ -24,7 +24,9 @@ Rules:
 - Memory: once a block is done, its objects are collected and the C library's freed memory handed back to
   the system (glibc's ``malloc_trim``, where there is one), so that one block's peak does not stack on the
   last one's leftovers; within a block, annealing lets its search state go before it rewrites
-  (``drivers.anneal``). Arrays of 1 MiB or more get mappings of their own (glibc's ``mallopt``, for the
+  (``drivers.anneal``), and the masked, refitted block is written to the temporary folder and read from
+  there by the rewrite and by ONNX Runtime (which maps external data) instead of staying in memory as a
+  proto beside them (one layer of the 1.1B model: 633 -> 586 MiB above the imports). Arrays of 1 MiB or more get mappings of their own (glibc's ``mallopt``, for the
   process, our decision: bounded memory is what ``--by-block`` is for), so that what a block frees goes
   back to the system at once: glibc's default raises its threshold up to 32 MiB as large arrays are freed,
   and the block's arrays below that size then stay in its heap, fragmented (one layer of the 1.1B model:
@@ -131,6 +133,9 @@ class _Run:
                                                               original)
         run = search(ctx, data, config, s["analysis"], s["session"], original, make)
         finalize(run)
+        masked = self.work / f"masked{block.index}.onnx"
+        save_model(run.report.masked, masked, external_data=True)
+        run.report.masked = masked  # rewrite and verify read it from there (module rule)
         rewrite(run, shapes, s["gate"], s["session"])
         verify(run, s["session"])
         run.report.masked = None
@@ -145,8 +150,9 @@ class _Run:
                                                    if n in keep}
         self.parts.append(self.work / f"rewritten{block.index}.onnx")
         save_model(run.model, self.parts[-1], external_data=True)
-        path.unlink()
-        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        for done in (path, masked):
+            done.unlink()
+            done.with_name(done.name + ".data").unlink(missing_ok=True)
         return run, size
 
     def stitched(self) -> onnx.ModelProto:

@@ -23,6 +23,7 @@ import numpy as np
 
 from onnx_decomp.config import AnnealConfig
 from onnx_decomp.planning.partition import Partition
+from onnx_decomp.search.evidence import StoredEvidence
 from onnx_decomp.search.network import Layer, Network, Stored
 from onnx_decomp.search.refit import Refitter, plain_cut
 from onnx_decomp_passes import BlockPlan, Plan, Site
@@ -119,20 +120,21 @@ class Unit(abc.ABC):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What families plan from: the network's layers, every tensor's shape, the statistical evidence and the
-    null model per weight name, the original model's tuning activations per layer, and the run's settings;
-    ``notes``: what families skipped and why, for the report."""
+    """What families plan from: the network's layers, every tensor's shape, the statistical evidence (on disk,
+    ``search.evidence``) and the null model per weight name, the original model's tuning activations per layer,
+    and the run's settings; ``notes``: what families skipped and why, for the report."""
 
     network: Network
     shapes: Mapping[str, list]
-    evidence: Mapping[str, np.ndarray]
+    evidence: StoredEvidence
     config: AnnealConfig
     nulls: Mapping[str, object] = field(default_factory=dict)
     taps: Mapping[Site, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def evidence_of(self, layers: list[Layer]) -> dict[Site, Optional[np.ndarray]]:
-        return {layer.site: self.evidence.get(layer.weight) for layer in layers}
+    def evidence_of(self, layers: list[Layer]) -> StoredEvidence:
+        """The layers' evidence by site, read at every lookup (``None`` where a weight has none)."""
+        return self.evidence.keyed({layer.site: layer.weight for layer in layers})
 
 
 class Family(abc.ABC):
