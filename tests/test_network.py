@@ -49,7 +49,7 @@ def test_a_released_network_holds_neither_its_session_nor_its_layers_weights_and
     network = Network(ModelContext.load(_two_readers(rng)), SessionConfig("cpu"))
     masked, macs = network.model_with({}), network.dense_macs
     network.release()
-    assert network.session is None and all(layer.stored_weight is None for layer in network.layers)
+    assert network.session is None and all(layer.held_weight is None for layer in network.layers)
     assert network.dense_macs == macs and len(masked.graph.initializer) == 3  # the masked model keeps its copy
 
 

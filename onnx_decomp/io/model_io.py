@@ -190,7 +190,8 @@ def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())
     finally:
-        for tensor, raw, record, had_location in moved:
+        while moved:  # each tensor's bytes let go as soon as they are back: one tensor is held twice at a time
+            tensor, raw, record, had_location = moved.pop()
             del tensor.external_data[:]
             tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record)
             if raw is not None:

@@ -80,7 +80,7 @@ class AnnealedSupport(Support):
     name = "annealed"
 
     def masks(self, ctx: ModelContext) -> Masks:
-        return {op.site: self.plans.get(op.site, op.matrix() != 0) for op in ctx.ops}
+        return {op.site: self.plans[op.site] if op.site in self.plans else op.matrix() != 0 for op in ctx.ops}
 
     def tolerance(self, given: Optional[Tolerance]) -> Tolerance:
         return given or Tolerance()

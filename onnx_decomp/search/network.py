@@ -23,9 +23,12 @@ Rules:
 - Taps keep at most ``max_rows`` rows per layer, the same seeded subset of each batch's rows in every run,
   so that dense and cut activations stay paired row by row; MatMul/Gemm layers reading one tensor share one
   array of its rows.
-- Memory: each layer's weights are held once, in its arrays (the proto keeps empty tensors in their place);
-  the search keeps a block cut's fits as their ``Blocks`` (a cut weight is mostly zeros) and makes the array
-  only to run or read one.
+- Memory: each layer's weights are held once, in its arrays (the proto keeps empty tensors in their place),
+  or, where the model keeps a weight in external data, not at all: it is read from its file at every use
+  (a run, a refit, a plan), as the rewrite reads weights; by block, each block's own file (one layer of a
+  1.1B-parameter Llama: the FFN's 132 MiB are then in memory only while a run or a refit uses them). The
+  search keeps a block cut's fits as their ``Blocks`` (a cut weight is mostly zeros) and makes the array only
+  to run or read one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
@@ -94,9 +98,14 @@ class Layer:
     op: WeightedOp
     output_bias: Optional[OutputBias]
     vectors: int  # activation vectors per inference at the run's input shapes
-    stored_weight: Optional[np.ndarray]  # None once the network is released
+    held_weight: Optional[np.ndarray]  # None where it lives in external data (module rule) or once released
     stored_bias: Optional[np.ndarray]
     geometry: Optional[Geometry] = None  # a Conv's
+
+    @property
+    def stored_weight(self) -> np.ndarray:
+        """The weight as the model stores it: the held array, or read from its file afresh (module rule)."""
+        return self.held_weight if self.held_weight is not None else stored_values(self.op.weight)
 
     @property
     def conv(self) -> bool:
@@ -166,15 +175,16 @@ class Layer:
                      bias: Optional[np.ndarray]) -> Stored:
         """An effective weight given by its blocks ``(rows, cols, W[rows][:, cols])``, zero elsewhere, and
         bias back to the stored scale and element type; the weight kept as its ``Blocks``."""
-        alpha, dtype = self.op.alpha, self.stored_weight.dtype
+        alpha, dtype = self.op.alpha, np.dtype(self.op.weight.dtype)
         stored = tuple((rows, cols, np.asarray(values if alpha == 1 else values / alpha, dtype))
                        for rows, cols, values in blocks)
-        return Blocks(self.stored_weight.shape, dtype, self.op.layout, stored), self.store_bias(bias)
+        return Blocks(tuple(self.op.weight.shape), dtype, self.op.layout, stored), self.store_bias(bias)
 
     def kept(self, plan: BlockPlan) -> Blocks:
         """The original weights inside ``plan``'s blocks, zero elsewhere."""
-        view = self.op.layout.to_matrix(self.stored_weight)
-        return Blocks(self.stored_weight.shape, self.stored_weight.dtype, self.op.layout,
+        stored = self.stored_weight
+        view = self.op.layout.to_matrix(stored)
+        return Blocks(stored.shape, stored.dtype, self.op.layout,
                       tuple((b.rows, b.cols, view[np.ix_(b.rows, b.cols)]) for b in plan.branches))
 
     def store_bias(self, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -213,6 +223,14 @@ def _left_out(op: WeightedOp, graph, shapes: Mapping[str, list]) -> Optional[str
     return None
 
 
+def _held(weight) -> Optional[np.ndarray]:
+    """A weight's values where the model holds them, None where they live in external data (module rule)."""
+    lazy = weight._values
+    if isinstance(lazy, LazyValues) and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    return stored_values(weight)
+
+
 def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Layer], list[tuple[str, str]]]:
     """The annealable layers of the normalised graph in topological order, and the (node, reason) of every
     MatMul/Gemm/Conv left out (module rules)."""
@@ -228,7 +246,7 @@ def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Lay
         bias = op.output_bias()
         geometry = Geometry.of(op.node.attrs, op.weight.shape[2:], shapes[op.node.inputs[0].name][2:]) \
             if op.layout is Layout.KERNEL else None
-        layers.append(Layer(0, op, bias, op_vectors(shapes, op), stored_values(op.weight),
+        layers.append(Layer(0, op, bias, op_vectors(shapes, op), _held(op.weight),
                             None if bias is None else stored_values(bias.tensor), geometry))
     layers.sort(key=lambda layer: position[id(layer.op.node)])
     for index, layer in enumerate(layers):
@@ -279,12 +297,14 @@ class Network:
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""
         graph = self.proto.graph
-        moved = {layer.weight: layer.stored_weight for layer in self.layers}
-        moved.update({layer.bias: layer.stored_bias for layer in self.layers if layer.bias})
+        moved = {layer.weight: (layer.op.weight.dtype, layer.op.weight.shape) for layer in self.layers}
+        moved.update({layer.bias: (layer.stored_bias.dtype, layer.stored_bias.shape)
+                      for layer in self.layers if layer.bias})
         inputs = [v for v in graph.input if v.name not in moved]
-        inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
-                   for name, array in moved.items()]
-        taps = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(layer.stored_weight.dtype), None)
+        inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+                   for name, (dtype, shape) in moved.items()]
+        taps = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(layer.op.weight.dtype)),
+                                              None)
                 for name, layer in {layer.input: layer for layer in self._tapped}.items() if name in self._tap_names]
         new = helper.make_graph(graph.node, graph.name, inputs, [*graph.output, *taps],
                                 [t for t in graph.initializer if t.name not in moved], value_info=graph.value_info)
@@ -345,7 +365,7 @@ class Network:
         runs or refits the layers after the search (their shapes still count MACs)."""
         self.session = None
         for layer in self.layers:
-            layer.stored_weight = None
+            layer.held_weight = None
 
     def macs(self, cuts: Mapping[Site, "Cut"]) -> int:
         """MatMul/Gemm/Conv multiply-accumulates per inference with ``cuts`` (layer site -> ``families.Cut``) in
