@@ -1,5 +1,6 @@
 """The annealing network's memory rules on a real ONNX Runtime session: each layer's weights held once (the
-layers' arrays, not the model proto), one array of activation rows for layers that read one tensor, the
+layers' arrays, not the model proto), or read from their file at every use where the model keeps them in
+external data, one array of activation rows for layers that read one tensor, the
 folds as views of the tuning rows, and a block cut's fits kept as their blocks, all without changing a
 number."""
 
@@ -12,6 +13,7 @@ from onnx import helper, numpy_helper
 from conftest import make_model, run, tensor, value
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
+from onnx_decomp.io.model_io import save_model
 from onnx_decomp.planning.coclustering import spectral_cocluster
 from onnx_decomp.search.fidelity import FidelityGate
 from onnx_decomp.search.importance import CHUNK_ROWS, importance
@@ -22,15 +24,15 @@ from onnx_decomp_passes import plan_from_support
 N = 16
 
 
-def _two_readers(rng):
-    """``q = x Wq``, ``k = x Wk`` (both read ``x``), ``y = (q + k) Wo``."""
-    weights = {name: (rng.standard_normal((N, N)) / 4).astype(np.float32) for name in ("Wq", "Wk", "Wo")}
+def _two_readers(rng, n: int = N):
+    """``q = x Wq``, ``k = x Wk`` (both read ``x``), ``y = (q + k) Wo``, all ``n`` wide."""
+    weights = {name: (rng.standard_normal((n, n)) / 4).astype(np.float32) for name in ("Wq", "Wk", "Wo")}
     nodes = [helper.make_node("Relu", ["x0"], ["x"], name="relu"),
              helper.make_node("MatMul", ["x", "Wq"], ["q"], name="q"),
              helper.make_node("MatMul", ["x", "Wk"], ["k"], name="k"),
              helper.make_node("Add", ["q", "k"], ["s"], name="add"),
              helper.make_node("MatMul", ["s", "Wo"], ["y"], name="o")]
-    return make_model(nodes, [value("x0", ["N", N])], [value("y", ["N", N])],
+    return make_model(nodes, [value("x0", ["N", n])], [value("y", ["N", n])],
                       [tensor(name, array) for name, array in weights.items()])
 
 
@@ -43,6 +45,24 @@ def test_the_network_holds_each_weight_once_and_gives_the_model_back(rng):
     assert {t.name: t.dims for t in original.graph.initializer} == {"Wq": [N, N], "Wk": [N, N], "Wo": [N, N]}
     np.testing.assert_array_equal(run(original, {"x0": x})[0], run(model, {"x0": x})[0])
     np.testing.assert_array_equal(network.run([{"x0": x}]).outputs[0], run(model, {"x0": x})[0])
+
+
+def test_weights_in_external_data_are_read_at_every_use_and_change_no_number(rng, tmp_path):
+    width = 64  # tensors of over SMALL_TENSOR elements go to external data
+    model = _two_readers(rng, width)
+    save_model(model, tmp_path / "model.onnx", external_data=True)
+    held, read = (Network(ModelContext.load(m), SessionConfig("cpu")) for m in (model, tmp_path / "model.onnx"))
+    assert all(layer.held_weight is not None for layer in held.layers)
+    assert all(layer.held_weight is None for layer in read.layers)
+    first, second = (layer.stored_weight for layer in (read.layers[0], read.layers[0]))
+    assert not np.shares_memory(first, second)  # a fresh array at every use: nothing kept between uses
+    x = [{"x0": rng.standard_normal((8, width)).astype(np.float32)}]
+    for a, b in zip(held.run(x, taps=True).taps.values(), read.run(x, taps=True).taps.values()):
+        np.testing.assert_array_equal(a, b)
+    plan = plan_from_support(np.kron(np.eye(2, dtype=bool), np.ones((width // 2, width // 2), bool)))
+    dense = held.run(x, taps=True).taps[held.layers[2].site].astype(np.float64)
+    fits = [Refitter(0.1)(network.layers[2], plan, dense, dense) for network in (held, read)]
+    np.testing.assert_array_equal(unpacked(fits[0][0]), unpacked(fits[1][0]))
 
 
 def test_a_released_network_holds_neither_its_session_nor_its_layers_weights_and_still_counts_macs(rng):
