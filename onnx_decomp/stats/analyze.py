@@ -47,6 +47,7 @@ from onnx_decomp_passes import CONV, Layout, WeightedOp, all_graphs, find_chains
 
 logger = logging.getLogger(__name__)
 FIGURES = "figures"  # the report folder's subfolder of PNGs
+CHUNK_ROWS = 256  # rows of the evidence computed at once
 
 
 def _initial_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
@@ -231,7 +232,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
             if w.conv:
                 report.channel_masks[name] = support
         if keep_evidence:
-            report.evidence[name] = np.where(confirmed, 1.0, 1.0 - p).astype(np.float16)
+            report.evidence[name] = _evidence(p, confirmed)
             report.nulls[name] = w.null
             if w.conv:
                 report.channel_evidence[name] = block_diagonal(
@@ -241,6 +242,16 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
     for first, second in chains:
         report.chains.append(_chain(first, second, p_by_weight, fdr))
     return report
+
+
+def _evidence(p: np.ndarray, confirmed: np.ndarray) -> np.ndarray:
+    """The evidence of the module rule (float16), computed ``CHUNK_ROWS`` rows at a time: no float64 temporary
+    as large as the weight."""
+    evidence = np.empty(p.shape, np.float16)
+    for start in range(0, len(p), CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        evidence[rows] = np.where(confirmed[rows], 1.0, 1.0 - p[rows])
+    return evidence
 
 
 def _decide(p: np.ndarray, cut: Optional[float], fdr: float) -> np.ndarray:

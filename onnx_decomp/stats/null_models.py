@@ -63,8 +63,9 @@ UNCHANGED = 1e-7
 
 
 def _normal_sf_abs(x: np.ndarray, sigma: float) -> np.ndarray:
-    """P(|N(0, sigma^2)| >= x) = erfc(x / (sigma sqrt 2))."""
-    return special.erfc(np.abs(x) / (sigma * math.sqrt(2.0)))
+    """P(|N(0, sigma^2)| >= x) = erfc(x / (sigma sqrt 2)), in one array of x's size."""
+    scaled = np.abs(x) / (sigma * math.sqrt(2.0))
+    return special.erfc(scaled, out=scaled) if scaled.ndim else special.erfc(scaled)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,12 @@ class Uniform:
     bound: float
 
     def sf_abs(self, w: np.ndarray) -> np.ndarray:
-        return np.clip(1.0 - np.abs(w) / self.bound, 0.0, 1.0)
+        """``clip(1 - |w| / bound, 0, 1)``, in one array of w's size."""
+        p = np.abs(w) / self.bound
+        if not p.ndim:
+            return np.clip(1.0 - p, 0.0, 1.0)
+        np.subtract(1.0, p, out=p)
+        return np.clip(p, 0.0, 1.0, out=p)
 
     def pdf(self, w: np.ndarray) -> np.ndarray:
         return np.where(np.abs(w) <= self.bound, 0.5 / self.bound, 0.0)
