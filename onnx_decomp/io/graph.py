@@ -91,6 +91,15 @@ class ShapeOnly(LazyValues):
         return np.broadcast_to(np.zeros((), helper.tensor_dtype_to_np_dtype(self.tensor.data_type)), self.shape)
 
 
+def held_values(tensor: gs.Constant) -> Optional[np.ndarray]:
+    """A constant's values where the model holds them, None where they live in external data (to be read
+    through ``stored_values`` at every use)."""
+    lazy = tensor._values
+    if isinstance(lazy, LazyValues) and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    return stored_values(tensor)
+
+
 def shape_only(tensor: gs.Constant):
     """A ``ShapeOnly`` placeholder for a constant over ``SMALL_TENSOR`` elements, else its values (shape
     inference may read small ones: shapes computed in the graph)."""

@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.model_stats import counted_shapes
 from onnx_decomp.errors import UnsupportedConstructError
-from onnx_decomp.io.graph import export_graph
+from onnx_decomp.io.graph import export_graph, held_values
 from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
 from onnx_decomp.search.patches import Geometry
@@ -223,14 +222,6 @@ def _left_out(op: WeightedOp, graph, shapes: Mapping[str, list]) -> Optional[str
     return None
 
 
-def _held(weight) -> Optional[np.ndarray]:
-    """A weight's values where the model holds them, None where they live in external data (module rule)."""
-    lazy = weight._values
-    if isinstance(lazy, LazyValues) and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return None
-    return stored_values(weight)
-
-
 def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Layer], list[tuple[str, str]]]:
     """The annealable layers of the normalised graph in topological order, and the (node, reason) of every
     MatMul/Gemm/Conv left out (module rules)."""
@@ -246,7 +237,7 @@ def find_layers(ctx: ModelContext, shapes: Mapping[str, list]) -> tuple[list[Lay
         bias = op.output_bias()
         geometry = Geometry.of(op.node.attrs, op.weight.shape[2:], shapes[op.node.inputs[0].name][2:]) \
             if op.layout is Layout.KERNEL else None
-        layers.append(Layer(0, op, bias, op_vectors(shapes, op), _held(op.weight),
+        layers.append(Layer(0, op, bias, op_vectors(shapes, op), held_values(op.weight),
                             None if bias is None else stored_values(bias.tensor), geometry))
     layers.sort(key=lambda layer: position[id(layer.op.node)])
     for index, layer in enumerate(layers):
