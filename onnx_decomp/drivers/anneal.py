@@ -2,8 +2,9 @@
 
 Stages, each a function of the one ``Annealing`` it fills in:
 - ``search``: load once -> calibration data (``search.calibration``) -> statistical evidence
-  (``stats.analyze``; kept on disk, ``search.evidence``) -> the network, whose weights one ONNX Runtime session takes as inputs, and the
-  fidelity gate (the original's outputs and activations) -> every family's units and ladders
+  (``stats.analyze``; kept on disk, ``search.evidence``) -> the network, whose weights one ONNX Runtime
+  session takes as inputs, and the fidelity gate (the original's outputs and activations) -> every family's
+  units and ladders
   (``search.families``) -> the schedule (greedy, rollback, refits judged across tuning folds).
 - ``finalize``: stability over bootstrap resamples, the final structure refitted on the whole tuning part,
   its held-out fidelity with and without refit (the held-out outputs of the weights in force kept for

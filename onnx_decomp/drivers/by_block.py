@@ -26,7 +26,8 @@ Rules:
   last one's leftovers; within a block, annealing lets its search state go before it rewrites
   (``drivers.anneal``), and the masked, refitted block is written to the temporary folder and read from
   there by the rewrite and by ONNX Runtime (which maps external data) instead of staying in memory as a
-  proto beside them (one layer of the 1.1B model: 633 -> 586 MiB above the imports). Arrays of 1 MiB or more get mappings of their own (glibc's ``mallopt``, for the
+  proto beside them (one layer of the 1.1B model: 633 -> 586 MiB above the imports). Arrays of 1 MiB or
+  more get mappings of their own (glibc's ``mallopt``, for the
   process, our decision: bounded memory is what ``--by-block`` is for), so that what a block frees goes
   back to the system at once: glibc's default raises its threshold up to 32 MiB as large arrays are freed,
   and the block's arrays below that size then stay in its heap, fragmented (one layer of the 1.1B model:

@@ -287,16 +287,17 @@ class Network:
 
     def _session_model(self) -> onnx.ModelProto:
         """The model with the layers' weights and biases as inputs and their activations as outputs."""
+        def typed(name: str, dtype, shape) -> onnx.ValueInfoProto:
+            return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+
         graph = self.proto.graph
         moved = {layer.weight: (layer.op.weight.dtype, layer.op.weight.shape) for layer in self.layers}
         moved.update({layer.bias: (layer.stored_bias.dtype, layer.stored_bias.shape)
                       for layer in self.layers if layer.bias})
         inputs = [v for v in graph.input if v.name not in moved]
-        inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
-                   for name, (dtype, shape) in moved.items()]
-        taps = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(layer.op.weight.dtype)),
-                                              None)
-                for name, layer in {layer.input: layer for layer in self._tapped}.items() if name in self._tap_names]
+        inputs += [typed(name, dtype, shape) for name, (dtype, shape) in moved.items()]
+        readers = {layer.input: layer for layer in self._tapped}
+        taps = [typed(name, layer.op.weight.dtype, None) for name, layer in readers.items() if name in self._tap_names]
         new = helper.make_graph(graph.node, graph.name, inputs, [*graph.output, *taps],
                                 [t for t in graph.initializer if t.name not in moved], value_info=graph.value_info)
         new.sparse_initializer.extend(graph.sparse_initializer)
