@@ -41,10 +41,15 @@ def test_calibration_splits_batches_and_drops_what_fills_no_fixed_batch(rng):
     assert "y" in given.held_out.labels  # labels of the validation set ride in the --inputs file
 
 
+def _free_batch_gemm(rng) -> ModelContext:
+    """One Gemm ``x [N, 6] -> y [N, 3]``: a free first dimension."""
+    return ModelContext.load(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
+                                        [value("x", ["N", 6])], [value("y", ["N", 3])],
+                                        [tensor("W", rng.standard_normal((3, 6)).astype(np.float32))]))
+
+
 def test_the_search_runs_at_most_search_samples_per_fold_and_the_held_out_part_stays_whole(rng):
-    ctx = ModelContext.load(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
-                                       [value("x", ["N", 6])], [value("y", ["N", 3])],
-                                       [tensor("W", rng.standard_normal((3, 6)).astype(np.float32))]))
+    ctx = _free_batch_gemm(rng)
     x = rng.standard_normal((100, 6))
     capped = calibration(ctx, AnnealConfig(search_samples=10), {"x": x})
     assert [len(fold) for fold in capped.folds] == [10, 10] and len(capped.tuning) == 20
@@ -57,9 +62,7 @@ def test_the_search_runs_at_most_search_samples_per_fold_and_the_held_out_part_s
 def test_a_batch_holds_no_more_than_a_tuning_fold(rng):
     """A free first dimension: ``batch_size`` samples at a time, but no more than the larger fold holds, so the
     held-out part runs in batches no larger than the search's (ONNX Runtime keeps a batch's memory)."""
-    ctx = ModelContext.load(make_model([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1, name="fc")],
-                                       [value("x", ["N", 6])], [value("y", ["N", 3])],
-                                       [tensor("W", rng.standard_normal((3, 6)).astype(np.float32))]))
+    ctx = _free_batch_gemm(rng)
     x = rng.standard_normal((32, 6))
     data = calibration(ctx, AnnealConfig(batch_size=256), {"x": x})
     assert [len(fold) for fold in data.folds] == [8, 8] and len(data.held_out) == 16
