@@ -188,8 +188,9 @@ def rewrite(run: Annealing, input_shapes: InputShapes, gate: GateConfig, session
     for the other plans."""
     plans = {site: plan for site, plan in run.report.plans.items() if not isinstance(plan, SlicePlan)}
     conv_plans = {site: plan for site, plan in plans.items() if run.network.by_site[site].conv}
+    slices = len(plans) < len(run.report.plans)
     masked = run.report.masked  # by block a file (``drivers.by_block``), read in only if its graph is edited here
-    if not isinstance(masked, onnx.ModelProto) and (conv_plans or len(plans) < len(run.report.plans)):
+    if not isinstance(masked, onnx.ModelProto) and (conv_plans or slices):
         masked = load_model(masked)
     model, convs = rewrite_convs(removed_units(masked, run.report.plans, run.network.shapes), conv_plans,
                                  input_shapes, gate, session)

@@ -27,13 +27,13 @@ Rules:
   (``drivers.anneal``), and the masked, refitted block is written to the temporary folder and read from
   there by the rewrite and by ONNX Runtime (which maps external data) instead of staying in memory as a
   proto beside them (one layer of the 1.1B model: 633 -> 586 MiB above the imports). Arrays of 1 MiB or
-  more get mappings of their own (glibc's ``mallopt``, for the
-  process, our decision: bounded memory is what ``--by-block`` is for), so that what a block frees goes
-  back to the system at once: glibc's default raises its threshold up to 32 MiB as large arrays are freed,
-  and the block's arrays below that size then stay in its heap, fragmented (one layer of the 1.1B model:
-  1077 MiB above the imports by default, 834 MiB so; about 10% more time). ``MALLOC_MMAP_THRESHOLD_`` in
-  the environment overrides it. ONNX Runtime's sessions run without their CPU arena, which would keep the
-  memory of a session's largest run for its life (one layer: 669 -> 650 and 632 MiB in two runs, about 3% more time).
+  more get mappings of their own (glibc's ``mallopt``, for the process, our decision: bounded memory is
+  what ``--by-block`` is for), so that what a block frees goes back to the system at once: glibc's default
+  raises its threshold up to 32 MiB as large arrays are freed, and the block's arrays below that size then
+  stay in its heap, fragmented (one layer of the 1.1B model: 1077 MiB above the imports by default, 834 MiB
+  so; about 10% more time). ``MALLOC_MMAP_THRESHOLD_`` in the environment overrides it. ONNX Runtime's
+  sessions run without their CPU arena, which would keep the memory of a session's largest run for its life
+  (one layer: 669 -> 650 and 632 MiB in two runs, about 3% more time).
 - Output: each rewritten block goes to the temporary folder when it is done; the model is stitched from them
   (nodes in block order, side nodes once, the input's interface) and written with its weights copied tensor
   by tensor: the compressed model is never in memory whole. Quantization is refused here.
