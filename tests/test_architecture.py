@@ -40,8 +40,8 @@ LAYERS = (  # onnx_decomp's modules and subpackages, lowest first
 )
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 SEARCH_LAYERS = (  # onnx_decomp/search inside, lowest first: the families plan on the network, the schedule runs them
-    ("calibration", "data_checks", "evidence", "patches", "network", "products", "importance", "refit", "fidelity",
-     "blocks"),
+    ("calibration", "data_checks", "on_disk", "evidence", "patches", "network", "products", "importance", "refit",
+     "fidelity", "blocks"),
     ("families",),
     ("schedule", "stability"),
 )

@@ -28,7 +28,8 @@ Rules:
   (a run, a refit, a plan), as the rewrite reads weights; by block, each block's own file (one layer of a
   1.1B-parameter Llama: the FFN's 132 MiB are then in memory only while a run or a refit uses them). The
   search keeps a block cut's fits as their ``Blocks`` (a cut weight is mostly zeros) and makes the array only
-  to run or read one.
+  to run or read one; a fit's values from ``on_disk.SPILL_BYTES`` on are kept on disk between their uses
+  (``search.on_disk``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph, held_values
 from onnx_decomp.io.model_io import load_references
 from onnx_decomp.runtime.sessions import make_session, ort_message
+from onnx_decomp.search.on_disk import Spillable, loaded, spilled
 from onnx_decomp.search.patches import Geometry
 from onnx_decomp.search.products import find_products
 from onnx_decomp_passes import (CONV, BlockPlan, FoldBatchNorm, Layout, OutputBias, Site, WeightedOp, ZeroConvBias,
@@ -65,27 +67,33 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Blocks:
     """A stored weight that is zero outside some blocks of its matrix view ``W [n_out, n_in]`` (``Layout``):
-    per block its rows, its columns and the values stored there, ``values[i, j]`` at ``W[rows[i], cols[j]]``."""
+    per block its rows, its columns and the values stored there, ``values[i, j]`` at ``W[rows[i], cols[j]]``
+    (on disk from ``SPILL_BYTES`` on)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     layout: Layout
-    blocks: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    blocks: tuple[tuple[np.ndarray, np.ndarray, Spillable], ...]
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
+           blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> "Blocks":
+        return cls(tuple(shape), dtype, layout, tuple((rows, cols, spilled(values)) for rows, cols, values in blocks))
 
     def array(self) -> np.ndarray:
         array = np.zeros(self.shape, self.dtype)
         view = self.layout.to_matrix(array)  # a view: writing it writes ``array``
         for rows, cols, values in self.blocks:
-            view[np.ix_(rows, cols)] = values
+            view[np.ix_(rows, cols)] = loaded(values)
         return array
 
 
-Stored = tuple[Union[np.ndarray, Blocks], Optional[np.ndarray]]  # (weight, bias) as the model stores them
+Stored = tuple[Union[Spillable, Blocks], Optional[np.ndarray]]  # (weight, bias) as the model stores them
 Weights = Mapping[Site, Stored]  # layer site -> stored arrays of the state under test
 
 
-def unpacked(weight: Union[np.ndarray, Blocks]) -> np.ndarray:
-    return weight.array() if isinstance(weight, Blocks) else weight
+def unpacked(weight: Union[Spillable, Blocks]) -> np.ndarray:
+    return weight.array() if isinstance(weight, Blocks) else loaded(weight)
 
 
 @dataclass
@@ -167,8 +175,9 @@ class Layer:
         return np.zeros(self.shape[0]) if bias is None else scale * bias.astype(np.float64).reshape(-1)
 
     def store(self, matrix: np.ndarray, bias: Optional[np.ndarray]) -> Stored:
-        """Effective weight and bias back to the stored layout, shape and element type."""
-        return self.op.stored_from(matrix), self.store_bias(bias)
+        """Effective weight and bias back to the stored layout, shape and element type (the weight on disk from
+        ``SPILL_BYTES`` on)."""
+        return spilled(self.op.stored_from(matrix)), self.store_bias(bias)
 
     def store_blocks(self, blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                      bias: Optional[np.ndarray]) -> Stored:
@@ -177,14 +186,14 @@ class Layer:
         alpha, dtype = self.op.alpha, np.dtype(self.op.weight.dtype)
         stored = tuple((rows, cols, np.asarray(values if alpha == 1 else values / alpha, dtype))
                        for rows, cols, values in blocks)
-        return Blocks(tuple(self.op.weight.shape), dtype, self.op.layout, stored), self.store_bias(bias)
+        return Blocks.of(self.op.weight.shape, dtype, self.op.layout, stored), self.store_bias(bias)
 
     def kept(self, plan: BlockPlan) -> Blocks:
         """The original weights inside ``plan``'s blocks, zero elsewhere."""
         stored = self.stored_weight
         view = self.op.layout.to_matrix(stored)
-        return Blocks(stored.shape, stored.dtype, self.op.layout,
-                      tuple((b.rows, b.cols, view[np.ix_(b.rows, b.cols)]) for b in plan.branches))
+        return Blocks.of(stored.shape, stored.dtype, self.op.layout,
+                         [(b.rows, b.cols, view[np.ix_(b.rows, b.cols)]) for b in plan.branches])
 
     def store_bias(self, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """Effective bias back to the stored scale, shape and element type (the stored one where either is None)."""

@@ -1,0 +1,63 @@
+"""Arrays the search keeps on disk between their uses.
+
+Rule (memory): what the search holds between its uses and reads whole at each of them (the statistical
+evidence; the refitted weights of the state and of the candidates) would otherwise sit in memory beside the
+weights a run feeds to ONNX Runtime (one FFN block of a 1.1B-parameter Llama: 132 MiB of weights, 66 MiB of
+evidence, up to 132 MiB of fits at once). Such an array (the evidence always; a fit from ``SPILL_BYTES`` on)
+is written once to a file of its own in the process's temporary folder and loaded afresh at every use, from
+the page cache, as the weights are read from external data: in memory it lives as long as the use that reads
+it. A file goes with its handle, the folder when the process exits; a handle sent to another process (a Ray
+worker) travels as its values and is written there again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+SPILL_BYTES = 1 << 20  # a fit this large or larger is kept on disk; smaller ones cost more in files than they hold
+
+
+@functools.cache
+def _folder(pid: int) -> Path:
+    """This process's temporary folder (``pid``: a forked child makes its own), removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="onnx-decomp-"))
+    atexit.register(lambda: os.getpid() == pid and shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
+class DiskArray:
+    """An array in a file of its own, loaded afresh by every ``load`` (module rule)."""
+
+    def __init__(self, array: np.ndarray):
+        handle, name = tempfile.mkstemp(suffix=".npy", dir=_folder(os.getpid()))
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, array)
+        self.path, self.shape, self.dtype = Path(name), array.shape, array.dtype
+        weakref.finalize(self, self.path.unlink, missing_ok=True)
+
+    def load(self) -> np.ndarray:
+        return np.load(self.path)
+
+    def __reduce__(self):
+        return DiskArray, (self.load(),)
+
+
+Spillable = Union[np.ndarray, DiskArray]
+
+
+def spilled(array: np.ndarray) -> Spillable:
+    """``array`` kept on disk from ``SPILL_BYTES`` on, else as it is."""
+    return DiskArray(array) if array.nbytes >= SPILL_BYTES else array
+
+
+def loaded(value: Spillable) -> np.ndarray:
+    return value.load() if isinstance(value, DiskArray) else value
