@@ -7,6 +7,8 @@ number."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -146,3 +148,19 @@ def test_importance_in_row_chunks_is_the_formula_and_the_co_clustering_may_scale
     assert not np.array_equal(scores, formula.astype(np.float64))  # this array was
     for labels, again in zip(copied, in_place):
         np.testing.assert_array_equal(labels, again)
+
+
+def test_the_model_with_weights_written_to_a_data_file_holds_none_and_runs_as_the_one_in_memory(rng, tmp_path):
+    width = 64  # tensors of over SMALL_TENSOR elements go to the data file, as save_model moves them out
+    network = Network(ModelContext.load(_two_readers(rng, width)), SessionConfig("cpu"))
+    plan = plan_from_support(np.kron(np.eye(2, dtype=bool), np.ones((width // 2, width // 2), bool)))
+    weights = {network.layers[2].site: plain_cut(network.layers[2], plan)}
+    in_memory = network.model_with(weights)
+    written = network.model_with(weights, tmp_path / "masked.onnx.data")
+    assert all(tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.raw_data
+               for tensor in written.graph.initializer)
+    assert written.ByteSize() < 4 * width * width  # none of the three weights' bytes
+    (tmp_path / "masked.onnx").write_bytes(written.SerializeToString())
+    x = {"x0": rng.standard_normal((8, width)).astype(np.float32)}
+    session = ort.InferenceSession(str(tmp_path / "masked.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, x)[0], run(in_memory, x)[0])

@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -158,15 +159,16 @@ def _conclude_search(run: Annealing) -> None:
     run.masked_outputs = outputs[0 if config.refit else 1]
 
 
-def finalize(run: Annealing) -> None:
-    """The finalize stage (module rule)."""
+def finalize(run: Annealing, data: Optional[Path] = None) -> None:
+    """The finalize stage (module rule); with ``data``, the masked model's large weights are written to that file
+    (``Network.model_with``)."""
     report, config = run.report, run.config
     if run.annealer is not None:
         _conclude_search(run)
     if not report.accepted:
         report.notes.append(_why_nothing(report))
     report.plans = {site: cut.plan for site, cut in run.cuts.items()}
-    report.masked = run.network.model_with(run.weights)
+    report.masked = run.network.model_with(run.weights, data)
     run.network.release()
 
 

@@ -24,9 +24,11 @@ Rules:
 - Memory: once a block is done, its objects are collected and the C library's freed memory handed back to
   the system (glibc's ``malloc_trim``, where there is one), so that one block's peak does not stack on the
   last one's leftovers; within a block, annealing lets its search state go before it rewrites
-  (``drivers.anneal``), and the masked, refitted block is written to the temporary folder and read from
-  there by the rewrite and by ONNX Runtime (which maps external data) instead of staying in memory as a
-  proto beside them (one layer of the 1.1B model: 633 -> 586 MiB above the imports). Arrays of 1 MiB or
+  (``drivers.anneal``), and the masked, refitted block's weights are written to the temporary folder one at
+  a time as they are made (``Network.model_with``) and read from there by the rewrite and by ONNX Runtime
+  (which maps external data) instead of staying in memory as a proto beside them (one layer of the 1.1B
+  model: 633 -> 586 MiB above the imports; written whole and saved, the proto held them twice: protobuf's
+  arena keeps a tensor's cleared bytes until the proto goes). Arrays of 1 MiB or
   more get mappings of their own (glibc's ``mallopt``, for the process, our decision: bounded memory is
   what ``--by-block`` is for), so that what a block frees goes back to the system at once: glibc's default
   raises its threshold up to 32 MiB as large arrays are freed, and the block's arrays below that size then
@@ -133,9 +135,9 @@ class _Run:
         make = Annealer if cluster is None else fold_annealer(cluster, ctx, shapes, False, s["session"], config, data,
                                                               original)
         run = search(ctx, data, config, s["analysis"], s["session"], original, make)
-        finalize(run)
         masked = self.work / f"masked{block.index}.onnx"
-        save_model(run.report.masked, masked, external_data=True)
+        finalize(run, masked.with_name(masked.name + ".data"))  # its weights written there, one at a time
+        masked.write_bytes(run.report.masked.SerializeToString())
         run.report.masked = masked  # rewrite and verify read it from there (module rule)
         rewrite(run, shapes, s["gate"], s["session"])
         verify(run, s["session"])

@@ -20,12 +20,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 import numpy as np
 import onnx
 from google.protobuf.message import EncodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from onnx_decomp.errors import InvalidModelError
 from onnx_decomp.io.atomic import staged_output
@@ -164,6 +164,30 @@ def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
         return handle.read(info.length) if info.length else handle.read()
 
 
+def _refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """``tensor``'s values referenced at ``offset`` in the file ``location`` beside the model."""
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.extend(onnx.StringStringEntryProto(key=key, value=str(value))
+                                for key, value in (("location", location), ("offset", offset), ("length", length)))
+
+
+def _goes_external(size: int, nbytes: int) -> bool:
+    """Whether a tensor of ``size`` elements and ``nbytes`` bytes is written to external data (module rule)."""
+    return nbytes >= EXTERNAL_THRESHOLD and size > SMALL_TENSOR
+
+
+def stored_tensor(array: np.ndarray, name: str, data: Optional[BinaryIO] = None) -> onnx.TensorProto:
+    """``array`` as a tensor named ``name``: inline, or, given the open file ``data`` (written beside the model)
+    and as large as ``_write_external`` moves out, its bytes appended to ``data`` and referenced there."""
+    if data is None or not _goes_external(array.size, array.nbytes):
+        return numpy_helper.from_array(array, name)
+    tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+    _refer(tensor, Path(data.name).name, data.tell(), array.nbytes)
+    data.write(memoryview(np.ascontiguousarray(array)))
+    return tensor
+
+
 def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]) -> None:
     """``path`` plus ``<name>.data`` holding the raw bytes of every tensor of at least ``EXTERNAL_THRESHOLD``
     bytes and ``SMALL_TENSOR`` elements and every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
@@ -175,18 +199,17 @@ def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]
         with open(path.with_name(location), "wb") as data:
             for tensor in iter_tensors(model.graph):
                 reference = external_data_helper.uses_external_data(tensor)
-                if not reference and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
-                                          and int(np.prod(tensor.dims)) > SMALL_TENSOR):
+                if not reference and not (tensor.HasField("raw_data")
+                                          and _goes_external(int(np.prod(tensor.dims)), len(tensor.raw_data))):
                     continue  # small tensors stay inline: shape inference (ONNX Runtime's too) reads them
                 raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
                 moved.append((tensor, None if reference else raw, [(e.key, e.value) for e in tensor.external_data],
                               tensor.HasField("data_location")))
-                record = {"location": location, "offset": str(data.tell()), "length": str(len(raw))}
+                offset, length = data.tell(), len(raw)
                 data.write(raw)
-                del raw, tensor.external_data[:]
+                del raw
                 tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record.items())
+                _refer(tensor, location, offset, length)
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())
     finally:

@@ -36,20 +36,22 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnx_decomp.config import SessionConfig
 from onnx_decomp.context import ModelContext
 from onnx_decomp.cost.model_stats import counted_shapes
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.graph import export_graph, held_values
-from onnx_decomp.io.model_io import load_references
+from onnx_decomp.io.model_io import load_references, stored_tensor
 from onnx_decomp.runtime.sessions import make_session, ort_message
 from onnx_decomp.search.on_disk import Spillable, loaded, spilled
 from onnx_decomp.search.patches import Geometry
@@ -351,14 +353,16 @@ class Network:
         return RunResult([np.concatenate(c) for c in outputs],
                          {site: joined[key] for site, key in self._tap_keys.items()} if taps else {})
 
-    def model_with(self, weights: Weights) -> onnx.ModelProto:
+    def model_with(self, weights: Weights, data: Optional[Path] = None) -> onnx.ModelProto:
         """The normalised model with ``weights`` stored in place of the layers' originals (``{}``: the
-        original model)."""
+        original model); with ``data``, their large arrays are written to that file one at a time and referenced
+        there (``model_io.stored_tensor``): the model, to be written beside it, then holds none of them."""
         model = onnx.ModelProto()
         model.CopyFrom(self.proto)
         tensors = {tensor.name: tensor for tensor in model.graph.initializer}
-        for name, array in self.feeds(weights):
-            tensors[name].CopyFrom(numpy_helper.from_array(array, name))
+        with open(data, "wb") if data is not None else nullcontext() as file:
+            for name, array in self.feeds(weights):
+                tensors[name].CopyFrom(stored_tensor(array, name, file))
         return model
 
     def release(self) -> None:
