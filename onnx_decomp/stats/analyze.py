@@ -239,6 +239,7 @@ def analyze_context(ctx: ModelContext, config: AnalysisConfig,
                     np.where(pairs, 1.0, 1.0 - p_pair).astype(np.float16), w.groups)
         if name in chain_weights:
             p_by_weight[name] = p
+        del w, p, confirmed, support  # one weight's arrays at a time: gone before the next weight's are made
     for first, second in chains:
         report.chains.append(_chain(first, second, p_by_weight, fdr))
     return report
