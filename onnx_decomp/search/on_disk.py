@@ -41,7 +41,7 @@ class DiskArray:
         handle, name = tempfile.mkstemp(suffix=".npy", dir=_folder(os.getpid()))
         with os.fdopen(handle, "wb") as file:
             np.save(file, array)
-        self.path, self.shape, self.dtype = Path(name), array.shape, array.dtype
+        self.path = Path(name)
         weakref.finalize(self, self.path.unlink, missing_ok=True)
 
     def load(self) -> np.ndarray:
