@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,33 @@ def test_a_large_model_reaches_onnx_runtime_as_a_file_with_external_data(monkeyp
         assert (Path(source).parent / "model.onnx.data").stat().st_size == w.nbytes
     assert model.SerializeToString() == serialized  # the caller's model as it was
     np.testing.assert_allclose(make_session(model).run(None, {"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)
+
+
+WRITES = """
+import sys
+import numpy as np
+from onnx import helper, numpy_helper
+from onnx_decomp.io.model_io import save_model
+def rss():
+    return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+tensors = [numpy_helper.from_array(np.full((1024, 4096), i, np.float32), f"w{i}") for i in range(3)]  # 3 x 16 MiB
+model = helper.make_model(helper.make_graph([], "g", [], [], tensors))
+del tensors
+save_model(model, f"{sys.argv[1]}/first.onnx", external_data=True)
+before = rss()
+for i in range(4):
+    save_model(model, f"{sys.argv[1]}/m{i}.onnx", external_data=True)
+print(rss() - before)
+"""
+
+
+def test_writing_a_large_model_again_and_again_does_not_grow_the_process(tmp_path):
+    """In a fresh process, 4 more writes of a 48 MiB model in memory with external data (as every ONNX Runtime
+    session of a large model in memory makes one): measured 192 MiB more resident memory when the writer moved
+    each tensor's bytes out of the model and back (protobuf's upb keeps the cleared bytes in the model's arena),
+    none now; the model is left as it was (``test_single_file_by_default_and_api_model_untouched``)."""
+    result = subprocess.run([sys.executable, "-c", WRITES, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 16 << 20, int(result.stdout) >> 20
+    assert (tmp_path / "m3.onnx.data").stat().st_size == 3 * 16 << 20

@@ -10,7 +10,7 @@ checker serializes what it checks: a whole model's check would hold its bytes tw
 
 Large models: a file's external tensors may stay on disk as references relative to its folder (``base_dir``)
 and be read one at a time when needed; writing a model that holds such references copies their bytes into
-its own external-data file tensor by tensor, and never copies the model.
+its own external-data file tensor by tensor. Writing never touches the model, nor copies its large tensors.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from onnx_decomp.errors import InvalidModelError
 from onnx_decomp.io.atomic import staged_output
 from onnx_decomp.io.references import inside
 from onnx_decomp.io.shapes import SMALL_TENSOR, skeleton
-from onnx_decomp.io.walk import iter_tensors
+from onnx_decomp.io.walk import copied, iter_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _goes_external(size: int, nbytes: int) -> bool:
 
 def stored_tensor(array: np.ndarray, name: str, data: Optional[BinaryIO] = None) -> onnx.TensorProto:
     """``array`` as a tensor named ``name``: inline, or, given the open file ``data`` (written beside the model)
-    and as large as ``_write_external`` moves out, its bytes appended to ``data`` and referenced there."""
+    and as large as ``_write_external`` writes out, its bytes appended to ``data`` and referenced there."""
     if data is None or not _goes_external(array.size, array.nbytes):
         return numpy_helper.from_array(array, name)
     tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
@@ -190,39 +190,25 @@ def stored_tensor(array: np.ndarray, name: str, data: Optional[BinaryIO] = None)
 
 def _write_external(model: onnx.ModelProto, path: Path, base_dir: Optional[Path]) -> None:
     """``path`` plus ``<name>.data`` holding the raw bytes of every tensor of at least ``EXTERNAL_THRESHOLD``
-    bytes and ``SMALL_TENSOR`` elements and every referenced tensor's bytes (read from ``base_dir``). Bytes move out of ``model`` and back one tensor
-    at a time, so no copy of the model is made and ``model`` is as it was afterwards (tensors stored in typed
-    fields rather than raw bytes stay inline)."""
+    bytes and ``SMALL_TENSOR`` elements and every referenced tensor's bytes (read from ``base_dir``). ``path``
+    holds a copy of ``model`` whose such tensors refer to the data file instead (``walk.copied``: their bytes
+    are never copied), and ``model`` is not touched (moving bytes out of a model's tensors and back grew the
+    process by the model's size at every write: protobuf's upb keeps cleared bytes in the model's arena).
+    Tensors stored in typed fields rather than raw bytes stay inline."""
     location = path.name + ".data"
-    moved: list[tuple[onnx.TensorProto, Optional[bytes], list, bool]] = []  # tensor, raw, record, location set
-    try:
-        with open(path.with_name(location), "wb") as data:
-            for tensor in iter_tensors(model.graph):
-                reference = external_data_helper.uses_external_data(tensor)
-                if not reference and not (tensor.HasField("raw_data")
-                                          and _goes_external(int(np.prod(tensor.dims)), len(tensor.raw_data))):
-                    continue  # small tensors stay inline: shape inference (ONNX Runtime's too) reads them
-                raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
-                moved.append((tensor, None if reference else raw, [(e.key, e.value) for e in tensor.external_data],
-                              tensor.HasField("data_location")))
-                offset, length = data.tell(), len(raw)
-                data.write(raw)
-                del raw
-                tensor.ClearField("raw_data")
-                _refer(tensor, location, offset, length)
-        with open(path, "wb") as handle:
-            handle.write(model.SerializeToString())
-    finally:
-        while moved:  # each tensor's bytes let go as soon as they are back: one tensor is held twice at a time
-            tensor, raw, record, had_location = moved.pop()
-            del tensor.external_data[:]
-            tensor.external_data.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in record)
-            if raw is not None:
-                tensor.raw_data = raw
-            if had_location:
-                tensor.data_location = onnx.TensorProto.EXTERNAL if record else onnx.TensorProto.DEFAULT
-            else:
-                tensor.ClearField("data_location")
+    with open(path.with_name(location), "wb") as data:
+        def stored(tensor: onnx.TensorProto) -> onnx.TensorProto:
+            reference = external_data_helper.uses_external_data(tensor)
+            raw = _read_external(tensor, Path(base_dir or ".")) if reference else tensor.raw_data
+            if not reference and not _goes_external(int(np.prod(tensor.dims)), len(raw)):
+                return tensor  # small tensors stay inline: shape inference (ONNX Runtime's too) reads them
+            header = copied(tensor, leave_out=("raw_data", "external_data", "data_location"))
+            _refer(header, location, data.tell(), len(raw))
+            data.write(raw)
+            return header
+        referring = copied(model, stored)
+    with open(path, "wb") as handle:
+        handle.write(referring.SerializeToString())
 
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external_data: Optional[bool] = None,
