@@ -27,6 +27,7 @@ COMMANDS = {
     "decompose": ["decompose", "{m}", "{o}/d.onnx", "--gate", "flops", "--json", "{o}/d.json"],
     "anneal": ["anneal", "{m}", "{o}/n.onnx", "--gate", "flops", "--calib", "{c}", "--null",
                "torch-linear", "--bootstrap", "0", "--json", "{o}/n.json"],
+    "shard": ["shard", "{m}", "{o}/shards", "--json", "{o}/s.json"],
     "bench": ["bench", "{m}", "{m}", "--batch", "1", "--budget", "0.01", "--json", "{o}/b.json"],
 }
 

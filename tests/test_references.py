@@ -19,7 +19,7 @@ from test_bad_inputs import refused, snapshot  # noqa: F401 (fixtures)
 
 COMMANDS = {"inspect": ["inspect", "{m}"], "analyze": ["analyze", "{m}"],
             "decompose": ["decompose", "{m}", "{o}", "--gate", "flops"],
-            "anneal": ["anneal", "{m}", "{o}", "--calib", "{c}", "--gate", "flops"],
+            "anneal": ["anneal", "{m}", "{o}", "--calib", "{c}", "--gate", "flops"], "shard": ["shard", "{m}", "{o}"],
             "bench": ["bench", "{m}", "{m}", "--budget", "0.01", "--batch", "1"]}
 
 

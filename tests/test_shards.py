@@ -1,7 +1,8 @@
 """Shards (``distributed.shards``, ``distributed.inference``, ``onnx_decomp_passes.shards``): a planted chain of
 three independent sub-networks (MatMul + bias -> Relu -> Gemm, rows and columns permuted) is written as three
 shard models and a manifest, and their merged output equals the model's in one process and on Ray actors; a
-chain whose groups meet is refused in one line and writes nothing."""
+chain whose groups meet is refused in one line and writes nothing; ``onnx-decomp shard`` writes and proves them;
+an annealed chain splits under the plans annealing found."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import onnx
 import pytest
 from onnx import helper
 
+import onnx_decomp
 from conftest import make_model, run, tensor, value
 from onnx_decomp.context import ModelContext
 from onnx_decomp.distributed.cluster import import_ray, pids
 from onnx_decomp.distributed.inference import ShardRunner, run_shards
 from onnx_decomp.distributed.shards import Manifest, write_shards
-from onnx_decomp.errors import DecompError, InvalidModelError, UnsupportedConstructError
+from onnx_decomp.errors import DecompError, InvalidModelError, UnsupportedConstructError, ValidationError
+from onnx_decomp.planning.support import AnnealedSupport
+from onnx_decomp_models.synthetic import independent_chain
 from onnx_decomp_passes import BlockPlan, Branch, plan_from_support
+from test_cli import cli  # noqa: F401  (the fixture: the CLI in this process)
 
 N_IN, HIDDEN, N_OUT = (3, 4, 5), (4, 6, 6), (2, 3, 3)  # per group
 RTOL = ATOL = 1e-5
@@ -141,3 +146,57 @@ def test_a_manifest_whose_merge_disagrees_with_its_rows_is_refused(written):
     (manifest.folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(InvalidModelError, match="is not a shard manifest of format 'onnx-decomp shards 1'"):
         Manifest.load(manifest.folder)
+
+
+def test_the_shard_command_writes_the_shards_and_proves_them_merged(tmp_path, cli, x):
+    model, _ = _chain()
+    path, folder, summary = tmp_path / "chain.onnx", tmp_path / "shards", tmp_path / "shards.json"
+    onnx.save(model, path)
+    result = cli("shard", path, folder, "--json", summary)
+    assert result.returncode == 0, result.stderr
+    assert "3 independent sub-networks (exact support)" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "shard0.onnx", "shard1.onnx", "shard2.onnx"]
+    data = json.loads(summary.read_text())
+    assert data["validation"]["ok"] and data["validation"]["outputs"][0]["max_abs"] <= ATOL
+    assert sorted(s["rows"] for s in data["shards"]) == sorted(N_OUT)
+    assert sum(s["matmul_flops"] for s in data["shards"]) < data["model_matmul_flops"]  # zeros are not computed
+    np.testing.assert_allclose(run_shards(folder, {"x": x})["y"], run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_a_chain_that_does_not_split_is_refused_by_the_command_in_one_line_and_nothing_written(tmp_path, cli):
+    model, _ = _chain(crossed="W2")
+    path, folder, summary = tmp_path / "chain.onnx", tmp_path / "shards", tmp_path / "shards.json"
+    onnx.save(model, path)
+    result = cli("shard", path, folder, "--json", summary)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "not independent end to end" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx"]
+
+
+def test_shards_under_plans_that_drop_weights_the_model_uses_fail_validation(tmp_path):
+    """Annealed plans (``AnnealedSupport``: a plan per cut layer, the nonzero pattern elsewhere) are masks: where
+    they leave out nonzero weights, the merged shards are not the model, and the proof says so."""
+    model, (ins, hidden) = _chain(crossed="W1")
+    first = next(op.site for op in ModelContext.load(model).ops if op.site.node == "mm1")
+    groups = BlockPlan(sum(HIDDEN), sum(N_IN), tuple(Branch(hidden[g], ins[g]) for g in range(len(ins))))
+    with pytest.raises(ValidationError) as raised:
+        onnx_decomp.shard(model, tmp_path / "shards", support=AnnealedSupport({first: groups}))
+    assert not raised.value.report.validation.ok and len(raised.value.report.shards) == 3
+    assert raised.value.report.validation.outputs[0].rel_l2 > 1e-3
+
+
+def test_an_annealed_chain_is_sharded_under_the_plans_annealing_found(tmp_path):
+    """Two sub-networks planted under init-like noise (``independent_chain``): annealing cuts the noise, and the
+    masked, refitted model under its plans (``AnnealedSupport``) splits into them, merged equal to the annealed
+    model on held-out inputs."""
+    path = tmp_path / "noisy.onnx"
+    onnx.save(independent_chain(64, 2, 2, noise=0.3, seed=5), path)
+    rng = np.random.default_rng(5)
+    calib, held_out = (rng.standard_normal((n, 64)).astype(np.float32) for n in (256, 16))
+    annealed, report = onnx_decomp.anneal(path, {"x": calib}, metric="rel-l2", tolerance=0.2, gate="flops",
+                                          config=onnx_decomp.AnnealConfig(families=("chain",), bootstrap=0))
+    assert [len(plan.branches) for plan in report.plans.values()] == [2, 2]
+    result = onnx_decomp.shard(report.masked, tmp_path / "shards", support=AnnealedSupport(report.plans))
+    assert result.validation.ok and [(s.cols, s.rows) for s in result.shards] == [(32, 32), (32, 32)]
+    merged = run_shards(tmp_path / "shards", {"x": held_out})["r1"]
+    np.testing.assert_allclose(merged, run(annealed, {"x": held_out})[0], rtol=RTOL, atol=ATOL)

@@ -3,9 +3,9 @@
     python tools/bench_shards.py [--widths 256,1024,2048,4096] [--batches 1,64,256] [--groups 2] [--layers 2]
                                  [--rounds 7]
 
-Each model is a planted chain: ``--layers`` x (MatMul -> Relu) over ``x [N, width]``, each weight block-diagonal
-with ``--groups`` blocks under one hidden permutation per feature space, so that the groups are independent end
-to end. Its plans are the components of the nonzero patterns, its shards written by ``write_shards``. Per
+Each model is a planted chain (``onnx_decomp_models.synthetic.independent_chain``): ``--layers`` x (MatMul -> Relu)
+over ``x [N, width]``, each weight block-diagonal with ``--groups`` blocks under one hidden permutation per feature
+space, so that the groups are independent end to end. Its plans are the components of the nonzero patterns, its shards written by ``write_shards``. Per
 (width, batch), three ways are timed in interleaved rounds (each round runs each way ``calls`` times in turn,
 ``calls`` sized to about 0.2 s; medians of rounds of medians): the dense model in one ONNX Runtime session and
 the shards in one process (a session each, run in turn), both with ONNX Runtime's default threads (one per
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from onnx_decomp.config import ClusterConfig, SessionConfig
 from onnx_decomp.context import ModelContext
@@ -37,33 +36,11 @@ from onnx_decomp.distributed.cluster import Cluster, import_ray
 from onnx_decomp.distributed.inference import ShardRunner
 from onnx_decomp.distributed.shards import write_shards
 from onnx_decomp.runtime.sessions import make_session
+from onnx_decomp_models.synthetic import independent_chain
 from onnx_decomp_passes import plan_from_support
 
 SESSION = SessionConfig(spin=False)  # sessions in turn in one process: idle threads do not spin
 ONE_THREAD = SessionConfig(threads=1)
-
-
-def planted_chain(width: int, groups: int, layers: int, seed: int = 0) -> onnx.ModelProto:
-    """The module's chain: feature space ``l`` is permuted by ``order[l]``, weight ``l`` maps block ``b`` of
-    space ``l`` to block ``b`` of space ``l + 1``."""
-    rng = np.random.default_rng(seed)
-    size = width // groups
-    order = [rng.permutation(width) for _ in range(layers + 1)]
-    nodes, weights = [], []
-    for layer in range(layers):
-        w = np.zeros((width, width), np.float32)
-        for b in range(groups):
-            rows, cols = order[layer + 1][b * size:(b + 1) * size], order[layer][b * size:(b + 1) * size]
-            w[np.ix_(rows, cols)] = rng.standard_normal((size, size)) / np.sqrt(size)
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{layer}"))
-        source = "x" if layer == 0 else f"r{layer - 1}"
-        nodes += [helper.make_node("MatMul", [source, f"W{layer}"], [f"h{layer}"], name=f"mm{layer}"),
-                  helper.make_node("Relu", [f"h{layer}"], [f"r{layer}"], name=f"relu{layer}")]
-    graph = helper.make_graph(nodes, "planted_chain",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info(f"r{layers - 1}", onnx.TensorProto.FLOAT, ["N", width])],
-                              weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 def per_call(call, calls: int) -> float:
@@ -116,7 +93,7 @@ def main() -> None:
     rows = []
     with Cluster(ClusterConfig(workers=k)) as cluster, tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         for width in (int(w) for w in args.widths.split(",")):
-            model = planted_chain(width, k, args.layers)
+            model = independent_chain(width, k, args.layers)
             for batch in (int(b) for b in args.batches.split(",")):
                 t = measure(model, width, batch, args.rounds, Path(tmp) / f"{width}-{batch}", cluster)
                 work, cost = t["local1"] / t["round trip"], (t["ray"] - t["local1"] / k) / t["round trip"]

@@ -1,5 +1,5 @@
 """Command line: ``onnx-decomp inspect IN``, ``onnx-decomp decompose IN OUT``, ``onnx-decomp anneal IN OUT``,
-``onnx-decomp analyze IN``, ``onnx-decomp bench DENSE DECOMPOSED``.
+``onnx-decomp analyze IN``, ``onnx-decomp shard IN FOLDER``, ``onnx-decomp bench DENSE DECOMPOSED``.
 
 Exit codes: 0 success; 1 the rewritten model failed validation; 2 bad input or usage, or an operating-system
 error (a full disk, a name too long); 3 ``--require-change`` and nothing was rewritten; 128 + N stopped by
@@ -20,7 +20,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
-from onnx_decomp.cli import analyze, anneal, bench, decompose, inspect
+from onnx_decomp.cli import analyze, anneal, bench, decompose, inspect, shard
 from onnx_decomp.errors import DecompError
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="onnx-decomp", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for module in (inspect, analyze, decompose, anneal, bench):
+    for module in (inspect, analyze, decompose, anneal, shard, bench):
         module.add_parser(commands)
     return parser
 

@@ -14,20 +14,16 @@ from onnx_decomp.drivers.decompose import decompose
 from onnx_decomp.errors import DecompError
 from onnx_decomp.io.model_io import save_model
 from onnx_decomp.io.outputs import StagedWrites, optional_read
-from onnx_decomp.planning.support import SUPPORTS, support_of
 
 EXIT_NO_CHANGE = 3
 MODEL, SHAPES, GATE, SESSION = (options.ModelOptions(output=True), options.ShapeOptions(), options.GateOptions(),
                                 options.SessionOptions())
-ANALYSIS, VALIDATION, WRITE = options.AnalysisOptions(), options.ValidationOptions(), options.WriteOptions()
+SUPPORT, VALIDATION, WRITE = options.SupportOptions(), options.ValidationOptions(), options.WriteOptions()
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("decompose", help="rewrite block-structured MatMul/Gemm into branches and validate")
-    options.add_all(parser, [MODEL, SHAPES, GATE, SESSION, ANALYSIS, VALIDATION, WRITE])
-    parser.add_argument("--support", choices=SUPPORTS, default=SUPPORTS[0],
-                        help="exact: the nonzero pattern (lossless, default); confirmed: the entries the "
-                        "statistical analysis confirms, dropping the rest (lossy; see --null, --fdr)")
+    options.add_all(parser, [MODEL, SHAPES, GATE, SESSION, SUPPORT, VALIDATION, WRITE])
     parser.add_argument("--anneal", action="store_true", help=argparse.SUPPRESS)  # moved: refused with a pointer
     parser.set_defaults(run=run)
 
@@ -43,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         with options.report_on_failure():
             model, report = decompose(args.input, input_shapes=SHAPES.parse(args), gate=GATE.parse(args),
                                       session=SESSION.parse(args),
-                                      support=support_of(args.support, ANALYSIS.parse(args)),
+                                      support=SUPPORT.parse(args),
                                       validation=VALIDATION.parse(args), inline_functions=args.inline_functions,
                                       references=True)
         if args.require_change and not report.planned:

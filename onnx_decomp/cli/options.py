@@ -18,7 +18,7 @@ from onnx_decomp.config import (EDGE_MODES, FDR_SCOPES, FORMS, GATES, METRICS, P
 from onnx_decomp.errors import ValidationError
 from onnx_decomp.io.arrays import load_arrays
 from onnx_decomp.io.model_io import model_files
-from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE
+from onnx_decomp.planning.support import DEFAULT_LOSSY_TOLERANCE, SUPPORTS, Support, support_of
 from onnx_decomp.runtime.quantize import SCHEMES
 from onnx_decomp.search.families import FAMILIES
 
@@ -176,6 +176,23 @@ class AnalysisOptions(Options):
     def parse(self, args: argparse.Namespace) -> AnalysisConfig:
         return AnalysisConfig(tuple(args.null), args.fdr, args.fdr_scope, args.init_reference,
                               args.edges if self.edges else AnalysisConfig.edges)
+
+
+class SupportOptions(Options):
+    """Which weights a plan keeps (``planning.support``), with the statistical criterion (``AnalysisOptions``)
+    for ``--support confirmed``."""
+
+    def __init__(self):
+        self.analysis = AnalysisOptions()
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        self.analysis.add(parser)
+        parser.add_argument("--support", choices=SUPPORTS, default=SUPPORTS[0],
+                            help="exact: the nonzero pattern (lossless, default); confirmed: the entries the "
+                            "statistical analysis confirms, dropping the rest (lossy; see --null, --fdr)")
+
+    def parse(self, args: argparse.Namespace) -> Support:
+        return support_of(args.support, self.analysis.parse(args))
 
 
 class ValidationOptions(Options):

@@ -94,11 +94,11 @@ class Manifest:
         return made
 
 
-def write_shards(model: ModelLike, plans: Mapping[Site, BlockPlan], folder: Union[str, os.PathLike],
-                 input_shapes: InputShapes = None) -> Manifest:
-    """Cut ``model``'s chain under ``plans`` into shard models and write them with their manifest into
-    ``folder`` (module rules); the manifest."""
-    ctx = ModelContext.load(model, input_shapes)
+def write_shards(model: Union[ModelLike, ModelContext], plans: Mapping[Site, BlockPlan],
+                 folder: Union[str, os.PathLike], input_shapes: InputShapes = None) -> Manifest:
+    """Cut ``model``'s chain (or a loaded one's) under ``plans`` into shard models and write them with their
+    manifest into ``folder`` (module rules); the manifest."""
+    ctx = model if isinstance(model, ModelContext) else ModelContext.load(model, input_shapes)
     shards = shard_chain(ctx.graph, plans)
     if isinstance(shards, str):
         raise UnsupportedConstructError(f"cannot shard {ctx.label}: {shards}")

@@ -23,6 +23,15 @@ def plan_summary(plan: Plan) -> dict:
     return {"rank": plan.rank} if isinstance(plan, LowRankPlan) else {}
 
 
+def validation_lines(v: ValidationResult) -> list[str]:
+    """The console view of a validation: where and on what it ran, the tolerance, a row per output."""
+    edges = f" (the first also at batch {', '.join(map(str, v.edge_batches))})" if v.edge_batches else ""
+    return [f"validation on {v.device}, {v.runs} input set(s){edges}, {v.tolerance.describe()}:",
+            table([("output", "max abs diff", "max rel diff", "rel L2", "ok")] +
+                  [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.rel_l2:.3g}", "yes" if d.ok else "NO")
+                   for d in v.outputs])]
+
+
 @dataclass(frozen=True)
 class NodeReport:
     """One row: a MatMul/Gemm with a constant operand. ``action``: rewrite, keep (no gain) or skip
@@ -116,11 +125,6 @@ class Report:
                          ((f"{getattr(self.after, key):,}",) if self.after else ()))
         lines += ["", table(stats)]
         if self.validation is not None:
-            v = self.validation
-            edges = f" (the first also at batch {', '.join(map(str, v.edge_batches))})" if v.edge_batches else ""
-            lines += ["", f"validation on {v.device}, {v.runs} input set(s){edges}, {v.tolerance.describe()}:",
-                      table([("output", "max abs diff", "max rel diff", "rel L2", "ok")] +
-                            [(d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.rel_l2:.3g}",
-                              "yes" if d.ok else "NO") for d in v.outputs])]
+            lines += ["", *validation_lines(self.validation)]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -91,12 +92,26 @@ def _edge_sets(inputs: dict[str, np.ndarray], batched: set[str]) -> dict[int, di
             for n in EDGE_BATCHES if n < batch}
 
 
+Runs = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]  # inputs by name, output names -> outputs
+
+
 def validate(original: onnx.ModelProto, rewritten: ModelLike, specs: Sequence[InputSpec],
              config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
              base_dir: Optional[Path] = None) -> ValidationResult:
     """Run both models (module rule); random inputs follow ``specs``; external-data references of either lie
     under ``base_dir``. The original runs first and its session is gone before the rewritten one is made, so a
     large model's weights are held by one ONNX Runtime session at a time."""
+    def candidate() -> tuple[Runs, str]:
+        made = make_session(rewritten, session, base_dir)
+        return partial(run_session, made), session_device(made)
+    return compare(original, candidate, specs, config, tolerance, session, base_dir)
+
+
+def compare(original: onnx.ModelProto, candidate: Callable[[], tuple[Runs, str]], specs: Sequence[InputSpec],
+            config: ValidationConfig, tolerance: Tolerance, session: SessionConfig = SessionConfig(),
+            base_dir: Optional[Path] = None) -> ValidationResult:
+    """``validate`` with what ``candidate()`` runs, and the device it runs on, in place of the rewritten
+    model: made once the original's session is gone."""
     reference = make_session(original, session, base_dir)
     names = [o.name for o in reference.get_outputs()]
     if config.inputs is not None:
@@ -119,17 +134,17 @@ def validate(original: onnx.ModelProto, rewritten: ModelLike, specs: Sequence[In
         except UnsupportedConstructError:  # the original does not take this size: nothing to keep
             logger.info("validation: the original does not run at batch %d", size)
     del reference
-    candidate = make_session(rewritten, session, base_dir)
+    runs, device = candidate()
     diffs: dict[str, list[OutputDiff]] = {name: [] for name in names}
     for inputs, outputs in [*zip(input_sets, references), *edges.values()]:
         try:
-            actual = run_session(candidate, inputs, names)
+            actual = runs(inputs, names)
         except UnsupportedConstructError as error:  # the original ran on these inputs: the rewrite differs
             logger.warning("the rewritten model fails where the original runs: %s", error)
             actual = [None] * len(names)
         for name, expected, output in zip(names, outputs, actual):
             diffs[name].append(_failed(name) if output is None else _diff(name, expected, output, tolerance))
-    result = ValidationResult(session_device(candidate), len(input_sets), tolerance, [
+    result = ValidationResult(device, len(input_sets), tolerance, [
         OutputDiff(name, max(d.max_abs for d in ds), max(d.max_rel for d in ds), max(d.rel_l2 for d in ds),
                    all(d.ok for d in ds))
         for name, ds in diffs.items()
