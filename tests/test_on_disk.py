@@ -1,9 +1,13 @@
 """What the search keeps on disk between its uses (``search.on_disk``): the evidence always, a fit from
 ``SPILL_BYTES`` on; every use reads the array afresh, a file goes with its handle, and keeping fits on disk
-changes no decision and no number of an annealing run."""
+changes no decision and no number of an annealing run; a killed process's folder is swept by the next."""
 
 import gc
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import tempfile
 
 from pathlib import Path
@@ -91,3 +95,36 @@ def test_fits_on_disk_change_no_decision_and_no_number_of_an_annealing_run(folde
     assert sum(s.verdict.name == "ACCEPTED" for s in report.steps) >= 2
     for tensor_, other in zip(model.graph.initializer, on_disk_model.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(tensor_), numpy_helper.to_array(other))
+
+
+SPILLS = """
+import os, signal, sys, time
+import numpy as np
+from onnx_decomp.search.on_disk import DiskArray
+kept = DiskArray(np.ones(4))
+print(kept.path.parent, flush=True)
+if sys.argv[1] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+elif sys.argv[1] == "living":
+    time.sleep(120)
+"""
+
+
+def test_a_killed_process_s_folder_goes_when_the_next_process_makes_its_own_and_a_living_one_s_stays(tmp_path):
+    """A Ray worker killed mid-call runs no exit handler: its files stay until another process sweeps them."""
+    def spill(how: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", SPILLS, how], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "TMPDIR": str(tmp_path)})
+    killed = spill("killed")
+    dead = Path(killed.communicate(timeout=60)[0].strip())
+    assert killed.returncode == -signal.SIGKILL and (dead / "owner.lock").exists()
+    living = spill("living")
+    try:
+        alive = Path(living.stdout.readline().strip())
+        finished = spill("finished")
+        made = Path(finished.communicate(timeout=60)[0].strip())
+        assert not dead.exists() and alive.exists() and not made.exists()  # swept; kept; removed at its exit
+        assert finished.returncode == 0 and len(list(alive.glob("*.npy"))) == 1
+    finally:
+        living.kill()
+        living.communicate()
