@@ -61,13 +61,13 @@ def main() -> None:
     cut = layer.stored_weight * (rng.random(layer.stored_weight.shape) < 0.5)
     options = ort.SessionOptions()
     providers = ["CPUExecutionProvider"]
-    taps = network.run([feeds], taps=True).taps[layer.index]
+    taps = network.run([feeds], taps=True).taps[layer.site]
 
     def rebuild():
-        changed = network.model_with({layer.index: (cut, layer.stored_bias)})
+        changed = network.model_with({layer.site: (cut, layer.stored_bias)})
         ort.InferenceSession(changed.SerializeToString(), options, providers=providers).run(None, feeds)
 
-    original = network.proto.SerializeToString()  # once: what add_initializer overrides
+    original = network.model_with({}).SerializeToString()  # once: what add_initializer overrides
 
     def add_initializer():
         own = ort.SessionOptions()
@@ -76,13 +76,13 @@ def main() -> None:
         ort.InferenceSession(original, own, providers=providers).run(None, feeds)
 
     def weights_as_inputs():
-        network.run([feeds], {layer.index: (cut, layer.stored_bias)})
+        network.run([feeds], {layer.site: (cut, layer.stored_bias)})
 
-    dense = layer.layout.to_matrix(layer.stored_weight)
+    dense = layer.op.layout.to_matrix(layer.stored_weight)
     scale = np.linalg.norm(taps @ dense.T)
 
     def numpy_estimate():
-        np.linalg.norm(taps @ (layer.layout.to_matrix(cut) - dense).T) / scale
+        np.linalg.norm(taps @ (layer.op.layout.to_matrix(cut) - dense).T) / scale
 
     plain = ort.InferenceSession(original, options, providers=providers)
 
@@ -100,7 +100,7 @@ def main() -> None:
             way()
             times[name].append(time.perf_counter() - start)
     base = np.median(times["weights as inputs"])
-    size = sum(t.ByteSize() for t in network.proto.graph.initializer) / 2 ** 20
+    size = sum(t.ByteSize() for t in onnx.load_from_string(original).graph.initializer) / 2 ** 20
     print(f"{args.model or f'MLP {args.layers} x {args.width}x{args.width}'}: {size:.1f} MiB of weights, "
           f"{args.samples} samples, median of {args.reps} interleaved rounds")
     print(f"{'way':<20}{'s per step':>12}{'vs weights as inputs':>24}")
