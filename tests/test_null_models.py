@@ -104,3 +104,13 @@ def test_reference_null_tests_the_update():
     assert (p[~touched] == 1).all() and benjamini_hochberg(p, Q)[touched].mean() > 0.99
     with pytest.raises(UnsupportedConstructError, match="initial tensor"):
         parse_null_spec("reference").build(w)
+
+
+def test_the_reference_null_holds_the_initial_tensor_as_stored_and_tests_it_in_float64():
+    rng = np.random.default_rng(3)
+    w0 = rng.uniform(-0.1, 0.1, SHAPE).astype(np.float32)
+    w = w0 + (rng.random(SHAPE) < 0.1) * np.float32(1e-3)
+    null = parse_null_spec("reference").build(w, initial=w0)
+    assert null.initial.dtype == np.float32 and np.shares_memory(null.initial, w0)  # not a float64 copy
+    expected = Normal(null.rounding).sf_abs(w.astype(np.float64) - w0.astype(np.float64))
+    np.testing.assert_array_equal(null.sf_abs(w), expected)

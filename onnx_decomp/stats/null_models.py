@@ -147,7 +147,7 @@ class Update:
 
     def pdf(self, w: np.ndarray) -> np.ndarray:
         """Where the weights would be had training touched nothing: the initial values' histogram density."""
-        counts, edges = np.histogram(self.initial, bins=120, density=True)
+        counts, edges = np.histogram(self.initial.astype(np.float64), bins=120, density=True)
         index = np.clip(np.searchsorted(edges, w) - 1, 0, len(counts) - 1)
         inside = (np.asarray(w) >= edges[0]) & (np.asarray(w) <= edges[-1])
         return np.where(inside, counts[index], 0.0)
@@ -202,7 +202,7 @@ class NullSpec:
             raise UnsupportedConstructError("null 'reference' needs the initial tensor (--init-reference)")
         if initial.shape != w.shape:
             raise UnsupportedConstructError(f"reference tensor has shape {initial.shape}, weight {w.shape}")
-        return Update(np.asarray(initial, dtype=np.float64))
+        return Update(np.asarray(initial))  # as stored: promoted per use, never held twice its size
 
 
 def parse_null_spec(text: str) -> NullSpec:
