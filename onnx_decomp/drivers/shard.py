@@ -51,9 +51,10 @@ def _validate(ctx: ModelContext, manifest: Manifest, validation: ValidationConfi
 def shard(model: ModelLike, folder: Union[str, os.PathLike], *, input_shapes: InputShapes = None,
           support: Union[str, Support] = "exact", session: Union[str, SessionConfig] = "auto",
           validation: Optional[ValidationConfig] = None, inline_functions: bool = False) -> ShardReport:
-    """Write ``model``'s shards and manifest into ``folder`` and prove them (module rule). ``validation``
-    (default: 3 random input sets, the support's tolerance) with ``check=0`` and no inputs skips the proof;
-    ``inline_functions`` inlines model-local functions first."""
+    """Write ``model``'s shards and manifest into ``folder`` and prove them (module rule; the folder is written
+    before the proof, so a mismatch leaves it: the command line stages it). ``validation`` (default: 3 random
+    input sets, the support's tolerance) with ``check=0`` and no inputs skips the proof; ``inline_functions``
+    inlines model-local functions first."""
     support, session, validation = support_of(support), SessionConfig.of(session), validation or ValidationConfig()
     ctx = ModelContext.load(model, input_shapes, inline_functions)
     masks = support.masks(ctx) or {}
