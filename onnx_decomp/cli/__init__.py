@@ -1,5 +1,7 @@
-"""Command line: ``onnx-decomp inspect IN``, ``onnx-decomp decompose IN OUT``, ``onnx-decomp anneal IN OUT``,
-``onnx-decomp analyze IN``, ``onnx-decomp shard IN FOLDER``, ``onnx-decomp bench DENSE DECOMPOSED``.
+"""onnx-decomp: find the independent sub-operators of a model's MatMul/Gemm/Conv weights and rewrite them.
+
+Subcommands: ``inspect IN``, ``analyze IN``, ``decompose IN OUT``, ``anneal IN OUT``, ``shard IN FOLDER``,
+``bench DENSE DECOMPOSED``.
 
 Exit codes: 0 success; 1 the rewritten model failed validation; 2 bad input or usage, or an operating-system
 error (a full disk, a name too long); 3 ``--require-change`` and nothing was rewritten; 128 + N stopped by
