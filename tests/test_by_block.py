@@ -142,7 +142,10 @@ def test_anneal_by_block_on_the_command_line_writes_the_model_and_the_json(tmp_p
     (["--stream-tolerance", "0.1"], "--stream-tolerance is the budget between blocks: it needs --by-block"),
     (["--by-block", "--metric", "max-abs"], "needs --stream-tolerance"),
     (["--by-block", "--quantize", "int8"], "--by-block does not quantize"),
-    (["--by-block", "--ray-address", "127.0.0.1:6379"], "--by-block runs on a local Ray instance only"),
+    (["--by-block", "--ray-address", "127.0.0.1:6379"], "--by-block on a Ray cluster (--ray-address) needs "
+                                                         "--work-folder DIR"),
+    (["--work-folder", "{folder}"], "--work-folder holds the block files: it needs --by-block"),
+    (["--by-block", "--work-folder", "{folder}"], "not a folder"),
 ])
 def test_bad_by_block_input_is_one_line_exit_2_and_nothing_written(tmp_path, cli, extra, message):
     path, calib, _ = _chain(tmp_path / "in", layers=2, width=64, blocks=4, samples=32)

@@ -1,6 +1,7 @@
 """``--ray-address``: a run joins a Ray cluster that another process started (``ray start --head``, two CPUs,
 loopback only, token authentication with a token of its own) and writes the single-process model; a driver that
-does not ask for the cluster's token authentication gets one line and exit 2, and nothing is written."""
+does not ask for the cluster's token authentication gets one line and exit 2, and nothing is written; block by
+block, the block files in a work folder the cluster reads."""
 
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ def test_ray_address_joins_a_running_cluster_and_writes_the_single_process_model
                          json.loads((tmp_path / f"{name}.json").read_text()))
     assert f"2 fold workers on Ray ({head})" in result.stderr  # the joined run's workers ran on that cluster
     assert written["alone"] == written["joined"]
+
+
+def test_by_block_on_a_cluster_writes_its_block_files_to_the_work_folder_and_the_single_process_model(head,
+                                                                                                      tmp_path):
+    """``--by-block --ray-address`` with ``--work-folder`` (here on this machine, as shared storage would be on a
+    cluster): the fold workers read each block's file from there; the work folder is empty afterwards."""
+    work = tmp_path / "work"
+    work.mkdir()
+    written = {}
+    for name, extra in (("alone", ()), ("joined", ("--ray-address", head, "--work-folder", str(work)))):
+        result = _anneal(tmp_path / f"{name}.onnx", "--by-block", "--stream-tolerance", "0.2", *extra,
+                         env={**LOOPBACK, **TOKEN})
+        assert result.returncode == 0, result.stderr
+        written[name] = ((tmp_path / f"{name}.onnx.data").read_bytes(),
+                         json.loads((tmp_path / f"{name}.json").read_text())["final"])
+    assert f"2 fold workers on Ray ({head})" in result.stderr and f"wrote {work}/onnx-decomp-blocks-" in result.stderr
+    assert written["alone"] == written["joined"] and not any(work.iterdir())
 
 
 def test_a_driver_without_the_clusters_token_mode_is_one_line_and_exit_2(head, tmp_path):

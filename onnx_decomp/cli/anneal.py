@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise DecompError("--by-block writes no --report folder: use --json")
     if args.stream_tolerance is not None and not args.by_block:
         raise DecompError("--stream-tolerance is the budget between blocks: it needs --by-block")
+    if args.work_folder is not None and not args.by_block:
+        raise DecompError("--work-folder holds the block files: it needs --by-block")
     reads = [*options.model_reads(args), *optional_read(args.inputs, "the --inputs file"),
              *optional_read(args.calib, "the --calib file"), *optional_read(args.labels, "the --labels file")]
     with StagedWrites(reads) as outputs:
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         with options.report_on_failure():
             if args.by_block:  # writes the model itself, block by block
                 model, report = None, anneal_by_block(args.input, model_path, args.calib,
-                                                      stream_tolerance=args.stream_tolerance, **common)
+                                                      stream_tolerance=args.stream_tolerance,
+                                                      work_folder=args.work_folder, **common)
             else:
                 model, report = anneal(args.input, args.calib, **common)
         if args.calib is None:

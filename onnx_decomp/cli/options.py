@@ -281,6 +281,9 @@ class ClusterOptions(Options):
         parser.add_argument("--stream-tolerance", type=float, metavar="X",
                             help="with --by-block and a --metric other than rel-l2 or cosine: the rel-l2 budget "
                             "at the last cut before the outputs")
+        parser.add_argument("--work-folder", type=Path, metavar="DIR",
+                            help="with --by-block: make its temporary folder (a copy of the weights) in DIR, not "
+                            "the system's; with --ray-address, DIR must be read by every node at the same path")
         parser.add_argument("--workers", type=int, metavar="N",
                             help="run the search's tuning folds on N Ray workers of a local Ray instance started "
                             "for the run (loopback only; the same result; extra ray)")

@@ -39,6 +39,10 @@ Rules:
 - Output: each rewritten block goes to the temporary folder when it is done; the model is stitched from them
   (nodes in block order, side nodes once, the input's interface) and written with its weights copied tensor
   by tensor: the compressed model is never in memory whole. Quantization is refused here.
+- Work folder: the temporary folder is made in the system's temporary folder, or in ``work_folder`` where
+  given: a disk with room for a copy of the model's weights (a temporary folder in memory, tmpfs, would hold
+  them in memory), or storage every node of a Ray cluster reads at the same path, which ``--ray-address``
+  needs (its fold workers read each block's file by path).
 """
 
 from __future__ import annotations
@@ -235,24 +239,28 @@ def anneal_by_block(model: ModelLike, output: Union[str, os.PathLike], calib: Op
                     tolerance: Optional[float] = None, config: Optional[AnnealConfig] = None, analysis: Optional[AnalysisConfig] = None,
                     input_shapes: InputShapes = None, gate: Gate = "time", session: Session = "auto",
                     stream_tolerance: Optional[float] = None, inline_functions: bool = False,
-                    cluster: Union[None, ClusterConfig, Cluster] = None) -> ByBlockReport:
+                    cluster: Union[None, ClusterConfig, Cluster] = None,
+                    work_folder: Optional[Union[str, os.PathLike]] = None) -> ByBlockReport:
     """Anneal ``model`` block by block (module rules) and write the rewritten model to ``output`` (with its
     weights in ``output.data``); returns the report. Arguments as for ``drivers.anneal.anneal`` (``metric``,
-    ``tolerance`` override ``config``); ``stream_tolerance``: the budget between blocks (module rule)."""
+    ``tolerance`` override ``config``); ``stream_tolerance``: the budget between blocks, ``work_folder``:
+    where the temporary folder is made (module rules)."""
     config = config or AnnealConfig()
     overrides = {k: v for k, v in dict(metric=metric, tolerance=tolerance).items() if v is not None}
     config = dataclasses.replace(config, **overrides) if overrides else config
     if config.quantize is not None:
         raise UnsupportedConstructError("--by-block does not quantize: quantize the written model afterwards")
-    if isinstance(cluster, ClusterConfig) and cluster.address is not None:
-        raise UnsupportedConstructError("--by-block runs on a local Ray instance only (--workers): its block files "
-                                        "are in a local temporary folder")
+    if isinstance(cluster, ClusterConfig) and cluster.address is not None and work_folder is None:
+        raise UnsupportedConstructError("--by-block on a Ray cluster (--ray-address) needs --work-folder DIR on "
+                                        "storage its nodes read at the same path: the workers read each block's file")
+    if work_folder is not None and not Path(work_folder).is_dir():
+        raise UnsupportedConstructError(f"--work-folder {work_folder}: not a folder")
     stream_metric, stream_budget = _budget(config, stream_tolerance)
     map_large_allocations()
     settings = {"analysis": analysis or AnalysisConfig(), "gate": GateConfig.of(gate),
                 "session": dataclasses.replace(SessionConfig.of(session), arena=False)}
     with threadpool_limits(config.blas_threads, user_api="blas"), ray_cluster(cluster) as ray, \
-            tempfile.TemporaryDirectory(prefix="onnx-decomp-blocks-") as work:
+            tempfile.TemporaryDirectory(prefix="onnx-decomp-blocks-", dir=work_folder) as work:
         ctx = ModelContext.load(model, input_shapes, inline_functions)
         settings["analysis"] = _with_reference(settings["analysis"], ctx)
         data = calibration(ctx, config, calib, labels, inputs)
