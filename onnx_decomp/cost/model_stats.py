@@ -95,3 +95,9 @@ def model_stats(model: onnx.ModelProto, shapes: dict[str, list]) -> ModelStats:
     nodes = sum(len(g.node) for g in graphs)
     params = sum(int(np.prod(t.dims)) for t in iter_tensors(model.graph))
     return ModelStats(nodes, params, flops)
+
+
+def stats_at(model: onnx.ModelProto, specs: Sequence[InputSpec], feeds: Optional[Mapping[str, np.ndarray]] = None,
+             base_dir: Optional[Path] = None) -> ModelStats:
+    """``model_stats`` at the shapes ``specs`` give (``counted_shapes``)."""
+    return model_stats(model, counted_shapes(model, specs, feeds, base_dir))

@@ -24,7 +24,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from onnx_decomp.config import SessionConfig
-from onnx_decomp.cost.model_stats import counted_shapes, model_stats
+from onnx_decomp.cost.model_stats import stats_at
 from onnx_decomp.cost.timing import CLOCKS, interleaved_times
 from onnx_decomp.errors import UnsupportedConstructError
 from onnx_decomp.io.model_io import ModelLike, load_model, model_label
@@ -151,7 +151,7 @@ def bench_models(models: Mapping[str, onnx.ModelProto], batches: Optional[Sequen
         for name, one in zip(names, sessions):
             run_session(one, feeds, what=f"the inputs of batch {batch} ({name})")
         specs = [InputSpec(name, array.dtype, array.shape) for name, array in feeds.items()]
-        flops = {name: model_stats(models[name], counted_shapes(models[name], specs, feeds)).matmul_flops
+        flops = {name: stats_at(models[name], specs, feeds).matmul_flops
                  for name in set(sources.values())}
         times = interleaved_times(sessions, feeds, budget_s, max_rounds, min_rounds, clock)
         report.rounds = max(report.rounds, len(times))

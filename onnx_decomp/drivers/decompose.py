@@ -15,7 +15,7 @@ import onnx
 
 from onnx_decomp.config import GateConfig, SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.cost.model_stats import ModelStats, counted_shapes, model_stats
+from onnx_decomp.cost.model_stats import ModelStats, stats_at
 from onnx_decomp.decisions import Planning
 from onnx_decomp.errors import UnsupportedConstructError, ValidationError
 from onnx_decomp.io.graph import export_graph
@@ -34,7 +34,7 @@ Session = Union[str, SessionConfig]
 
 def _stats(ctx: ModelContext, model: onnx.ModelProto) -> ModelStats:
     """Size and work of ``model`` (the original or its rewrite) at this run's input shapes."""
-    return model_stats(model, counted_shapes(model, ctx.specs, base_dir=ctx.base_dir))
+    return stats_at(model, ctx.specs, base_dir=ctx.base_dir)
 
 
 def _report(ctx: ModelContext, planning: Planning) -> Report:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Optional, Union
 
 import onnx
 
 from onnx_decomp.config import SessionConfig, ValidationConfig
 from onnx_decomp.context import ModelContext
-from onnx_decomp.cost.model_stats import ModelStats, counted_shapes, model_stats
+from onnx_decomp.cost.model_stats import stats_at
 from onnx_decomp.distributed.inference import ShardRunner
 from onnx_decomp.distributed.shards import Manifest, write_shards
 from onnx_decomp.errors import ValidationError
@@ -29,11 +28,6 @@ from onnx_decomp.planning.support import Support, as_plan, support_of
 from onnx_decomp.report.shards import ShardReport, ShardSummary
 from onnx_decomp.runtime.sessions import session_device
 from onnx_decomp.runtime.validation import Runs, ValidationResult, compare
-
-
-def _stats(ctx: ModelContext, proto: onnx.ModelProto, base_dir: Optional[Path]) -> ModelStats:
-    """Size and work of the model or a shard (which reads the same input) at the run's input shapes."""
-    return model_stats(proto, counted_shapes(proto, ctx.specs, base_dir=base_dir))
 
 
 def _validate(ctx: ModelContext, manifest: Manifest, validation: ValidationConfig, support: Support,
@@ -62,10 +56,11 @@ def shard(model: ModelLike, folder: Union[str, os.PathLike], *, input_shapes: In
     manifest = write_shards(ctx, plans, folder)
     n_cols = next(spec.shape[-1] for spec in ctx.specs if spec.name == manifest.input)
     shards = [ShardSummary(entry.file, len(entry.cols), len(entry.rows),
-                           _stats(ctx, onnx.load(manifest.path(entry), load_external_data=False), manifest.folder))
+                           stats_at(onnx.load(manifest.path(entry), load_external_data=False), ctx.specs,
+                                    base_dir=manifest.folder))  # a shard reads the model's input
               for entry in manifest.shards]
     report = ShardReport(ctx.label, str(folder), support.name, n_cols, len(manifest.inverse),
-                         _stats(ctx, ctx.proto, ctx.base_dir), shards)
+                         stats_at(ctx.proto, ctx.specs, base_dir=ctx.base_dir), shards)
     if support.note:
         report.notes.append(support.note)
     if validation.check > 0 or validation.inputs is not None:

@@ -165,8 +165,8 @@ def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
 
 
 def _refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    """``tensor``'s values referenced at ``offset`` in the file ``location`` beside the model."""
-    del tensor.external_data[:]
+    """``tensor`` (without an external-data record yet) referenced at ``offset`` in the file ``location`` beside
+    the model."""
     tensor.data_location = onnx.TensorProto.EXTERNAL
     tensor.external_data.extend(onnx.StringStringEntryProto(key=key, value=str(value))
                                 for key, value in (("location", location), ("offset", offset), ("length", length)))
