@@ -26,9 +26,7 @@ from typing import Union
 import numpy as np
 
 SPILL_BYTES = 1 << 20  # a fit this large or larger is kept on disk; smaller ones cost more in files than they hold
-
-
-PREFIX, LOCK = "onnx-decomp-spill-", "owner.lock"
+PREFIX, LOCK = "onnx-decomp-spill-", "owner.lock"  # a process's folder, the file it holds locked while it lives
 
 
 def _sweep(root: Path) -> None:
